@@ -1,0 +1,237 @@
+"""Differentiable bilinear resampling and spatial transforms.
+
+Conventions (ARCHITECTURE.md section 1):
+
+* Images are NHWC, ``float32``.
+* Pixel coordinates are ``(y, x)``: row, column, zero-based, pixel centres on integers.
+* A dense flow ``(B, H, W, 2)`` holds ``(dy, dx)`` in pixels and warps backward:
+  ``out[p] = in[p + flow[p]]``.
+* An affine ``(B, 2, 3)`` matrix ``A`` acts on normalised coordinates
+  ``u = 2x / (W - 1) - 1``, ``v = 2y / (H - 1) - 1`` (align-corners, ``[u, v, 1]``
+  order) and warps backward: the output pixel at ``(u, v)`` samples the input at
+  ``A @ [u, v, 1]``.
+* Sampling is bilinear; with ``padding_mode="zeros"`` a bilinear corner outside the
+  image contributes zero (the torchvision / DCN rule), with ``"border"`` the sample
+  point is clamped into the image.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+PADDING_MODES = ("zeros", "border")
+
+# A sample point counts as inside the image if it lies within this many pixels of
+# [0, H-1] x [0, W-1]: coordinates that went through the normalised affine convention
+# and back carry round-off of order 1e-6 px, which must not mark the image's own
+# border pixels invalid.
+MASK_TOLERANCE_PX = 1e-3
+
+
+def _check_padding_mode(padding_mode: str) -> None:
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+
+
+def bilinear_corners(coords: tf.Tensor, height: tf.Tensor, width: tf.Tensor):
+    """Top-left corner indices and bilinear weights of zero-padded sampling.
+
+    The image is thought of as padded by one zero pixel on every side, so that the
+    four corners of any point with ``-1 <= y < H`` and ``-1 <= x < W`` exist in the
+    padded image and a corner outside the image reads zero. Points further out get
+    all-zero weights (and a clamped, harmless index), which also zeroes their
+    gradient, as in torchvision.
+
+    The floor is held constant under differentiation, so at an integer coordinate
+    the derivative is the one-sided derivative of the cell ``[floor, floor + 1]``.
+
+    Args:
+      coords: ``(..., 2)`` float pixel coordinates ``(y, x)``.
+      height, width: scalar int tensors, the unpadded image size.
+
+    Returns:
+      ``(row, col, weights)``: ``row``/``col`` ``(...)`` int32 indices of the top-left
+      corner in the padded image; ``weights`` ``(..., 4)`` for the corners
+      (top-left, top-right, bottom-left, bottom-right).
+    """
+    y = coords[..., 0]
+    x = coords[..., 1]
+    y0 = tf.stop_gradient(tf.floor(y))
+    x0 = tf.stop_gradient(tf.floor(x))
+    fy = y - y0
+    fx = x - x0
+    h = tf.cast(height, y.dtype)
+    w = tf.cast(width, x.dtype)
+    # Cells with at least one corner in the image; beyond them every corner reads zero.
+    # (A whole-point cut-off at y <= -1 would differ from torchvision, whose gradient
+    # at y = -1 is the one-sided derivative of the cell [-1, 0].)
+    inside = tf.cast((y0 >= -1.0) & (y0 <= h - 1.0) & (x0 >= -1.0) & (x0 <= w - 1.0), y.dtype)
+    weights = tf.stack(
+        [(1.0 - fy) * (1.0 - fx), (1.0 - fy) * fx, fy * (1.0 - fx), fy * fx], axis=-1
+    ) * inside[..., None]
+    # +1: index into the padded image.
+    row = tf.cast(tf.clip_by_value(y0, -1.0, h - 1.0), tf.int32) + 1
+    col = tf.cast(tf.clip_by_value(x0, -1.0, w - 1.0), tf.int32) + 1
+    return row, col, weights
+
+
+def inside_mask(coords: tf.Tensor, height, width) -> tf.Tensor:
+    """``(..., 1)`` float mask: 1 where ``(y, x)`` lies in ``[0, H-1] x [0, W-1]``."""
+    y = coords[..., 0]
+    x = coords[..., 1]
+    h = tf.cast(height, y.dtype)
+    w = tf.cast(width, x.dtype)
+    tol = MASK_TOLERANCE_PX
+    inside = (y >= -tol) & (y <= h - 1.0 + tol) & (x >= -tol) & (x <= w - 1.0 + tol)
+    return tf.cast(inside, coords.dtype)[..., None]
+
+
+def resample(image: tf.Tensor, coords: tf.Tensor, padding_mode: str = "zeros"):
+    """Bilinear sampling of ``image`` at pixel coordinates ``coords``.
+
+    Args:
+      image: ``(B, H, W, C)`` float.
+      coords: ``(B, H', W', 2)`` float pixel coordinates ``(y, x)`` into ``image``.
+      padding_mode: ``"zeros"`` (a corner outside the image contributes 0) or
+        ``"border"`` (coordinates are clamped to the image).
+
+    Returns:
+      ``(sampled, mask)``: ``sampled (B, H', W', C)``; ``mask (B, H', W', 1)``, 1 where
+      the sample point lies inside ``[0, H-1] x [0, W-1]`` (before any clamping).
+      Differentiable in ``image`` and ``coords``.
+    """
+    _check_padding_mode(padding_mode)
+    image = tf.convert_to_tensor(image)
+    coords = tf.cast(coords, image.dtype)
+    shape = tf.shape(image)
+    batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+    mask = inside_mask(coords, height, width)
+
+    if padding_mode == "border":
+        h = tf.cast(height, coords.dtype)
+        w = tf.cast(width, coords.dtype)
+        coords = tf.stack(
+            [
+                tf.clip_by_value(coords[..., 0], 0.0, h - 1.0),
+                tf.clip_by_value(coords[..., 1], 0.0, w - 1.0),
+            ],
+            axis=-1,
+        )
+        # A one-pixel symmetric pad repeats the edge pixel, so the corner beyond the
+        # last row or column (weight 0 after clamping, but read) is the edge value.
+        padded = tf.pad(image, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+    else:
+        padded = tf.pad(image, [[0, 0], [1, 1], [1, 1], [0, 0]])
+
+    row, col, weights = bilinear_corners(coords, height, width)
+    padded_width = width + 2
+    pixels_per_image = (height + 2) * padded_width
+    flat = tf.reshape(padded, [-1, channels])
+    batch_offset = tf.reshape(tf.range(batch) * pixels_per_image, [-1, 1, 1])
+    top_left = batch_offset + row * padded_width + col
+    corner_offsets = (0, 1, padded_width, padded_width + 1)
+    sampled = tf.add_n(
+        [
+            tf.gather(flat, top_left + offset) * weights[..., k : k + 1]
+            for k, offset in enumerate(corner_offsets)
+        ]
+    )
+    return sampled, mask
+
+
+def identity_grid(batch, height, width, dtype=tf.float32) -> tf.Tensor:
+    """``(B, H, W, 2)`` pixel coordinates ``(y, x)`` of every pixel."""
+    ys = tf.cast(tf.range(height), dtype)
+    xs = tf.cast(tf.range(width), dtype)
+    grid = tf.stack(tf.meshgrid(ys, xs, indexing="ij"), axis=-1)
+    return tf.tile(grid[None], [batch, 1, 1, 1])
+
+
+def affine_grid(theta: tf.Tensor, height, width) -> tf.Tensor:
+    """Pixel sample coordinates of a backward affine warp.
+
+    Args:
+      theta: ``(B, 2, 3)`` affine in the normalised align-corners convention
+        (``[u, v, 1]`` order, see the module docstring).
+      height, width: output (and input) size in pixels; ints or scalar tensors.
+
+    Returns:
+      ``(B, H, W, 2)`` pixel coordinates ``(y, x)`` at which the output samples.
+    """
+    theta = tf.convert_to_tensor(theta)
+    dtype = theta.dtype
+    h = tf.cast(height, dtype)
+    w = tf.cast(width, dtype)
+    # A one-pixel axis has no extent to normalise; map it to u = -1 and back to 0.
+    sy = tf.maximum(h - 1.0, 1.0)
+    sx = tf.maximum(w - 1.0, 1.0)
+    v = 2.0 * tf.cast(tf.range(height), dtype) / sy - 1.0
+    u = 2.0 * tf.cast(tf.range(width), dtype) / sx - 1.0
+    vv, uu = tf.meshgrid(v, u, indexing="ij")
+    homogeneous = tf.stack([uu, vv, tf.ones_like(uu)], axis=-1)  # (H, W, 3)
+    sample = tf.einsum("bij,hwj->bhwi", theta, homogeneous)  # (B, H, W, 2) as (u, v)
+    x = (sample[..., 0] + 1.0) * 0.5 * (w - 1.0)
+    y = (sample[..., 1] + 1.0) * 0.5 * (h - 1.0)
+    return tf.stack([y, x], axis=-1)
+
+
+def warp_affine(image: tf.Tensor, theta: tf.Tensor, padding_mode: str = "zeros"):
+    """Backward affine warp of ``image (B, H, W, C)`` by ``theta (B, 2, 3)``.
+
+    Returns ``(warped (B, H, W, C), mask (B, H, W, 1))``.
+    """
+    shape = tf.shape(image)
+    coords = affine_grid(tf.cast(theta, image.dtype), shape[1], shape[2])
+    return resample(image, coords, padding_mode)
+
+
+def warp_flow(image: tf.Tensor, flow: tf.Tensor, padding_mode: str = "zeros"):
+    """Backward warp ``out[p] = image[p + flow[p]]``.
+
+    Args:
+      image: ``(B, H, W, C)``.
+      flow: ``(B, H, W, 2)`` displacement ``(dy, dx)`` in pixels.
+
+    Returns ``(warped (B, H, W, C), mask (B, H, W, 1))``.
+    """
+    flow = tf.cast(flow, image.dtype)
+    shape = tf.shape(flow)
+    coords = identity_grid(shape[0], shape[1], shape[2], flow.dtype) + flow
+    return resample(image, coords, padding_mode)
+
+
+@keras.saving.register_keras_serializable(package="rfnet_tf")
+class SpatialTransformer(keras.layers.Layer):
+    """Warps an image by an affine matrix or a dense flow.
+
+    Called as ``layer([image, transform])`` with ``image (B, H, W, C)`` and either
+    ``transform (B, 2, 3)`` (normalised affine) or ``(B, H, W, 2)`` (flow ``(dy, dx)``
+    in pixels); the transform's rank decides which. Returns
+    ``[warped (B, H, W, C), mask (B, H, W, 1)]``.
+    """
+
+    def __init__(self, padding_mode: str = "zeros", **kwargs):
+        super().__init__(**kwargs)
+        _check_padding_mode(padding_mode)
+        self.padding_mode = padding_mode
+
+    def call(self, inputs):
+        image, transform = inputs
+        if len(transform.shape) == 3:
+            return list(warp_affine(image, transform, self.padding_mode))
+        if len(transform.shape) == 4:
+            return list(warp_flow(image, transform, self.padding_mode))
+        raise ValueError(
+            "transform must be an affine (B, 2, 3) or a flow (B, H, W, 2), "
+            f"got shape {transform.shape}"
+        )
+
+    def compute_output_shape(self, input_shape):
+        image_shape = input_shape[0]
+        return [tuple(image_shape), tuple(image_shape[:-1]) + (1,)]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(padding_mode=self.padding_mode)
+        return config

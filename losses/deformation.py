@@ -1,0 +1,106 @@
+"""Deformation losses of F2M, phase 2 (paper Sec. 3.2, Eqs. 9-10).
+
+``I_f`` is the fused luma ``(B, H, W, 1)`` in ``[0, 1]``, ``I_y`` the NIR image, and
+``phi_f`` the fine displacement field ``(B, H, W, 2)``: ``(dy, dx)`` in pixels
+(ARCHITECTURE section 1).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from losses.common import laplacian_valid_mask, masked_mean, matching_tensors
+from losses.fusion import image_gradient
+
+
+def _neighbour_differences(x: tf.Tensor) -> list[tf.Tensor]:
+    """``x(p_n) - x(p)`` for the neighbours right, down, down-right and down-left.
+
+    Only pairs with both positions inside the image (no wrap-around): the differences
+    have shapes ``(B, H, W-1, C)``, ``(B, H-1, W, C)``, ``(B, H-1, W-1, C)`` twice.
+    Each unordered pair of 8-neighbours appears exactly once.
+    """
+    return [
+        x[:, :, 1:] - x[:, :, :-1],  # p = (y, x), p_n = (y, x + 1)
+        x[:, 1:, :] - x[:, :-1, :],  # p_n = (y + 1, x)
+        x[:, 1:, 1:] - x[:, :-1, :-1],  # p_n = (y + 1, x + 1)
+        x[:, 1:, :-1] - x[:, :-1, 1:],  # p_n = (y + 1, x - 1)
+    ]
+
+
+def bilateral_smoothness(flow: tf.Tensor, fused: tf.Tensor, alpha: float = 0.5) -> tf.Tensor:
+    """Edge-aware smoothness ``L_smooth`` of the fine deformation field (paper Eq. 10).
+
+    ``sum over p_n in {right, down, down-right, down-left} of
+    mean_p(exp(-alpha * |I_f(p) - I_f(p_n)|) * |phi(p) - phi(p_n)|_1)``, where
+    ``|phi(p) - phi(p_n)|_1 = |dy(p) - dy(p_n)| + |dx(p) - dx(p_n)|`` (L1 norm over the
+    two flow channels, in pixels) and each mean runs over the pairs with both positions
+    inside the image (no wrap-around, no padding), over the whole batch. The four
+    directions cover every pair of 8-neighbours once. Intensities are on ``[0, 1]``,
+    so with ``alpha = 0.5`` an edge of full contrast weighs ``exp(-0.5) = 0.61``.
+
+    The bilateral weights are a guide, not an objective: they are held constant
+    (``tf.stop_gradient``), so the loss cannot be lowered by creating intensity edges
+    in ``I_f`` where the field varies (in phase 2 ``I_f`` depends on ``phi_f``).
+
+    Args:
+      flow: ``(B, H, W, 2)``, ``phi_f`` as ``(dy, dx)`` pixels; ``H, W >= 2``.
+      fused: ``(B, H, W, 1)``, ``I_f`` in ``[0, 1]`` (several channels would enter the
+        weight by the L1 norm of their differences).
+      alpha: bilateral coefficient (paper: 0.5).
+
+    Returns:
+      Scalar, ``>= 0``, in pixels; 0 for a constant field.
+    """
+    flow = tf.convert_to_tensor(flow)
+    fused = tf.cast(fused, flow.dtype)
+    intensity_steps = _neighbour_differences(tf.stop_gradient(fused))
+    flow_steps = _neighbour_differences(flow)
+    total = 0.0
+    for intensity_step, flow_step in zip(intensity_steps, flow_steps):
+        weight = tf.exp(-alpha * tf.reduce_sum(tf.abs(intensity_step), axis=-1))
+        total += tf.reduce_mean(weight * tf.reduce_sum(tf.abs(flow_step), axis=-1))
+    return total
+
+
+def deformation_loss(
+    fused: tf.Tensor,
+    nir: tf.Tensor,
+    flow: tf.Tensor,
+    lambda_smooth: float = 0.1,
+    alpha: float = 0.5,
+    mask: tf.Tensor | None = None,
+) -> dict[str, tf.Tensor]:
+    """``L_defor = mean|∇I_f - ∇I_y| + mean|∇I_f| + lambda * L_smooth`` (paper Eq. 9).
+
+    ``∇`` is ``image_gradient`` (the 4-neighbour Laplacian). The first term asks the
+    gradients of the fused image to agree with the fixed image's, the second (sparsity)
+    penalises the doubled edges that a misalignment leaves in ``I_f``.
+
+    Args:
+      fused: ``(B, H, W, 1)``, ``I_f``.
+      nir: ``(B, H, W, 1)``, ``I_y``.
+      flow: ``(B, H, W, 2)``, ``phi_f`` in pixels.
+      lambda_smooth: weight of ``L_smooth`` (paper: 0.1).
+      alpha: see ``bilateral_smoothness`` (paper: 0.5).
+      mask: ``(B, H, W, 1)`` valid pixels or ``None``. The two gradient terms are
+        means over ``laplacian_valid_mask(mask)``; ``L_smooth`` always runs over the
+        whole field (it is a regulariser, and outside the valid region nothing else
+        constrains the field).
+
+    Returns:
+      ``{"total", "consistency", "sparsity", "smooth"}`` scalars, the three terms
+      unweighted: ``total = consistency + sparsity + lambda_smooth * smooth``.
+    """
+    fused, nir = matching_tensors(fused, nir)
+    gradient_mask = None if mask is None else laplacian_valid_mask(mask)
+    fused_gradient = image_gradient(fused)
+    consistency = masked_mean(tf.abs(fused_gradient - image_gradient(nir)), gradient_mask)
+    sparsity = masked_mean(tf.abs(fused_gradient), gradient_mask)
+    smooth = bilateral_smoothness(flow, fused, alpha=alpha)
+    return {
+        "total": consistency + sparsity + lambda_smooth * smooth,
+        "consistency": consistency,
+        "sparsity": sparsity,
+        "smooth": smooth,
+    }

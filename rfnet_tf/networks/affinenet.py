@@ -1,0 +1,90 @@
+"""AffineNet: global affine registration with deformable convolutions (paper Sec. 3.1.2)."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from layers import DeformableConv2D
+
+IDENTITY_AFFINE = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
+STAGE_FILTERS = (16, 32, 64)
+
+
+@keras.saving.register_keras_serializable(package="rfnet_tf")
+class AffineNet(keras.Model):
+    """Predicts the affine that registers the moving image onto the fixed one.
+
+    ARCHITECTURE section 3: three stages of [conv 9x9 + LeakyReLU(0.2),
+    DeformableConv2D 3x3 + LeakyReLU, max-pool 2] with 16, 32, 64 filters; conv 7x7 -> 64
+    and conv 7x7 -> 128 (LeakyReLU); global average pool; dropout 0.2; a zero-initialised
+    dense layer -> 6 numbers ``d``; ``A = identity + reshape(d, (2, 3))``. No
+    normalisation. The zero-initialised head makes a new network predict the identity.
+
+    Args:
+      deformable: use deformable convolutions; ``False`` replaces each by a plain 3x3
+        convolution (the paper's ablation ii).
+      dropout: dropout rate before the head.
+
+    Called on ``(B, H, W, 2)`` = ``concat(I_x->y, I_y)`` (the translated moving VIS and
+    the fixed NIR; RFNet feeds 384x384), returns ``(B, 2, 3)``: the backward affine in
+    the normalised align-corners convention, ``registered[p] = moving[A @ [u, v, 1]]``.
+    """
+
+    def __init__(self, deformable: bool = True, dropout: float = 0.2, **kwargs):
+        super().__init__(**kwargs)
+        self.deformable = bool(deformable)
+        self.dropout_rate = float(dropout)
+        self.stages = []
+        for index, filters in enumerate(STAGE_FILTERS, start=1):
+            local = (
+                DeformableConv2D(filters, 3, name=f"deform{index}")
+                if self.deformable
+                else keras.layers.Conv2D(filters, 3, padding="same", name=f"conv3_{index}")
+            )
+            self.stages.append(
+                (keras.layers.Conv2D(filters, 9, padding="same", name=f"conv9_{index}"), local)
+            )
+        self.conv7a = keras.layers.Conv2D(64, 7, padding="same", name="conv7_1")
+        self.conv7b = keras.layers.Conv2D(128, 7, padding="same", name="conv7_2")
+        self.activation = keras.layers.LeakyReLU(negative_slope=0.2)
+        self.pool = keras.layers.MaxPooling2D(2)
+        self.global_pool = keras.layers.GlobalAveragePooling2D()
+        self.dropout = keras.layers.Dropout(self.dropout_rate)
+        self.head = keras.layers.Dense(6, kernel_initializer="zeros", name="affine_head")
+        # Every input's channel count is fixed, so the variables can exist from the start
+        # (a checkpoint restores into them before any call).
+        self.build()
+
+    def build(self, input_shape=None):
+        channels = 2
+        for conv, local in self.stages:
+            conv.build((None, None, None, channels))
+            local.build((None, None, None, conv.filters))
+            channels = conv.filters
+        self.conv7a.build((None, None, None, channels))
+        self.conv7b.build((None, None, None, 64))
+        self.head.build((None, 128))
+        self.built = True
+
+    def call(self, inputs, training=None):
+        h = inputs
+        for conv, local in self.stages:
+            h = self.activation(conv(h))
+            h = self.activation(local(h))
+            h = self.pool(h)
+        h = self.activation(self.conv7a(h))
+        h = self.activation(self.conv7b(h))
+        h = self.dropout(self.global_pool(h), training=training)
+        delta = tf.reshape(self.head(h), [-1, 2, 3])
+        return tf.constant(IDENTITY_AFFINE, delta.dtype) + delta
+
+    @property
+    def variable_group(self) -> list:
+        """Every variable AffineNet's training stage updates."""
+        return list(self.weights)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(deformable=self.deformable, dropout=self.dropout_rate)
+        return config

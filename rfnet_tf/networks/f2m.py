@@ -1,0 +1,215 @@
+"""F2M: fine registration and fusion module (paper Sec. 3.2, Fig. 5; ARCHITECTURE section 3)."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from layers import GradientChannelAttention, ResidualBlock, warp_flow
+from rfnet_tf.networks.padding import crop_to, pad_to_multiple
+
+# Two max-pools in the deformation U-Net; 8 leaves room for one more level.
+PAD_MULTIPLE = 8
+
+
+def _conv(filters: int, name: str, **kwargs) -> keras.layers.Conv2D:
+    return keras.layers.Conv2D(filters, 3, padding="same", name=name, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="rfnet_tf")
+class UNetLevel(keras.layers.Layer):
+    """conv 3x3 (32) + batch norm + LeakyReLU(0.2) + residual block; size preserved."""
+
+    def __init__(self, filters: int = 32, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.conv = _conv(self.filters, "conv")
+        self.norm = keras.layers.BatchNormalization(name="batch_norm")
+        self.activation = keras.layers.LeakyReLU(negative_slope=0.2)
+        self.residual = ResidualBlock(self.filters, norm="none", pad_mode="zeros", name="residual")
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        out_shape = tuple(input_shape[:-1]) + (self.filters,)
+        self.norm.build(out_shape)
+        self.residual.build(out_shape)
+
+    def call(self, inputs, training=None):
+        h = self.activation(self.norm(self.conv(inputs), training=training))
+        return self.residual(h)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.filters,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.filters)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="rfnet_tf")
+class DeformationBlock(keras.layers.Layer):
+    """3-level U-Net from shallow features to a bounded dense flow.
+
+    Input ``concat(F_x1, F_y1)`` ``(B, H, W, 32)`` with H, W multiples of 4; output
+    ``(B, H, W, 2)`` = ``(dy, dx)`` pixels, ``max_displacement * tanh(head)``. The head
+    convolution is zero-initialised, so the flow is exactly 0 until phase 2 trains it.
+    Nearest upsampling and skip concatenation on the way up.
+    """
+
+    def __init__(self, max_displacement: float = 16.0, filters: int = 32, **kwargs):
+        super().__init__(**kwargs)
+        self.max_displacement = float(max_displacement)
+        self.filters = int(filters)
+        self.down_levels = [UNetLevel(self.filters, name=f"down{i}") for i in (1, 2, 3)]
+        self.up_levels = [UNetLevel(self.filters, name=f"up{i}") for i in (2, 1)]
+        self.pool = keras.layers.MaxPooling2D(2)
+        self.upsample = keras.layers.UpSampling2D(2, interpolation="nearest")
+        self.head = _conv(2, "flow_head", kernel_initializer="zeros", bias_initializer="zeros")
+
+    def build(self, input_shape):
+        features = (None, None, None, self.filters)
+        self.down_levels[0].build(input_shape)
+        for level in self.down_levels[1:]:
+            level.build(features)
+        for level in self.up_levels:
+            level.build((None, None, None, 2 * self.filters))
+        self.head.build(features)
+
+    def call(self, inputs, training=None):
+        skips = []
+        h = inputs
+        for index, level in enumerate(self.down_levels):
+            if index:
+                h = self.pool(h)
+            h = level(h, training=training)
+            skips.append(h)
+        for level, skip in zip(self.up_levels, reversed(skips[:-1])):
+            h = level(tf.concat([self.upsample(h), skip], axis=-1), training=training)
+        return self.max_displacement * tf.tanh(self.head(h))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (2,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(max_displacement=self.max_displacement, filters=self.filters)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="rfnet_tf")
+class F2M(keras.Model):
+    """Fine registration and fusion of a coarse-aligned pair.
+
+    1. A shared conv 3x3 -> 16 + LeakyReLU(0.2) gives ``F_x1, F_y1`` (same weights).
+    2. The deformation block maps ``concat(F_x1, F_y1)`` to ``phi_f`` (pixels, bounded by
+       ``max_displacement``).
+    3. ``F_x1`` is warped by ``phi_f`` (border padding, so that no black edge enters the
+       fused image; validity is reported through ``mask``).
+    4. Shared conv 3x3 -> 32 and conv 3x3 -> 32 (LeakyReLU) on both branches (with step 1,
+       the paper's three shared layers).
+    5. Gradient channel attention on the two 32-channel maps; the attended maps are
+       concatenated; conv 3x3 -> 32, -> 16 (LeakyReLU), -> 1 with sigmoid: ``I_f``.
+
+    Inputs are reflect-padded to a multiple of 8 and cropped back, so any size works.
+
+    Args:
+      max_displacement: bound of the flow in pixels.
+      attention_reduction: channel reduction of the attention MLPs.
+
+    Called on ``[vis_luma, nir]`` (the coarse-aligned VIS luma ``Y(I_x^C)`` and ``I_y``,
+    both ``(B, H, W, 1)`` in ``[0, 1]``); returns a dict: ``fused`` ``(B, H, W, 1)``,
+    ``flow`` ``(B, H, W, 2)`` (``(dy, dx)`` px; ``registered[p] = I_x^C[p + flow[p]]``),
+    ``registered`` (the VIS luma warped by the flow) and ``mask`` ``(B, H, W, 1)`` (1
+    where the flow samples inside the image).
+    """
+
+    def __init__(self, max_displacement: float = 16.0, attention_reduction: int = 8, **kwargs):
+        super().__init__(**kwargs)
+        self.max_displacement = float(max_displacement)
+        self.attention_reduction = int(attention_reduction)
+        activation = keras.layers.LeakyReLU(negative_slope=0.2)
+        self.activation = activation
+        self.shared_conv1 = _conv(16, "shared_conv1")
+        self.shared_conv2 = _conv(32, "shared_conv2")
+        self.shared_conv3 = _conv(32, "shared_conv3")
+        self.deformation_block = DeformationBlock(self.max_displacement, name="deformation_block")
+        self.attention = GradientChannelAttention(self.attention_reduction, name="attention")
+        self.fuse_conv1 = _conv(32, "fuse_conv1")
+        self.fuse_conv2 = _conv(16, "fuse_conv2")
+        self.fuse_out = _conv(1, "fuse_out")
+        # Every input's channel count is fixed, so the variables can exist from the start
+        # (a checkpoint restores into them before any call).
+        self.build()
+
+    def build(self, input_shape=None):
+        self.shared_conv1.build((None, None, None, 1))
+        self.deformation_block.build((None, None, None, 32))
+        self.shared_conv2.build((None, None, None, 16))
+        self.shared_conv3.build((None, None, None, 32))
+        self.attention.build([(None, None, None, 32), (None, None, None, 32)])
+        self.fuse_conv1.build((None, None, None, 64))
+        self.fuse_conv2.build((None, None, None, 32))
+        self.fuse_out.build((None, None, None, 16))
+        # Fixed at build time: freezing a part (layer.trainable = False) later removes
+        # its variables from trainable_weights, but not from its group.
+        self._deformation_variables = list(self.deformation_block.trainable_weights)
+        deformation_ids = {id(v) for v in self._deformation_variables}
+        self._fusion_variables = [
+            v for v in self.trainable_weights if id(v) not in deformation_ids
+        ]
+        self.built = True
+
+    @property
+    def deformation_variables(self) -> list:
+        """The deformation block's trainable variables (phase 2)."""
+        return list(self._deformation_variables)
+
+    @property
+    def fusion_variables(self) -> list:
+        """Every other trainable variable of F2M (phase 1)."""
+        return list(self._fusion_variables)
+
+    def _shared_features(self, image: tf.Tensor) -> tf.Tensor:
+        return self.activation(self.shared_conv1(image))
+
+    def _shared_deep_features(self, features: tf.Tensor) -> tf.Tensor:
+        return self.activation(self.shared_conv3(self.activation(self.shared_conv2(features))))
+
+    def call(self, inputs, training=None):
+        vis_luma, nir = inputs
+        shape = tf.shape(vis_luma)
+        vis_padded = pad_to_multiple(vis_luma, PAD_MULTIPLE)
+        nir_padded = pad_to_multiple(nir, PAD_MULTIPLE)
+
+        features_vis = self._shared_features(vis_padded)
+        features_nir = self._shared_features(nir_padded)
+        flow = self.deformation_block(
+            tf.concat([features_vis, features_nir], axis=-1), training=training
+        )
+        features_vis, _ = warp_flow(features_vis, flow, padding_mode="border")
+
+        deep_vis, deep_nir = self.attention(
+            [self._shared_deep_features(features_vis), self._shared_deep_features(features_nir)]
+        )
+        h = self.activation(self.fuse_conv1(tf.concat([deep_vis, deep_nir], axis=-1)))
+        h = self.activation(self.fuse_conv2(h))
+        fused = tf.sigmoid(self.fuse_out(h))
+
+        height, width = shape[1], shape[2]
+        flow = crop_to(flow, height, width)
+        registered, mask = warp_flow(vis_luma, flow, padding_mode="border")
+        return {
+            "fused": crop_to(fused, height, width),
+            "flow": flow,
+            "registered": registered,
+            "mask": mask,
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            max_displacement=self.max_displacement,
+            attention_reduction=self.attention_reduction,
+        )
+        return config

@@ -1,0 +1,134 @@
+"""RFNet: TransNet -> AffineNet -> affine warp -> F2M, composed for inference."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from layers import affine_grid, identity_grid, resample
+from layers.resampler import inside_mask
+from rfnet_tf.colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
+from rfnet_tf.networks.affinenet import AffineNet
+from rfnet_tf.networks.f2m import F2M
+from rfnet_tf.networks.transnet import TransNet
+
+AFFINE_INPUT_SIZE = 384
+
+
+def resize_for_affine(image: tf.Tensor, size: int = AFFINE_INPUT_SIZE) -> tf.Tensor:
+    """Bilinear (antialiased when shrinking) resize of ``(B, H, W, C)`` to ``size x size``.
+
+    The aspect ratio is not kept: the affine is normalised per axis, so one predicted
+    on the squashed copy applies unchanged to the full-resolution image.
+    """
+    return tf.image.resize(image, [size, size], method="bilinear", antialias=True)
+
+
+def chroma(rgb: tf.Tensor) -> tf.Tensor:
+    """``(B, H, W, 2)`` Cb, Cr of an RGB image (0.5 = no colour)."""
+    return rgb_to_ycbcr(rgb)[..., 1:]
+
+
+@keras.saving.register_keras_serializable(package="rfnet_tf")
+class RFNet(keras.Model):
+    """The whole RFNet pipeline for inference.
+
+    Called as ``model([vis, nir])`` with ``vis (B, H, W, 3)`` RGB (or ``(B, H, W, 1)``
+    grey) and ``nir (B, H, W, 1)``, floats in ``[0, 1]``, any size. Steps:
+
+    1. TransNet translates the VIS luma to the NIR domain on a 384x384 resized copy.
+    2. AffineNet predicts the normalised backward affine ``A`` from
+       ``concat(I_x->y, I_y)`` at 384x384.
+    3. The full-resolution VIS is warped by ``A``: ``I_x^C``.
+    4. F2M fuses ``Y(I_x^C)`` and ``I_y`` at full resolution and predicts the residual
+       flow ``phi_f``.
+
+    The final registered VIS samples the original VIS once, at the composed coordinates
+    ``A(p + phi_f(p))`` (one interpolation, not two). Returns a dict:
+
+    - ``registered_coarse (B, H, W, C)``: VIS warped by ``A``;
+    - ``registered (B, H, W, C)``: VIS warped by ``A`` and ``phi_f``;
+    - ``fused (B, H, W, 1)``: fused luma ``I_f``;
+    - ``fused_rgb (B, H, W, 3)``: ``I_f`` with the registered VIS's Cb, Cr, clipped to
+      ``[0, 1]`` (grey VIS: ``I_f`` repeated);
+    - ``affine (B, 2, 3)``, ``flow (B, H, W, 2)`` (``(dy, dx)`` px);
+    - ``mask (B, H, W, 1)``: 1 where ``registered`` samples inside the VIS image.
+    """
+
+    def __init__(
+        self,
+        deformable: bool = True,
+        max_displacement: float = 16.0,
+        affine_input_size: int = AFFINE_INPUT_SIZE,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.deformable = bool(deformable)
+        self.max_displacement = float(max_displacement)
+        self.affine_input_size = int(affine_input_size)
+        self.transnet = TransNet(name="transnet")
+        self.affinenet = AffineNet(deformable=self.deformable, name="affinenet")
+        self.f2m = F2M(max_displacement=self.max_displacement, name="f2m")
+        # Every input's channel count is fixed, so the variables can exist from the start
+        # (a checkpoint restores into them before any call).
+        self.build()
+
+    def build(self, input_shape=None):
+        self.built = True
+
+    def predict_affine(self, vis: tf.Tensor, nir: tf.Tensor) -> tf.Tensor:
+        """``(B, 2, 3)`` coarse registration affine of ``vis`` onto ``nir``."""
+        small_vis = resize_for_affine(luma(vis), self.affine_input_size)
+        small_nir = resize_for_affine(nir, self.affine_input_size)
+        translated = self.transnet.translate_vis(small_vis)
+        return self.affinenet(tf.concat([translated, small_nir], axis=-1))
+
+    def coarse(self, vis: tf.Tensor, nir: tf.Tensor) -> dict:
+        """The coarse module alone: ``{"affine", "registered", "mask"}``."""
+        affine = self.predict_affine(vis, nir)
+        shape = tf.shape(vis)
+        coords = affine_grid(affine, shape[1], shape[2])
+        registered, mask = resample(vis, coords)
+        return {"affine": affine, "registered": registered, "mask": mask}
+
+    def call(self, inputs, training=None):
+        vis, nir = inputs
+        shape = tf.shape(vis)
+        batch, height, width = shape[0], shape[1], shape[2]
+        affine = self.predict_affine(vis, nir)
+        affine_coords = affine_grid(affine, height, width)  # (B, H, W, 2)
+        registered_coarse, _ = resample(vis, affine_coords)
+
+        fine = self.f2m([luma(registered_coarse), nir])
+        flow = fine["flow"]
+        # Bilinear interpolation reproduces the affine's (linear) coordinates exactly,
+        # so this is A(p + flow(p)) without approximation inside the image.
+        composed, _ = resample(
+            affine_coords, identity_grid(batch, height, width) + flow, padding_mode="border"
+        )
+        registered, _ = resample(vis, composed)
+        mask = inside_mask(composed, height, width)
+
+        fused = fine["fused"]
+        if vis.shape[-1] == 3:
+            fused_rgb = ycbcr_to_rgb(tf.concat([fused, chroma(registered)], axis=-1))
+        else:
+            fused_rgb = tf.tile(fused, [1, 1, 1, 3])
+        return {
+            "registered_coarse": registered_coarse,
+            "registered": registered,
+            "fused": fused,
+            "fused_rgb": tf.clip_by_value(fused_rgb, 0.0, 1.0),
+            "affine": affine,
+            "flow": flow,
+            "mask": mask,
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            deformable=self.deformable,
+            max_displacement=self.max_displacement,
+            affine_input_size=self.affine_input_size,
+        )
+        return config

@@ -1,0 +1,95 @@
+"""F2M: zero flow at initialisation, shared layers, variable groups, frozen statistics."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rfnet_tf.networks.f2m import F2M
+
+
+@pytest.fixture(scope="module")
+def f2m():
+    model = F2M()
+    return model
+
+
+@pytest.mark.parametrize("batch,height,width", [(1, 50, 77), (3, 97, 131)])
+def test_shapes_and_zero_flow_at_initialisation(f2m, batch, height, width):
+    vis = tf.random.uniform((batch, height, width, 1), seed=5)
+    nir = tf.random.uniform((batch, height, width, 1), seed=6)
+    outputs = f2m([vis, nir], training=True)
+    assert outputs["fused"].shape == (batch, height, width, 1)
+    assert outputs["flow"].shape == (batch, height, width, 2)
+    assert outputs["mask"].shape == (batch, height, width, 1)
+    np.testing.assert_array_equal(outputs["flow"].numpy(), 0.0)
+    np.testing.assert_allclose(outputs["registered"].numpy(), vis.numpy(), atol=1e-6)
+    np.testing.assert_array_equal(outputs["mask"].numpy(), 1.0)
+    fused = outputs["fused"].numpy()
+    assert np.all((fused > 0.0) & (fused < 1.0))
+
+
+def test_none_dimensions_in_tf_function(f2m):
+    spec = tf.TensorSpec([None, None, None, 1], tf.float32)
+
+    @tf.function(input_signature=[spec, spec])
+    def fuse(vis, nir):
+        return f2m([vis, nir])["fused"]
+
+    for shape in [(1, 50, 77, 1), (2, 33, 40, 1)]:
+        image = tf.random.uniform(shape)
+        assert fuse(image, image).shape == shape
+
+
+def test_flow_is_bounded(f2m):
+    model = F2M(max_displacement=3.0)
+    head = model.deformation_block.head
+    head.kernel.assign(tf.random.normal(head.kernel.shape, stddev=50.0, seed=7))
+    flow = model([tf.random.uniform((1, 40, 40, 1)), tf.random.uniform((1, 40, 40, 1))])["flow"]
+    assert np.abs(flow.numpy()).max() <= 3.0
+    assert np.abs(flow.numpy()).max() > 1.0
+
+
+def test_first_three_convolutions_are_shared(f2m):
+    """Both modalities go through the same variables (identity, not names)."""
+    vis = tf.random.uniform((1, 24, 24, 1))
+    nir = tf.random.uniform((1, 24, 24, 1))
+    shared = [f2m.shared_conv1, f2m.shared_conv2, f2m.shared_conv3]
+    variables = [v for layer in shared for v in layer.trainable_variables]
+    assert len(variables) == 6
+    with tf.GradientTape(persistent=True) as tape:
+        deep_vis = f2m._shared_deep_features(f2m._shared_features(vis))
+        deep_nir = f2m._shared_deep_features(f2m._shared_features(nir))
+    for output in (deep_vis, deep_nir):
+        assert all(g is not None for g in tape.gradient(output, variables))
+    conv_kernels = [v for v in f2m.trainable_variables if v.name == "kernel" and len(v.shape) == 4]
+    first_layer_kernels = [v for v in conv_kernels if v.shape[:3] == (3, 3, 1)]
+    assert first_layer_kernels == [f2m.shared_conv1.kernel]
+
+
+def test_variable_groups_are_disjoint_and_complete(f2m):
+    fusion = {id(v) for v in f2m.fusion_variables}
+    deformation = {id(v) for v in f2m.deformation_variables}
+    assert fusion and deformation
+    assert not fusion & deformation
+    assert fusion | deformation == {id(v) for v in f2m.trainable_variables}
+    assert deformation == {id(v) for v in f2m.deformation_block.trainable_variables}
+
+
+def test_groups_survive_freezing_and_frozen_batch_norm_keeps_statistics():
+    model = F2M()
+    before = len(model.deformation_variables)
+    model.deformation_block.trainable = False
+    assert len(model.deformation_variables) == before
+    statistics = [v for v in model.deformation_block.non_trainable_variables if "moving" in v.path]
+    values = [v.numpy().copy() for v in statistics]
+    model([tf.random.uniform((2, 32, 32, 1)), tf.random.uniform((2, 32, 32, 1))], training=True)
+    for variable, value in zip(statistics, values):
+        np.testing.assert_array_equal(variable.numpy(), value)
+    model.deformation_block.trainable = True
+    model([tf.random.uniform((2, 32, 32, 1)), tf.random.uniform((2, 32, 32, 1))], training=True)
+    assert any(np.any(v.numpy() != value) for v, value in zip(statistics, values))
+
+
+def test_summary_prints(f2m, capsys):
+    f2m.summary()
+    assert "deformation_block" in capsys.readouterr().out

@@ -1,0 +1,103 @@
+"""RFNet: the composed pipeline's outputs, identity at initialisation, colour handling."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.ndimage import map_coordinates
+
+import rfnet_tf
+from layers import warp_affine
+from rfnet_tf.colour import rgb_to_ycbcr
+from rfnet_tf.networks.rfnet import RFNet
+
+KEYS = {"registered_coarse", "registered", "fused", "fused_rgb", "affine", "flow", "mask"}
+
+
+@pytest.fixture(scope="module")
+def model():
+    network = RFNet(affine_input_size=64)
+    return network
+
+
+def test_importable_from_package():
+    assert rfnet_tf.RFNet is RFNet
+
+
+@pytest.mark.parametrize("batch,height,width", [(1, 50, 77), (3, 97, 131)])
+def test_outputs_and_identity_at_initialisation(model, batch, height, width):
+    vis = tf.random.uniform((batch, height, width, 3), seed=8)
+    nir = tf.random.uniform((batch, height, width, 1), seed=9)
+    out = model([vis, nir])
+    assert set(out) == KEYS
+    assert out["affine"].shape == (batch, 2, 3)
+    assert out["flow"].shape == (batch, height, width, 2)
+    for key in ("registered_coarse", "registered", "fused_rgb"):
+        assert out[key].shape == (batch, height, width, 3)
+    assert out["fused"].shape == out["mask"].shape == (batch, height, width, 1)
+    # A new model registers with the identity: the input comes back up to round-off.
+    np.testing.assert_allclose(out["registered"].numpy(), vis.numpy(), atol=1e-4)
+    np.testing.assert_allclose(out["registered_coarse"].numpy(), vis.numpy(), atol=1e-4)
+    np.testing.assert_array_equal(out["mask"].numpy(), 1.0)
+
+
+def test_fused_rgb_carries_fused_luma_and_registered_chroma(model):
+    vis = tf.random.uniform((1, 40, 48, 3), minval=0.3, maxval=0.7, seed=10)
+    nir = tf.random.uniform((1, 40, 48, 1), seed=11)
+    out = model([vis, nir])
+    ycbcr = rgb_to_ycbcr(out["fused_rgb"]).numpy()
+    reference = rgb_to_ycbcr(out["registered"]).numpy()
+    unclipped = np.all((out["fused_rgb"].numpy() > 0) & (out["fused_rgb"].numpy() < 1), axis=-1)
+    np.testing.assert_allclose(ycbcr[..., 0][unclipped], out["fused"].numpy()[..., 0][unclipped], atol=1e-5)
+    np.testing.assert_allclose(ycbcr[..., 1:][unclipped], reference[..., 1:][unclipped], atol=1e-5)
+
+
+def test_grey_visible_image(model):
+    out = model([tf.random.uniform((1, 40, 48, 1)), tf.random.uniform((1, 40, 48, 1))])
+    assert out["registered"].shape == (1, 40, 48, 1)
+    rgb = out["fused_rgb"].numpy()
+    np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])
+
+
+def test_registered_samples_the_composed_transform():
+    """With a non-identity affine and a constant flow, registered = vis at A(p + flow)."""
+    network = RFNet(affine_input_size=64)
+    head = network.affinenet.head
+    head.bias.assign([0.0, 0.0, 0.1, 0.0, 0.0, -0.05])
+    flow_head = network.f2m.deformation_block.head
+    flow_head.bias.assign([0.05, -0.05])
+    shift = 16.0 * np.tanh(0.05)
+    y, x = np.mgrid[0:40, 0:48].astype(np.float32)
+    ramp = np.stack([y / 39.0, x / 47.0, (x + y) / 87.0], axis=-1)[None]
+    out = network([tf.constant(ramp), tf.random.uniform((1, 40, 48, 1))])
+    flow = out["flow"].numpy()
+    np.testing.assert_allclose(flow[..., 0], shift, atol=1e-5)
+    np.testing.assert_allclose(flow[..., 1], -shift, atol=1e-5)
+    # Sampling once at A(p + flow) equals warping by A, then by the flow (scipy), for a
+    # linear image, wherever both stay inside the image.
+    coarse, _ = warp_affine(tf.constant(ramp), out["affine"])
+    yy = np.clip(y + shift, 0, 39)
+    xx = np.clip(x - shift, 0, 47)
+    registered = out["registered"].numpy()[0]
+    interior = out["mask"].numpy()[0, ..., 0] > 0
+    interior[:3] = interior[-3:] = False
+    interior[:, :3] = interior[:, -3:] = False
+    coarse_np = coarse.numpy()[0]
+    resampled = np.stack(
+        [map_coordinates(coarse_np[..., c], [yy, xx], order=1) for c in range(3)], axis=-1
+    )
+    np.testing.assert_allclose(registered[interior], resampled[interior], atol=1e-4)
+
+
+def test_none_dimensions_in_tf_function(model):
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, None, 3], tf.float32),
+            tf.TensorSpec([None, None, None, 1], tf.float32),
+        ]
+    )
+    def run(vis, nir):
+        return model([vis, nir])
+
+    for shape in [(1, 50, 77), (2, 64, 40)]:
+        out = run(tf.random.uniform(shape + (3,)), tf.random.uniform(shape + (1,)))
+        assert out["fused"].shape == shape + (1,)

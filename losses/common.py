@@ -2,8 +2,9 @@
 
 A mask ``(B, H, W, 1)`` marks the valid region of a warped image (1 inside, 0 where
 the resampler read outside the moving image, ARCHITECTURE section 1). It weights the
-pixels: a masked mean is ``sum(x * mask) / max(sum(mask), 1)``, with the mask broadcast
-over the channels of ``x`` (so each valid pixel counts once per channel). Values under
+pixels: a masked mean is ``sum(x * mask) / max(sum(mask), 1)`` per image, with the mask
+broadcast over the channels of ``x`` (so each valid pixel counts once per channel), and
+a loss is the mean of its images' values. Values under
 a zero mask must be finite (they are multiplied by zero); they then have no influence
 on the result nor receive any gradient.
 """
@@ -41,13 +42,18 @@ def masked_mean(
       x: ``(B, H, W, C)``.
       mask: ``(B, H, W, 1)`` (or ``(B, H, W, C)``) in ``{0, 1}``, or ``None`` for a
         plain mean. Broadcast over the channels of ``x``.
-      axis: axes to average over; ``None`` averages over everything (the batch
-        included, so every valid pixel of the batch weighs the same).
-      keepdims: keep the reduced axes with length 1.
+      axis: axes to average over. ``None`` means the loss convention: the masked mean
+        of each image, then the mean over the batch. Every image weighs the same, so a
+        batch split across replicas (``tf.distribute``) gives exactly the loss of the
+        whole batch.
+      keepdims: keep the reduced axes with length 1 (only with an explicit ``axis``).
 
     Returns:
-      ``sum(x * mask) / max(sum(mask), 1)`` over ``axis``; 0 where no pixel is valid.
+      ``sum(x * mask) / max(sum(mask), 1)`` over ``axis``; 0 for an image with no
+      valid pixel.
     """
+    if axis is None:
+        return tf.reduce_mean(masked_mean(x, mask, axis=[1, 2, 3]))
     if mask is None:
         return tf.reduce_mean(x, axis=axis, keepdims=keepdims)
     weights = tf.broadcast_to(tf.cast(mask, x.dtype), tf.shape(x))

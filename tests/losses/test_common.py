@@ -25,10 +25,18 @@ def test_masked_mean_counts_each_valid_pixel_once_per_channel(rng):
     x = rng.random((2, 5, 6, 3)).astype(np.float32)
     mask = _random_mask(rng, (2, 5, 6, 1))
     valid = mask[..., 0].astype(bool)
-    # Pooled over the batch: the mean of every channel value at every valid pixel.
-    np.testing.assert_allclose(masked_mean(x, mask), x[valid].mean(), rtol=1e-6)
     per_image = [x[b][valid[b]].mean() for b in range(2)]
     np.testing.assert_allclose(masked_mean(x, mask, axis=[1, 2, 3]), per_image, rtol=1e-6)
+    # The loss convention: each image's masked mean, then the batch mean.
+    np.testing.assert_allclose(masked_mean(x, mask), np.mean(per_image), rtol=1e-6)
+
+
+def test_masked_mean_of_a_split_batch_averages_to_the_whole(rng):
+    """Two replicas holding half a batch each average to the loss of the whole batch."""
+    x = rng.random((4, 5, 6, 1)).astype(np.float32)
+    mask = _random_mask(rng, (4, 5, 6, 1))
+    halves = [masked_mean(x[:2], mask[:2]), masked_mean(x[2:], mask[2:])]
+    np.testing.assert_allclose(np.mean(halves), masked_mean(x, mask), rtol=1e-6)
 
 
 def test_masked_mean_of_an_empty_mask_is_zero(rng):

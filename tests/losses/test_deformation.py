@@ -54,8 +54,9 @@ def _deformation_reference(fused, nir, flow, lambda_smooth, alpha, mask=None):
         cross = ndimage.generate_binary_structure(2, 1)
         valid = np.stack([ndimage.binary_erosion(m[..., 0] > 0, structure=cross, border_value=1) for m in mask])[..., None]
     grad_f, grad_y = _laplacian_reference(fused), _laplacian_reference(nir)
-    consistency = np.abs(grad_f - grad_y)[valid].mean()
-    sparsity = np.abs(grad_f)[valid].mean()
+    # Each image's mean over its valid pixels, then the batch mean.
+    consistency = np.mean([np.abs(grad_f - grad_y)[b][valid[b]].mean() for b in range(len(fused))])
+    sparsity = np.mean([np.abs(grad_f)[b][valid[b]].mean() for b in range(len(fused))])
     smooth = _smoothness_reference(flow, fused, alpha)
     return consistency, sparsity, smooth, consistency + sparsity + lambda_smooth * smooth
 

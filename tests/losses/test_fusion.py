@@ -31,17 +31,22 @@ def _gradient_valid_reference(mask):
     return np.stack([ndimage.binary_erosion(m[..., 0] > 0, structure=cross, border_value=1) for m in mask])
 
 
+def _per_image_mean(values, valid):
+    """Mean over each image's valid pixels, then over the batch (the losses' convention)."""
+    return np.mean([values[b][valid[b]].mean() for b in range(values.shape[0])])
+
+
 def _content_reference(fused, vis, nir, gamma, mask=None):
     valid = np.ones(fused.shape[:3], bool) if mask is None else mask[..., 0] > 0
-    f, v, n = (x.astype(np.float64)[valid] for x in (fused, vis, nir))
-    return (1 - gamma) * np.abs(f - v).mean() + gamma * np.abs(f - n).mean()
+    f, v, n = (x.astype(np.float64) for x in (fused, vis, nir))
+    return (1 - gamma) * _per_image_mean(np.abs(f - v), valid) + gamma * _per_image_mean(np.abs(f - n), valid)
 
 
 def _gradient_reference(fused, vis, nir, mask=None):
     ga, gb = _laplacian_reference(vis), _laplacian_reference(nir)
     target = np.sign(ga + gb) * np.maximum(np.abs(ga), np.abs(gb))  # the paper's formula
     valid = np.ones(fused.shape[:3], bool) if mask is None else _gradient_valid_reference(mask)
-    return np.mean((_laplacian_reference(fused) - target)[valid] ** 2)
+    return _per_image_mean((_laplacian_reference(fused) - target) ** 2, valid)
 
 
 def _images(rng, shape=(2, 7, 8, 1)):

@@ -31,11 +31,11 @@ def _ncc_reference(s, g, mask=None, eps=1e-5):
 
 
 def _masked_l1_reference(a, b, mask=None):
-    """Mean |a - b| over the valid pixels of the whole batch."""
+    """Mean |a - b| over each image's valid pixels, then over the batch."""
     err = np.abs(a.astype(np.float64) - b)
     if mask is None:
         return err.mean()
-    return err[mask[..., 0] > 0].mean()
+    return np.mean([err[i][mask[i, ..., 0] > 0].mean() for i in range(err.shape[0])])
 
 
 # --- NCC (Eq. 5) ------------------------------------------------------------------

@@ -60,7 +60,9 @@ class PaddedConv2D(keras.layers.Layer):
         )
 
     def build(self, input_shape):
-        self.conv.build(tuple(input_shape[:-1]) + (input_shape[-1],))
+        # The convolution sees the padded input, whose size the unpadded shape does not
+        # give; only the channels matter for its variables.
+        self.conv.build((None, None, None, input_shape[-1]))
 
     def call(self, inputs):
         # "same" padding for sizes divisible by the stride: k - s pixels in total.

@@ -1,0 +1,366 @@
+"""tf.data pipelines for the three training stages (ARCHITECTURE section 5).
+
+Each pipeline yields dicts of batched ``float32`` tensors (``B`` = ``batch_size``,
+``h x w`` = ``crop_size``):
+
+* :func:`transnet_dataset` (aligned pairs): ``vis (B, h, w, 3)``, ``nir (B, h, w, 1)``,
+  ``mask (B, h, w, 1)``.
+* :func:`affinenet_dataset` (synthetic affine misalignment): the same keys, ``vis``
+  being the misaligned moving crop, plus ``affine (B, 2, 3)``: the true registration
+  affine of the crop, normalised in the crop's own coordinates
+  (``registered[q] = vis[affine(q)]``, ``layers.warp_affine(vis, affine)``).
+* :func:`f2m_dataset` (synthetic smooth local misalignment): the same keys plus
+  ``flow (B, h, w, 2)``: the true registration flow ``(dy, dx)`` px
+  (``registered[q] = vis[q + flow(q)]``, ``layers.warp_flow(vis, flow)``).
+
+``mask`` is 1 where the (moving) ``vis`` crop shows real image content: 0 on the black
+border of the warp and on reflect padding. (The registered mask, warped like ``vis``,
+then also excludes the fixed crop's padding, because the padding of both images lies
+at the same scene positions.) A grey VIS is replicated to 3 channels so that every
+batch has one shape; its luma is the grey image again.
+
+How an element is made: a random misalignment is drawn first, in the crop's own frame
+(its ranges are those of :mod:`rfnet_tf.data.synthetic` at the crop size, so the
+network sees exactly the spec's distribution: e.g. a translation of up to 10% of the
+crop). Then a crop window is placed in the fixed (NIR) image, uniformly among the
+integer positions whose moving crop samples only real content (the sample
+coordinates' extent is known exactly); where no such position exists, the window is
+centred on the content. The fixed crop is cut from the NIR; the moving crop is sampled
+directly from the whole aligned VIS at the misaligned coordinates (window offset +
+misalignment, bilinear, zero outside), so it holds real content from beyond the
+window rather than a black border. Images smaller than the crop are reflect-padded
+(centred) first. Finally random vertical and horizontal flips are applied to both
+crops, the mask and the ground truth (``synthetic.flip_affine`` / ``flip_flow``).
+
+Randomness is stateless: every random number of an element comes from keys derived
+from ``(seed, element position)``, and the epoch's shuffle from ``(seed, epoch)``, so
+the stream is identical for a seed whatever the parallelism, and differs for another
+seed. The stream repeats endlessly by default (``epochs=None``): an epoch is
+``len(pairs) * crops_per_image`` elements, each pair contributing
+``crops_per_image`` random crops per epoch in a shuffled order, and batches run on
+across epoch boundaries, so no element is dropped; train with
+``steps_per_epoch(pairs, batch_size, crops_per_image)`` steps per epoch. With a finite
+``epochs`` the stream ends after ``epochs`` epochs (a last partial batch is dropped).
+``start_batch=k`` yields the same stream from its batch ``k`` on (a resumed run).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from layers import affine_grid, identity_grid, resample
+from layers.resampler import inside_mask
+from rfnet_tf.data.io import Pair
+from rfnet_tf.data.synthetic import (
+    INVERSION_TOLERANCE_PX,
+    NUM_AFFINE_SAMPLES,
+    AffineRanges,
+    LocalFieldRanges,
+    affine_from_unit_samples,
+    flip_affine,
+    flip_flow,
+    flip_image,
+    invert_affine,
+    invert_flow,
+    smooth_field,
+)
+
+DEFAULT_CROP_SIZE = 384
+DEFAULT_BATCH_SIZE = 4
+# Purposes folded into the seed, so that the shuffle and element streams never share keys.
+_SHUFFLE_STREAM = 1
+_ELEMENT_STREAM = 2
+# Sub-keys of an element.
+_OFFSET_KEY, _FLIP_KEY, _TRANSFORM_KEY, _AMPLITUDE_KEY = range(4)
+
+ExampleFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]
+
+
+def steps_per_epoch(
+    pairs: Sequence[Pair] | int, batch_size: int = DEFAULT_BATCH_SIZE, crops_per_image: int = 1
+) -> int:
+    """Batches per epoch: ``ceil(num_pairs * crops_per_image / batch_size)``."""
+    num_pairs = pairs if isinstance(pairs, int) else len(pairs)
+    return math.ceil(num_pairs * crops_per_image / batch_size)
+
+
+def transnet_dataset(
+    pairs: Sequence[Pair],
+    crop_size: int | tuple[int, int] = DEFAULT_CROP_SIZE,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    seed: int = 0,
+    crops_per_image: int = 1,
+    flips: bool = True,
+    epochs: int | None = None,
+    start_batch: int = 0,
+) -> tf.data.Dataset:
+    """Random aligned crops for TransNet: ``{"vis", "nir", "mask"}`` (module docstring)."""
+    crop = _crop_shape(crop_size)
+
+    def example(vis, nir, key):
+        keys = tf.random.experimental.stateless_split(key, 4)
+        vis, nir, content = _padded_to_crop(vis, nir, crop)
+        crop_coords = identity_grid(1, crop[0], crop[1])[0]
+        offset = _window_offset(crop_coords, content, tf.shape(nir)[:2], crop, keys[_OFFSET_KEY])
+        coords = crop_coords + tf.cast(offset, tf.float32)
+        crop_vis = vis[offset[0] : offset[0] + crop[0], offset[1] : offset[1] + crop[1]]
+        crop_nir = nir[offset[0] : offset[0] + crop[0], offset[1] : offset[1] + crop[1]]
+        element = {"vis": crop_vis, "nir": crop_nir, "mask": _content_mask(coords, content)}
+        return _flipped(element, keys[_FLIP_KEY], flips)
+
+    return _dataset(pairs, example, crop, batch_size, seed, crops_per_image, epochs, start_batch)
+
+
+def affinenet_dataset(
+    pairs: Sequence[Pair],
+    crop_size: int | tuple[int, int] = DEFAULT_CROP_SIZE,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    seed: int = 0,
+    crops_per_image: int = 1,
+    flips: bool = True,
+    epochs: int | None = None,
+    start_batch: int = 0,
+    ranges: AffineRanges = AffineRanges(),
+) -> tf.data.Dataset:
+    """Crops with a synthetic affine misalignment: ``{"vis", "nir", "mask", "affine"}``."""
+    crop = _crop_shape(crop_size)
+
+    def example(vis, nir, key):
+        keys = tf.random.experimental.stateless_split(key, 4)
+        unit = tf.random.stateless_uniform([NUM_AFFINE_SAMPLES], keys[_TRANSFORM_KEY])
+        misalignment = affine_from_unit_samples(unit, crop[0], crop[1], ranges)
+        crop_coords = affine_grid(misalignment[None], crop[0], crop[1])[0]
+        element = _misaligned_element(vis, nir, crop_coords, crop, keys[_OFFSET_KEY])
+        element["affine"] = invert_affine(misalignment)
+        return _flipped(element, keys[_FLIP_KEY], flips)
+
+    return _dataset(pairs, example, crop, batch_size, seed, crops_per_image, epochs, start_batch)
+
+
+def f2m_dataset(
+    pairs: Sequence[Pair],
+    crop_size: int | tuple[int, int] = DEFAULT_CROP_SIZE,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    seed: int = 0,
+    crops_per_image: int = 1,
+    flips: bool = True,
+    epochs: int | None = None,
+    start_batch: int = 0,
+    ranges: LocalFieldRanges = LocalFieldRanges(),
+) -> tf.data.Dataset:
+    """Crops with a synthetic smooth local misalignment: ``{"vis", "nir", "mask", "flow"}``.
+
+    The field is made at the crop size (amplitude ``U(2, 10)`` px at 384 x 384, see
+    ``LocalFieldRanges``); ``flow`` is its numerical inverse (residual < 1e-4 px).
+    """
+    crop = _crop_shape(crop_size)
+    grid_shape = ranges.control_grid_shape(*crop)
+    amplitude_factor = ranges.size_factor(*crop)
+
+    def example(vis, nir, key):
+        keys = tf.random.experimental.stateless_split(key, 4)
+        noise = tf.random.stateless_uniform([*grid_shape, 2], keys[_TRANSFORM_KEY], -1.0, 1.0)
+        low, high = ranges.max_displacement_range
+        amplitude = (
+            tf.random.stateless_uniform([], keys[_AMPLITUDE_KEY], low, high) * amplitude_factor
+        )
+        misalignment = smooth_field(noise, crop[0], crop[1], amplitude)
+        crop_coords = identity_grid(1, crop[0], crop[1])[0] + misalignment
+        element = _misaligned_element(vis, nir, crop_coords, crop, keys[_OFFSET_KEY])
+        flow, residual = invert_flow(misalignment)
+        # Ranges that fold the field would give a wrong ground truth: fail loudly instead.
+        check = tf.debugging.assert_less(
+            residual,
+            INVERSION_TOLERANCE_PX,
+            message="the local field's inverse did not converge: do the ranges fold it?",
+        )
+        with tf.control_dependencies([check]):
+            element["flow"] = tf.identity(flow)
+        return _flipped(element, keys[_FLIP_KEY], flips)
+
+    return _dataset(pairs, example, crop, batch_size, seed, crops_per_image, epochs, start_batch)
+
+
+def _dataset(
+    pairs: Sequence[Pair],
+    example: ExampleFn,
+    crop: tuple[int, int],
+    batch_size: int,
+    seed: int,
+    crops_per_image: int,
+    epochs: int | None,
+    start_batch: int,
+) -> tf.data.Dataset:
+    """The shared shuffle / repeat / map / batch / prefetch around a stage's ``example``."""
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError("no pairs to make a dataset from")
+    if batch_size < 1 or crops_per_image < 1:
+        raise ValueError(
+            f"batch_size and crops_per_image must be positive, got {batch_size}, {crops_per_image}"
+        )
+    num_pairs = len(pairs)
+    per_epoch = num_pairs * crops_per_image
+    base_key = tf.constant([seed, 0], tf.int64)
+
+    def fetch(index):
+        # The pairs stay as the caller holds them (no second copy of the data set in
+        # memory); an element copies only its own pair.
+        pair = pairs[int(index)]
+        vis = pair.vis if pair.vis.shape[-1] == 3 else np.repeat(pair.vis, 3, axis=-1)
+        return vis.astype(np.float32, copy=False), pair.nir.astype(np.float32, copy=False)
+
+    def epoch_elements(epoch):
+        shuffle_key = tf.random.experimental.stateless_fold_in(
+            tf.random.experimental.stateless_fold_in(base_key, _SHUFFLE_STREAM), epoch
+        )
+        order = tf.argsort(tf.random.stateless_uniform([per_epoch], shuffle_key))
+        positions = epoch * per_epoch + tf.range(per_epoch, dtype=tf.int64)
+        return tf.data.Dataset.from_tensor_slices((positions, tf.cast(order % num_pairs, tf.int64)))
+
+    def make_element(position, index):
+        vis, nir = tf.numpy_function(fetch, [index], (tf.float32, tf.float32), stateful=False)
+        vis.set_shape([None, None, 3])
+        nir.set_shape([None, None, 1])
+        key = tf.random.experimental.stateless_fold_in(
+            tf.random.experimental.stateless_fold_in(base_key, _ELEMENT_STREAM), position
+        )
+        element = example(vis, nir, key)
+        return {
+            name: tf.ensure_shape(tf.cast(value, tf.float32), _element_shape(name, crop))
+            for name, value in element.items()
+        }
+
+    # Resuming at batch ``start_batch`` skips whole epochs, then elements of the first
+    # epoch before any image is touched, so a resumed stream costs nothing extra.
+    first_epoch, skipped = divmod(start_batch * batch_size, per_epoch)
+    epoch_numbers = (
+        tf.data.Dataset.counter(start=first_epoch)
+        if epochs is None
+        else tf.data.Dataset.range(first_epoch, epochs)
+    )
+    dataset = epoch_numbers.flat_map(epoch_elements).skip(skipped)
+    dataset = dataset.map(make_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def _crop_shape(crop_size: int | tuple[int, int]) -> tuple[int, int]:
+    height, width = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
+    if height < 2 or width < 2:
+        raise ValueError(f"crop_size must be at least 2 x 2, got {crop_size}")
+    return int(height), int(width)
+
+
+def _element_shape(name: str, crop: tuple[int, int]) -> list[int]:
+    return {
+        "vis": [*crop, 3],
+        "nir": [*crop, 1],
+        "mask": [*crop, 1],
+        "affine": [2, 3],
+        "flow": [*crop, 2],
+    }[name]
+
+
+def _reflect_indices(size: tf.Tensor, before: tf.Tensor, total: tf.Tensor) -> tf.Tensor:
+    """Indices into ``[0, size)`` of positions ``-before .. total - before - 1``, mirrored.
+
+    Mirrors without repeating the edge (``numpy.pad(mode="reflect")``) as often as
+    needed, so any padding amount works.
+    """
+    period = tf.maximum(2 * (size - 1), 1)
+    folded = tf.math.floormod(tf.range(total) - before, period)
+    return tf.where(folded < size, folded, period - folded)
+
+
+def _padded_to_crop(vis: tf.Tensor, nir: tf.Tensor, crop: tuple[int, int]):
+    """Reflect-pads (centred) both images to at least the crop size.
+
+    Returns ``(vis, nir, content)``: the padded images and ``content = (top, left,
+    height, width)``, int32, the real image's box in the padded frame.
+    """
+    shape = tf.shape(nir)
+    height, width = shape[0], shape[1]
+    padded_height = tf.maximum(height, crop[0])
+    padded_width = tf.maximum(width, crop[1])
+    top = (padded_height - height) // 2
+    left = (padded_width - width) // 2
+
+    def pad(image):
+        rows = _reflect_indices(height, top, padded_height)
+        cols = _reflect_indices(width, left, padded_width)
+        return tf.gather(tf.gather(image, rows, axis=0), cols, axis=1)
+
+    needs_padding = (padded_height > height) | (padded_width > width)
+    vis = tf.cond(needs_padding, lambda: pad(vis), lambda: vis)
+    nir = tf.cond(needs_padding, lambda: pad(nir), lambda: nir)
+    return vis, nir, tf.stack([top, left, height, width])
+
+
+def _window_offset(
+    crop_coords: tf.Tensor,
+    content: tf.Tensor,
+    padded_size: tf.Tensor,
+    crop: tuple[int, int],
+    key: tf.Tensor,
+) -> tf.Tensor:
+    """``(2,)`` int32 top-left corner of the crop window in the padded fixed image.
+
+    ``crop_coords (h, w, 2)`` are the moving crop's sample points relative to the
+    window. Per axis the offsets keeping every sample point on real content form an
+    interval (the content box is a rectangle); the offset is uniform over its integers
+    that also keep the window in the image, or else centres the samples on the content.
+    """
+    units = tf.random.stateless_uniform([2], key)
+    offsets = []
+    for axis in range(2):
+        sample_low = tf.reduce_min(crop_coords[..., axis])
+        sample_high = tf.reduce_max(crop_coords[..., axis])
+        content_low = tf.cast(content[axis], tf.float32)
+        content_high = content_low + tf.cast(content[axis + 2], tf.float32) - 1.0
+        window_max = tf.cast(padded_size[axis] - crop[axis], tf.float32)
+        low = tf.math.ceil(tf.maximum(content_low - sample_low, 0.0))
+        high = tf.math.floor(tf.minimum(content_high - sample_high, window_max))
+        uniform = tf.minimum(low + tf.floor(units[axis] * (high - low + 1.0)), high)
+        centred = tf.clip_by_value(
+            tf.round(0.5 * (content_low - sample_low + content_high - sample_high)), 0.0, window_max
+        )
+        offsets.append(tf.where(low <= high, uniform, centred))
+    return tf.cast(tf.stack(offsets), tf.int32)
+
+
+def _content_mask(coords: tf.Tensor, content: tf.Tensor) -> tf.Tensor:
+    """``(h, w, 1)``: 1 where the ``(y, x)`` sample points in the padded frame are real content."""
+    corner = tf.cast(content[:2], coords.dtype)
+    return inside_mask(coords - corner, content[2], content[3])
+
+
+def _misaligned_element(
+    vis: tf.Tensor, nir: tf.Tensor, crop_coords: tf.Tensor, crop: tuple[int, int], key: tf.Tensor
+) -> dict[str, tf.Tensor]:
+    """Fixed crop and moving crop sampled at ``window offset + crop_coords``, with its mask."""
+    vis, nir, content = _padded_to_crop(vis, nir, crop)
+    offset = _window_offset(crop_coords, content, tf.shape(nir)[:2], crop, key)
+    coords = crop_coords + tf.cast(offset, tf.float32)
+    moving, _ = resample(vis[None], coords[None])
+    fixed = nir[offset[0] : offset[0] + crop[0], offset[1] : offset[1] + crop[1]]
+    return {"vis": moving[0], "nir": fixed, "mask": _content_mask(coords, content)}
+
+
+def _flipped(element: dict[str, tf.Tensor], key: tf.Tensor, flips: bool) -> dict[str, tf.Tensor]:
+    """Random vertical / horizontal flips of every image and of the ground truth."""
+    if not flips:
+        return element
+    flip_vertical, flip_horizontal = tf.unstack(tf.random.stateless_uniform([2], key) < 0.5)
+    flipped = {}
+    for name, value in element.items():
+        if name == "affine":
+            flipped[name] = flip_affine(value, flip_vertical, flip_horizontal)
+        elif name == "flow":
+            flipped[name] = flip_flow(value, flip_vertical, flip_horizontal)
+        else:
+            flipped[name] = flip_image(value, flip_vertical, flip_horizontal)
+    return flipped

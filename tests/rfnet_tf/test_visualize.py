@@ -1,0 +1,116 @@
+"""Visualisation helpers: checkerboards, flow colours, PNG writing, labelled panels."""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rfnet_tf import visualize
+
+
+def hue_degrees(rgb_pixel: np.ndarray) -> float:
+    hue, _, _ = colorsys.rgb_to_hsv(*(rgb_pixel / 255.0))
+    return 360.0 * hue
+
+
+def test_checkerboard_hand_layout_with_uneven_tiles():
+    a = np.zeros((5, 5), np.uint8)
+    b = np.ones((5, 5), np.uint8)
+    # tiles=2 over 5 rows: rows 0-2 are tile 0 (r * 2 // 5 = 0), rows 3-4 tile 1.
+    expected = np.array(
+        [
+            [0, 0, 0, 1, 1],
+            [0, 0, 0, 1, 1],
+            [0, 0, 0, 1, 1],
+            [1, 1, 1, 0, 0],
+            [1, 1, 1, 0, 0],
+        ]
+    )
+    np.testing.assert_array_equal(visualize.checkerboard(a, b, tiles=2), expected)
+
+
+def test_checkerboard_tiles_come_from_the_right_images(rng):
+    a = rng.uniform(0, 1, (8, 12, 3))
+    b = rng.uniform(2, 3, (8, 12))
+    board = visualize.checkerboard(a, b, tiles=4)
+    assert board.shape == (8, 12, 3)
+    for i in range(4):
+        for j in range(4):
+            tile = board[2 * i : 2 * i + 2, 3 * j : 3 * j + 3]
+            if (i + j) % 2 == 0:
+                np.testing.assert_array_equal(tile, a[2 * i : 2 * i + 2, 3 * j : 3 * j + 3])
+            else:
+                grey = b[2 * i : 2 * i + 2, 3 * j : 3 * j + 3]
+                np.testing.assert_array_equal(tile, np.stack([grey] * 3, axis=-1))
+
+
+def test_checkerboard_rejects_different_sizes():
+    with pytest.raises(ValueError):
+        visualize.checkerboard(np.zeros((4, 4)), np.zeros((4, 5)))
+
+
+def test_flow_to_rgb_zero_flow_is_black():
+    np.testing.assert_array_equal(visualize.flow_to_rgb(np.zeros((3, 4, 2))), 0)
+
+
+def test_flow_to_rgb_hue_rotates_with_direction():
+    angles = np.arange(0, 360, 30)
+    radians = np.radians(angles)
+    flow = np.stack([np.sin(radians), np.cos(radians)], axis=-1)[None]  # (dy, dx), y down
+    rgb = visualize.flow_to_rgb(flow)
+    hues = np.array([hue_degrees(pixel.astype(float)) for pixel in rgb[0]])
+    np.testing.assert_allclose(hues, angles, atol=1.5)
+    np.testing.assert_array_equal(rgb[0, 0], [255, 0, 0])  # right = red
+
+
+def test_flow_to_rgb_value_scales_with_magnitude():
+    flow = np.array([[[0.0, 1.0], [0.0, 2.0], [0.0, 4.0]]])
+    rgb = visualize.flow_to_rgb(flow, max_magnitude=2.0)
+    np.testing.assert_array_equal(rgb[0, :, 0], [128, 255, 255])
+
+
+def test_to_uint8_scales_rounds_and_clips():
+    np.testing.assert_array_equal(
+        visualize.to_uint8(np.array([-0.2, 0.0, 0.5, 1.0, 1.7, np.nan])), [0, 0, 128, 255, 255, 0]
+    )
+    on_255 = visualize.to_uint8(np.array([0.0, 127.4, 255.0]), data_range=255)
+    np.testing.assert_array_equal(on_255, [0, 127, 255])
+    np.testing.assert_array_equal(visualize.to_uint8(np.array([0, 65535], np.uint16)), [0, 255])
+    np.testing.assert_array_equal(visualize.to_uint8(np.array([True, False])), [255, 0])
+    raw = np.array([3, 200], np.uint8)
+    assert visualize.to_uint8(raw) is raw
+
+
+def test_save_png_round_trips_rgb_and_grey_atomically(tmp_path, rng):
+    rgb = rng.uniform(0, 1, (6, 7, 3))
+    path = visualize.save_png(tmp_path / "sub" / "rgb.png", rgb)
+    written = np.asarray(Image.open(path).convert("RGB"))
+    np.testing.assert_array_equal(written, visualize.to_uint8(rgb))
+    grey = rng.integers(0, 256, (5, 4, 1)).astype(np.uint8)
+    visualize.save_png(path, grey)  # overwrite in place
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), grey[..., 0])
+    assert sorted(p.name for p in path.parent.iterdir()) == ["rgb.png"]
+
+
+def test_result_panel_places_labelled_tiles(rng):
+    small = rng.uniform(0, 1, (20, 30))
+    images = {
+        "vis": rng.uniform(0, 1, (20, 30, 3)),
+        "nir": rng.uniform(0, 1, (20, 30)),
+        "fused": np.kron(small, np.ones((2, 2))),  # 2x2 blocks: area shrinking is exact
+    }
+    panel = visualize.result_panel(images, ncols=2)
+    cell = visualize.LABEL_HEIGHT_PX + 20
+    assert panel.shape == (2 * cell, 60, 3) and panel.dtype == np.uint8
+    label = visualize.LABEL_HEIGHT_PX
+    np.testing.assert_array_equal(panel[label:cell, :30], visualize.to_uint8(images["vis"]))
+    np.testing.assert_array_equal(panel[label:cell, 30:60, 1], visualize.to_uint8(images["nir"]))
+    fused_tile = panel[cell + label :, :30]
+    np.testing.assert_array_equal(fused_tile[..., 2], visualize.to_uint8(small))
+    labels = [panel[:label, :30], panel[:label, 30:], panel[cell : cell + label, :30]]
+    assert all(strip.max() > 0 for strip in labels)  # text was drawn
+    assert not np.array_equal(labels[0], labels[1])
+    np.testing.assert_array_equal(panel[cell:, 30:], 0)  # the unused cell stays black

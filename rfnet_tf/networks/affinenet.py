@@ -35,16 +35,17 @@ class AffineNet(keras.Model):
         super().__init__(**kwargs)
         self.deformable = bool(deformable)
         self.dropout_rate = float(dropout)
-        self.stages = []
+        # One attribute per layer: tf.train.Checkpoint does not follow layers held in
+        # Python lists of a Keras 3 layer, so a list would drop them from checkpoints.
         for index, filters in enumerate(STAGE_FILTERS, start=1):
             local = (
                 DeformableConv2D(filters, 3, name=f"deform{index}")
                 if self.deformable
                 else keras.layers.Conv2D(filters, 3, padding="same", name=f"conv3_{index}")
             )
-            self.stages.append(
-                (keras.layers.Conv2D(filters, 9, padding="same", name=f"conv9_{index}"), local)
-            )
+            conv = keras.layers.Conv2D(filters, 9, padding="same", name=f"conv9_{index}")
+            setattr(self, f"conv9_{index}", conv)
+            setattr(self, f"local{index}", local)
         self.conv7a = keras.layers.Conv2D(64, 7, padding="same", name="conv7_1")
         self.conv7b = keras.layers.Conv2D(128, 7, padding="same", name="conv7_2")
         self.activation = keras.layers.LeakyReLU(negative_slope=0.2)
@@ -55,6 +56,14 @@ class AffineNet(keras.Model):
         # Every input's channel count is fixed, so the variables can exist from the start
         # (a checkpoint restores into them before any call).
         self.build()
+
+    @property
+    def stages(self) -> list[tuple[keras.layers.Layer, keras.layers.Layer]]:
+        """``(conv 9x9, deformable or plain 3x3)`` of each stage."""
+        return [
+            (getattr(self, f"conv9_{index}"), getattr(self, f"local{index}"))
+            for index in range(1, len(STAGE_FILTERS) + 1)
+        ]
 
     def build(self, input_shape=None):
         channels = 2
@@ -78,6 +87,12 @@ class AffineNet(keras.Model):
         h = self.dropout(self.global_pool(h), training=training)
         delta = tf.reshape(self.head(h), [-1, 2, 3])
         return tf.constant(IDENTITY_AFFINE, delta.dtype) + delta
+
+    @property
+    def random_states(self) -> list:
+        """The dropout's random-generator state: not a weight, but a resumed training run
+        must restore it to draw the same dropout masks as an uninterrupted one."""
+        return [self.dropout.seed_generator.state]
 
     @property
     def variable_group(self) -> list:

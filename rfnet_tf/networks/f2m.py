@@ -61,11 +61,24 @@ class DeformationBlock(keras.layers.Layer):
         super().__init__(**kwargs)
         self.max_displacement = float(max_displacement)
         self.filters = int(filters)
-        self.down_levels = [UNetLevel(self.filters, name=f"down{i}") for i in (1, 2, 3)]
-        self.up_levels = [UNetLevel(self.filters, name=f"up{i}") for i in (2, 1)]
+        # One attribute per level: tf.train.Checkpoint does not follow layers held in
+        # Python lists of a Keras 3 layer.
+        self.down1 = UNetLevel(self.filters, name="down1")
+        self.down2 = UNetLevel(self.filters, name="down2")
+        self.down3 = UNetLevel(self.filters, name="down3")
+        self.up2 = UNetLevel(self.filters, name="up2")
+        self.up1 = UNetLevel(self.filters, name="up1")
         self.pool = keras.layers.MaxPooling2D(2)
         self.upsample = keras.layers.UpSampling2D(2, interpolation="nearest")
         self.head = _conv(2, "flow_head", kernel_initializer="zeros", bias_initializer="zeros")
+
+    @property
+    def down_levels(self) -> list[UNetLevel]:
+        return [self.down1, self.down2, self.down3]
+
+    @property
+    def up_levels(self) -> list[UNetLevel]:
+        return [self.up2, self.up1]
 
     def build(self, input_shape):
         features = (None, None, None, self.filters)

@@ -76,6 +76,11 @@ class RFNet(keras.Model):
     def build(self, input_shape=None):
         self.built = True
 
+    @property
+    def random_states(self) -> list:
+        """Random-generator states of the training-time randomness (AffineNet's dropout)."""
+        return self.affinenet.random_states
+
     def predict_affine(self, vis: tf.Tensor, nir: tf.Tensor) -> tf.Tensor:
         """``(B, 2, 3)`` coarse registration affine of ``vis`` onto ``nir``."""
         small_vis = resize_for_affine(luma(vis), self.affine_input_size)

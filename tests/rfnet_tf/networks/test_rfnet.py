@@ -101,3 +101,12 @@ def test_none_dimensions_in_tf_function(model):
     for shape in [(1, 50, 77), (2, 64, 40)]:
         out = run(tf.random.uniform(shape + (3,)), tf.random.uniform(shape + (1,)))
         assert out["fused"].shape == shape + (1,)
+
+
+def test_checkpoint_holds_every_variable(tmp_path):
+    """tf.train.Checkpoint must reach every variable (layers kept in Python lists of a
+    Keras 3 layer would be silently left out, and a resumed run would reset them)."""
+    network = RFNet(affine_input_size=64)
+    path = tf.train.Checkpoint(model=network).save(str(tmp_path / "ckpt"))
+    stored = {name for name, _ in tf.train.list_variables(path) if name.startswith("model/")}
+    assert len(stored) == len(network.weights)

@@ -125,14 +125,23 @@ def affinenet_dataset(
     epochs: int | None = None,
     start_batch: int = 0,
     ranges: AffineRanges = AffineRanges(),
+    sampling_frame: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
-    """Crops with a synthetic affine misalignment: ``{"vis", "nir", "mask", "affine"}``."""
+    """Crops with a synthetic affine misalignment: ``{"vis", "nir", "mask", "affine"}``.
+
+    ``sampling_frame`` ``(height, width)``: the pixel frame in which the misalignment is
+    drawn (rotation about its centre, translation as a fraction of its size), default
+    the crop. For pairs resized to a square (RFNet's coarse input), pass their original
+    size: the normalised affine then follows the distribution that the original images
+    see (a true rotation of a 680 x 1024 image is not one of the squashed copy).
+    """
     crop = _crop_shape(crop_size)
+    frame = crop if sampling_frame is None else _crop_shape(sampling_frame)
 
     def example(vis, nir, key):
         keys = tf.random.experimental.stateless_split(key, 4)
         unit = tf.random.stateless_uniform([NUM_AFFINE_SAMPLES], keys[_TRANSFORM_KEY])
-        misalignment = affine_from_unit_samples(unit, crop[0], crop[1], ranges)
+        misalignment = affine_from_unit_samples(unit, frame[0], frame[1], ranges)
         crop_coords = affine_grid(misalignment[None], crop[0], crop[1])[0]
         element = _misaligned_element(vis, nir, crop_coords, crop, keys[_OFFSET_KEY])
         element["affine"] = invert_affine(misalignment)

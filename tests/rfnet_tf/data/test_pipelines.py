@@ -17,7 +17,7 @@ from rfnet_tf.data.pipelines import (
     steps_per_epoch,
     transnet_dataset,
 )
-from rfnet_tf.data.synthetic import LocalFieldRanges, flip_affine, flip_flow
+from rfnet_tf.data.synthetic import AffineRanges, LocalFieldRanges, flip_affine, flip_flow
 
 CROP = (32, 40)  # not square, so that height and width cannot be swapped unnoticed
 BATCH = 2
@@ -175,6 +175,25 @@ def test_ground_truth_registers_the_moving_crop_onto_the_fixed_crop(flipped, sta
         unregistered = np.abs(element["vis"].mean(axis=-1) - element["nir"][..., 0])[valid]
         assert error.max() < 5e-4
         assert unregistered.max() > 2e-3  # the misalignment is real, so this test can fail
+
+
+def test_sampling_frame_draws_the_misalignment_in_another_frame():
+    """A rotation about the centre of an H x W frame has |a01| / |a10| = ((H-1)/(W-1))^2
+    in normalised units; drawn so for a square crop, the ground truth still registers it."""
+    rotation_only = AffineRanges(scale_range=(1.0, 1.0), max_shear=0.0, max_translation=0.0)
+    square = [ramp_pair("big", 110, 120)]
+    frame = (101, 201)  # aspect (W-1)/(H-1) = 2
+    batch = take(
+        affinenet_dataset(square, crop_size=(32, 32), batch_size=2, seed=3, flips=False,
+                          ranges=rotation_only, sampling_frame=frame),
+        1,
+    )[0]
+    for affine, vis, nir in zip(batch["affine"], batch["vis"], batch["nir"]):
+        np.testing.assert_allclose(abs(affine[0, 1]) / abs(affine[1, 0]), 0.25, rtol=1e-3)
+        registered, mask = warp_affine(vis[None], affine[None])
+        valid = interior(mask[0, ..., 0].numpy() > 0.5, border=2)
+        error = np.abs(registered[0].numpy().mean(axis=-1) - nir[..., 0])[valid]
+        assert error.max() < 5e-4
 
 
 def flip_array(image: np.ndarray, vertical: bool, horizontal: bool) -> np.ndarray:

@@ -94,6 +94,8 @@ class PaddedConv2D(keras.layers.Layer):
 class ResidualBlock(keras.layers.Layer):
     """``x + norm(conv(act(norm(conv(x)))))`` with two 3x3 padded convolutions.
 
+    The convolutions carry a bias only without a norm (a norm's offset replaces it).
+
     Args:
       filters: channels; the input must have as many.
       norm: ``"instance"``, ``"batch"`` or ``"none"``.
@@ -116,8 +118,10 @@ class ResidualBlock(keras.layers.Layer):
         self.norm = norm
         self.pad_mode = pad_mode
         self.negative_slope = float(negative_slope)
-        self.conv1 = PaddedConv2D(self.filters, 3, pad_mode=pad_mode, name="conv1")
-        self.conv2 = PaddedConv2D(self.filters, 3, pad_mode=pad_mode, name="conv2")
+        # A bias before a normalisation is redundant (the norm's offset replaces it).
+        use_bias = norm == "none"
+        self.conv1 = PaddedConv2D(self.filters, 3, pad_mode=pad_mode, use_bias=use_bias, name="conv1")
+        self.conv2 = PaddedConv2D(self.filters, 3, pad_mode=pad_mode, use_bias=use_bias, name="conv2")
         self.norm1 = make_norm(norm, "norm1")
         self.norm2 = make_norm(norm, "norm2")
         self.activation = keras.layers.LeakyReLU(negative_slope=self.negative_slope)

@@ -23,7 +23,8 @@ class UNetLevel(keras.layers.Layer):
     def __init__(self, filters: int = 32, **kwargs):
         super().__init__(**kwargs)
         self.filters = int(filters)
-        self.conv = _conv(self.filters, "conv")
+        # No bias: batch norm's offset replaces it.
+        self.conv = _conv(self.filters, "conv", use_bias=False)
         self.norm = keras.layers.BatchNormalization(name="batch_norm")
         self.activation = keras.layers.LeakyReLU(negative_slope=0.2)
         self.residual = ResidualBlock(self.filters, norm="none", pad_mode="zeros", name="residual")

@@ -14,14 +14,18 @@ DOWNSAMPLING = 4
 
 @keras.saving.register_keras_serializable(package="rfnet_tf")
 class ConvNormAct(keras.layers.Layer):
-    """Reflect-padded convolution, instance norm (learned affine), LeakyReLU(0.2)."""
+    """Reflect-padded convolution, instance norm (learned affine), LeakyReLU(0.2).
+
+    The convolution has no bias: the norm's learned offset makes one redundant, and a
+    redundant parameter only collects round-off as its gradient.
+    """
 
     def __init__(self, filters: int, kernel_size: int, strides: int = 1, **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
         self.kernel_size = kernel_size
         self.strides = strides
-        self.conv = PaddedConv2D(filters, kernel_size, strides=strides, name="conv")
+        self.conv = PaddedConv2D(filters, kernel_size, strides=strides, use_bias=False, name="conv")
         self.norm = make_norm("instance", "norm")
         self.activation = keras.layers.LeakyReLU(negative_slope=0.2)
 

@@ -89,7 +89,9 @@ def test_residual_block_matches_numpy(rng, layer_checks, pad_mode, np_mode):
     block = ResidualBlock(4, norm="instance", pad_mode=pad_mode, negative_slope=0.1)
     block.build(x.shape)
     layer_checks.randomize(block)
-    conv = lambda c, h: _padded_conv(h, c.conv.kernel.numpy(), c.conv.bias.numpy(), 1, np_mode)
+    # Before a norm the convolutions have no bias (the norm's offset replaces it).
+    assert block.conv1.conv.bias is None and block.conv2.conv.bias is None
+    conv = lambda c, h: _padded_conv(h, c.conv.kernel.numpy(), 0.0, 1, np_mode)
     norm = lambda n, h: _instance_norm(h, n.gamma.numpy(), n.beta.numpy())
     h = _leaky_relu(norm(block.norm1, conv(block.conv1, x)), 0.1)
     expected = x + norm(block.norm2, conv(block.conv2, h))

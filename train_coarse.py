@@ -1,6 +1,88 @@
-"""Not built yet: see the training issue."""
+"""Trains RFNet's coarse registration module: TransNet, then AffineNet with TransNet frozen.
+
+    python train_coarse.py --data_dir=../shared/data/vis_nir --stage=all --model_dir=runs/coarse
+
+Each stage keeps its checkpoints, flags, TensorBoard events and final weights export in
+``<model_dir>/<stage>/``; a run started where a checkpoint exists resumes from it. The
+AffineNet stage reads TransNet from ``--transnet_dir`` (default
+``<model_dir>/transnet``). ``train_f2m.py --coarse_dir=<model_dir>/affinenet`` continues.
+"""
+
+from __future__ import annotations
 
 import sys
 
+from rfnet_tf.startup import native_stderr_silenced
+
+with native_stderr_silenced():
+    import tensorflow as tf
+
+    # Probing for GPUs logs CUDA lines; do it now, silently (the logical devices stay
+    # unconfigured for --cpu_devices).
+    tf.config.list_physical_devices("GPU")
+
+from absl import app, flags
+
+from rfnet_tf.training.common_flags import (
+    FlagError,
+    define_common_flags,
+    quiet_tensorflow_logs,
+    validate_common_flags,
+)
+from rfnet_tf.training.scripts import run_coarse
+
+flags.DEFINE_enum("stage", "all", ["transnet", "affinenet", "all"], "Which coarse stage(s) to train.")
+flags.DEFINE_integer(
+    "affine_input_size", 384,
+    "RFNet feeds TransNet and AffineNet a copy of the pair resized to this square size; "
+    "the coarse stages train on pairs resized the same way (then cropped to --crop_size).",
+)
+flags.DEFINE_bool(
+    "native_resolution", False,
+    "Train on crops of the pairs at their own resolution instead (the paper's text), "
+    "although inference sees resized copies.",
+)
+flags.DEFINE_float("eta", 2.0, "Weight of the translation term, Eq. 2.")
+flags.DEFINE_integer(
+    "ncc_scales", 1,
+    "Average Eq. 4 over this many dyadic scales (1: the paper's loss). More scales widen "
+    "the loss's reach for large misalignments on short schedules.",
+)
+flags.DEFINE_float(
+    "affine_supervision", 0.0,
+    "Weight of a supervised term on the synthetic ground-truth affine (0: unsupervised, "
+    "as in the paper).",
+)
+flags.DEFINE_string("transnet_dir", "", "TransNet weights for the AffineNet stage (default <model_dir>/transnet).")
+flags.DEFINE_bool("deformable", True, "Deformable convolutions in AffineNet (False: the paper's ablation ii).")
+define_common_flags(default_model_dir="runs/coarse", default_epochs=100)
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    quiet_tensorflow_logs()
+    try:
+        validate_common_flags(FLAGS)
+        if FLAGS.ncc_scales < 1 or FLAGS.affine_input_size < 2 ** (FLAGS.ncc_scales + 2):
+            raise FlagError(f"--ncc_scales {FLAGS.ncc_scales} needs --affine_input_size >= "
+                            f"{2 ** (FLAGS.ncc_scales + 2)} and is at least 1")
+        if FLAGS.affine_supervision < 0:
+            raise FlagError(f"--affine_supervision must be >= 0, got {FLAGS.affine_supervision}")
+        if FLAGS.affine_input_size < 32:
+            raise FlagError(f"--affine_input_size must be at least 32, got {FLAGS.affine_input_size}")
+        if not FLAGS.native_resolution and FLAGS.affine_input_size < FLAGS.crop_size:
+            raise FlagError(
+                f"--crop_size {FLAGS.crop_size} exceeds the resized pairs' --affine_input_size "
+                f"{FLAGS.affine_input_size}"
+            )
+        run_coarse(FLAGS, sys.modules[__name__].__file__)
+    except FlagError as error:
+        print(f"train_coarse.py: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit("train_coarse.py is not built yet.")
+    app.run(main)

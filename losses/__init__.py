@@ -10,7 +10,7 @@ losses return a dict of scalars, ``"total"`` plus each unweighted term, for logg
 from losses.common import laplacian_valid_mask, masked_mean, matching_tensors
 from losses.deformation import bilateral_smoothness, deformation_loss
 from losses.fusion import content_loss, fusion_loss, gradient_loss, gradient_target, image_gradient
-from losses.registration import NCCLoss, coarse_loss, ncc, transnet_loss
+from losses.registration import NCCLoss, coarse_loss, multiscale_coarse_loss, ncc, transnet_loss
 
 __all__ = [
     "NCCLoss",
@@ -25,6 +25,7 @@ __all__ = [
     "laplacian_valid_mask",
     "masked_mean",
     "matching_tensors",
+    "multiscale_coarse_loss",
     "ncc",
     "transnet_loss",
 ]

@@ -64,6 +64,43 @@ def coarse_loss(
     return -tf.reduce_mean(ncc(translated_warped, fixed, mask=mask, eps=eps))
 
 
+def multiscale_coarse_loss(
+    translated_warped: tf.Tensor,
+    fixed: tf.Tensor,
+    mask: tf.Tensor | None = None,
+    scales: int = 1,
+    eps: float = 1e-5,
+) -> tf.Tensor:
+    """Eq. 4 averaged over a dyadic pyramid: ``mean_s L_coarse(P_s(I_x->y^C), P_s(I_y))``.
+
+    An extension, not the paper's loss (which is ``scales=1``, where this equals
+    ``coarse_loss``). ``P_s`` is ``s`` rounds of 2x2 average pooling; the mask is
+    min-pooled, so a coarse pixel counts only if all its fine pixels are valid. Coarse
+    scales see structure that is many pixels apart, so the loss still points towards
+    the alignment when the misalignment exceeds the fine image's correlation length,
+    where the full-resolution NCC is flat.
+
+    Args:
+      translated_warped, fixed, mask: as in ``coarse_loss``; H, W at least
+        ``2 ** (scales - 1)``.
+      scales: pyramid levels (>= 1).
+
+    Returns:
+      Scalar in ``[-1, 1]``.
+    """
+    if scales < 1:
+        raise ValueError(f"scales must be >= 1, got {scales}")
+    losses = []
+    for level in range(scales):
+        if level:
+            translated_warped = tf.nn.avg_pool2d(translated_warped, 2, 2, "VALID")
+            fixed = tf.nn.avg_pool2d(fixed, 2, 2, "VALID")
+            if mask is not None:
+                mask = -tf.nn.max_pool2d(-mask, 2, 2, "VALID")
+        losses.append(coarse_loss(translated_warped, fixed, mask, eps))
+    return tf.add_n(losses) / scales
+
+
 def transnet_loss(
     vis: tf.Tensor,
     nir: tf.Tensor,

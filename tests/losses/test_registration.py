@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from losses.registration import NCCLoss, coarse_loss, ncc, transnet_loss
+from losses.registration import NCCLoss, coarse_loss, multiscale_coarse_loss, ncc, transnet_loss
 
 SPEC_1 = tf.TensorSpec([None, None, None, 1], tf.float32)
 
@@ -232,3 +232,32 @@ def test_ncc_loss_serialisation_round_trip(rng):
     fixed = rng.random((2, 5, 5, 1)).astype(np.float32)
     warped = rng.random((2, 5, 5, 1)).astype(np.float32)
     np.testing.assert_allclose(restored(fixed, warped), loss(fixed, warped), rtol=1e-6)
+
+
+# --- Multi-scale extension of Eq. 4 -----------------------------------------------
+
+
+def test_multiscale_coarse_loss_with_one_scale_is_eq_4(rng):
+    s, g = rng.random((2, 2, 8, 8, 1)).astype(np.float32)
+    mask = (rng.random((2, 8, 8, 1)) > 0.2).astype(np.float32)
+    np.testing.assert_allclose(
+        multiscale_coarse_loss(s, g, mask, scales=1), coarse_loss(s, g, mask), rtol=1e-6
+    )
+
+
+def test_multiscale_coarse_loss_averages_eq_4_over_pooled_levels(rng):
+    s, g = rng.random((2, 2, 12, 8, 1)).astype(np.float32)
+    mask = (rng.random((2, 12, 8, 1)) > 0.1).astype(np.float32)
+
+    def pool(x, reduce):
+        b, h, w, c = x.shape
+        return reduce(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+    levels = [(s, g, mask)]
+    for _ in range(2):
+        a, b, m = levels[-1]
+        levels.append((pool(a, np.mean), pool(b, np.mean), pool(m, np.min)))
+    expected = np.mean([-_ncc_reference(a, b, m, 1e-5).mean() for a, b, m in levels])
+    np.testing.assert_allclose(multiscale_coarse_loss(s, g, mask, scales=3), expected, atol=1e-5)
+    with pytest.raises(ValueError):
+        multiscale_coarse_loss(s, g, mask, scales=0)

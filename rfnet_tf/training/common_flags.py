@@ -1,0 +1,89 @@
+"""absl flags shared by train_coarse.py and train_f2m.py, and their validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from absl import flags, logging
+
+from rfnet_tf.data import DataError, read_dataset
+from rfnet_tf.training.runtime import STRATEGIES
+
+LAYOUTS = ("auto", "pairs", "nirscene", "landmarks")
+
+
+class FlagError(ValueError):
+    """A flag value that cannot work; the script prints it on one line and exits 1."""
+
+
+def define_common_flags(default_model_dir: str, default_epochs: int) -> None:
+    flags.DEFINE_string("data_dir", None, "Folder of aligned training pairs (any layout the readers support).")
+    flags.DEFINE_enum("layout", "auto", LAYOUTS, "Layout of --data_dir; 'auto' detects it.")
+    flags.DEFINE_string("vis_dir", "vis", "Sub-folder of the visible images (layout 'pairs').")
+    flags.DEFINE_string("nir_dir", "nir", "Sub-folder of the NIR images (layout 'pairs'; 'ir' for RoadScene).")
+    flags.DEFINE_bool("skip_bad", False, "Skip unreadable or mismatched pairs (listed) instead of failing.")
+    flags.DEFINE_list("exclude", [], "Pair names to leave out (e.g. pairs known not to be aligned).")
+    flags.DEFINE_integer("crop_size", 384, "Side of the random square training crops, pixels.")
+    flags.DEFINE_integer("batch_size", 4, "Global batch size (split across replicas).")
+    flags.DEFINE_integer("crops_per_image", 1, "Random crops of each pair per epoch.")
+    flags.DEFINE_integer("epochs", default_epochs, "Epochs of each stage.")
+    flags.DEFINE_float("learning_rate", 4e-4, "Initial Adam learning rate.")
+    flags.DEFINE_float("decay_rate", 0.96, "Learning-rate factor per epoch (exponential decay).")
+    flags.DEFINE_string("model_dir", default_model_dir, "Where each stage keeps checkpoints, flags, events and export/.")
+    flags.DEFINE_integer("seed", 0, "Seed of the data stream and of the initial weights.")
+    flags.DEFINE_integer("max_steps", 0, "Stop each stage after this many steps (0: the full schedule).")
+    flags.DEFINE_integer("checkpoint_every", 200, "Steps between checkpoints and image summaries.")
+    flags.DEFINE_integer("log_every", 10, "Steps between progress lines and scalar summaries.")
+    flags.DEFINE_enum("strategy", "default", STRATEGIES, "tf.distribute strategy.")
+    flags.DEFINE_integer("cpu_devices", 1, "Logical CPU devices to create (mirrored training without GPUs).")
+    flags.DEFINE_bool("mixed_precision", False, "mixed_float16 on GPUs, mixed_bfloat16 on CPUs.")
+    flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA.")
+
+
+def quiet_tensorflow_logs() -> None:
+    """Shows TensorFlow's Python INFO lines (checkpoint internals) only on request
+    (``--verbosity=0``); warnings and the scripts' own progress stay visible."""
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
+def validate_common_flags(values) -> None:
+    """Raises ``FlagError`` for values that cannot work, before anything starts."""
+    if not values.data_dir:
+        raise FlagError("--data_dir is required: a folder of aligned VIS/NIR pairs")
+    if not Path(values.data_dir).is_dir():
+        raise FlagError(f"--data_dir {values.data_dir}: no such folder")
+    for name in ("crop_size", "batch_size", "crops_per_image", "epochs", "checkpoint_every", "log_every", "cpu_devices"):
+        if getattr(values, name) < 1:
+            raise FlagError(f"--{name} must be at least 1, got {getattr(values, name)}")
+    if values.crop_size < 16:
+        raise FlagError(f"--crop_size must be at least 16, got {values.crop_size}")
+    if values.max_steps < 0:
+        raise FlagError(f"--max_steps must be >= 0, got {values.max_steps}")
+    if not values.learning_rate > 0:
+        raise FlagError(f"--learning_rate must be positive, got {values.learning_rate}")
+    if not 0 < values.decay_rate <= 1:
+        raise FlagError(f"--decay_rate must be in (0, 1], got {values.decay_rate}")
+    if values.cpu_devices > 1 and values.strategy != "mirrored":
+        raise FlagError("--cpu_devices > 1 only makes sense with --strategy=mirrored")
+
+
+def read_training_pairs(values):
+    """The pairs of ``--data_dir`` but ``--exclude``; ``DataError`` messages name the bad files."""
+    try:
+        pairs = read_dataset(
+            values.data_dir,
+            layout=values.layout,
+            vis_dir=values.vis_dir,
+            nir_dir=values.nir_dir,
+            skip_bad=values.skip_bad,
+        )
+    except DataError as error:
+        raise FlagError(str(error)) from error
+    unknown = set(values.exclude) - {pair.name for pair in pairs}
+    if unknown:
+        raise FlagError(f"--exclude names pairs that {values.data_dir} does not hold: {sorted(unknown)}")
+    pairs = [pair for pair in pairs if pair.name not in set(values.exclude)]
+    if not pairs:
+        raise FlagError(f"no pairs left in {values.data_dir} after --exclude")
+    return pairs

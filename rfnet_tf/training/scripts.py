@@ -1,0 +1,255 @@
+"""What train_coarse.py and train_f2m.py run, once their flags are validated."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import flags
+
+from rfnet_tf.data import Pair, affinenet_dataset, f2m_dataset, steps_per_epoch, transnet_dataset
+from rfnet_tf.networks import RFNet
+from rfnet_tf.networks.rfnet import resize_for_affine
+from rfnet_tf.training.common_flags import FlagError, read_training_pairs
+from rfnet_tf.training.loop import LoopConfig, run_stage
+from rfnet_tf.training.runtime import (
+    configure_cpu_devices,
+    configure_mixed_precision,
+    is_chief,
+    make_strategy,
+    save_flags,
+    stage_directory,
+)
+from rfnet_tf.training.stages import LossWeights, Stage
+from rfnet_tf.weights import (
+    WeightsError,
+    load_parts,
+    model_from_weights,
+    read_config,
+    resolve_weights_dir,
+)
+
+DATASETS = {
+    "transnet": transnet_dataset,
+    "affinenet": affinenet_dataset,
+    "fusion": f2m_dataset,
+    "deformation": f2m_dataset,
+}
+
+
+def effective_flags(script_file: str) -> dict:
+    """Every flag the script and the shared training flags define, with its value."""
+    by_module = flags.FLAGS.flags_by_module_dict()
+    names = set()
+    for module, module_flags in by_module.items():
+        if module.endswith(("train_coarse.py", "train_f2m.py", "common_flags")) or module == script_file:
+            names.update(flag.name for flag in module_flags)
+    return {name: flags.FLAGS[name].value for name in sorted(names)}
+
+
+def resize_pair(pair: Pair, size: int) -> Pair:
+    """The pair resized to ``size x size`` exactly as RFNet resizes its coarse input."""
+
+    def resize(image):
+        return resize_for_affine(tf.constant(image[None]), size)[0].numpy()
+
+    return dataclasses.replace(pair, vis=resize(pair.vis), nir=resize(pair.nir))
+
+
+def largest_valid_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` of a box inside which ``mask (H, W)`` is all 1.
+
+    Greedy: while the box holds an invalid pixel, drop the border row or column with the
+    most invalid pixels. Exact for the convex valid region of an affine warp up to a
+    pixel or two.
+    """
+    top, bottom, left, right = 0, mask.shape[0], 0, mask.shape[1]
+    valid = mask > 0
+    while top < bottom and left < right:
+        box = valid[top:bottom, left:right]
+        if box.all():
+            break
+        losses = [
+            (~box[0]).sum(),
+            (~box[-1]).sum(),
+            (~box[:, 0]).sum(),
+            (~box[:, -1]).sum(),
+        ]
+        side = int(np.argmax(losses))
+        if side == 0:
+            top += 1
+        elif side == 1:
+            bottom -= 1
+        elif side == 2:
+            left += 1
+        else:
+            right -= 1
+    return top, bottom, left, right
+
+
+def coarse_align(pairs: list[Pair], coarse: RFNet, crop_size: int) -> list[Pair]:
+    """The coarse module's registration of each pair, cut to its fully valid box."""
+    aligned = []
+    for index, pair in enumerate(pairs, start=1):
+        vis = pair.vis if pair.vis.shape[-1] == 3 else np.repeat(pair.vis, 3, axis=-1)
+        out = coarse.coarse(tf.constant(vis[None]), tf.constant(pair.nir[None]))
+        mask = out["mask"].numpy()[0, ..., 0]
+        top, bottom, left, right = largest_valid_box(mask)
+        if bottom - top < crop_size // 2 or right - left < crop_size // 2:
+            print(f"coarse alignment of {pair.name} leaves a valid box of "
+                  f"{bottom - top}x{right - left} px; using the pair unaligned", flush=True)
+            aligned.append(pair)
+            continue
+        registered = out["registered"].numpy()[0]
+        aligned.append(
+            dataclasses.replace(
+                pair,
+                vis=np.ascontiguousarray(registered[top:bottom, left:right]),
+                nir=np.ascontiguousarray(pair.nir[top:bottom, left:right]),
+            )
+        )
+        print(f"coarse-aligned {index}/{len(pairs)} {pair.name}", flush=True)
+    return aligned
+
+
+def _loop_config(values, stage_dir, pairs, carried, provenance) -> LoopConfig:
+    per_epoch = steps_per_epoch(pairs, values.batch_size, values.crops_per_image)
+    total = per_epoch * values.epochs
+    if values.max_steps:
+        total = min(total, values.max_steps)
+    return LoopConfig(
+        stage_dir=stage_dir,
+        total_steps=total,
+        steps_per_epoch=per_epoch,
+        batch_size=values.batch_size,
+        learning_rate=values.learning_rate,
+        decay_rate=values.decay_rate,
+        log_every=values.log_every,
+        checkpoint_every=values.checkpoint_every,
+        jit_compile=values.jit_compile,
+        carried_parts=carried,
+        provenance=provenance,
+    )
+
+
+def _train(values, script_file, strategy, name, pairs, model, carried, weights, **dataset_options):
+    stage_dir = stage_directory(values.model_dir, name)
+    flag_values = effective_flags(script_file)
+    if is_chief(strategy):
+        save_flags(stage_dir, flag_values)
+    provenance = {
+        "data_dir": str(values.data_dir),
+        "pairs": len(pairs),
+        "flags": flag_values,
+        "dtype_policy": keras.config.dtype_policy().name,
+        "replicas": strategy.num_replicas_in_sync,
+    }
+    config = _loop_config(values, stage_dir, pairs, carried, provenance)
+    make = functools.partial(
+        DATASETS[name],
+        pairs,
+        crop_size=values.crop_size,
+        batch_size=values.batch_size,
+        seed=values.seed,
+        crops_per_image=values.crops_per_image,
+        **dataset_options,
+    )
+    stage = Stage(name, model, weights)
+    print(
+        f"[{name}] {len(pairs)} pairs, {config.steps_per_epoch} steps per epoch, "
+        f"training to step {config.total_steps} in {stage_dir}",
+        flush=True,
+    )
+    run_stage(stage, strategy, lambda start: make(start_batch=start), config)
+
+
+def _setup(values):
+    configure_cpu_devices(values.cpu_devices)
+    configure_mixed_precision(values.mixed_precision)
+    strategy = make_strategy(values.strategy)
+    keras.utils.set_random_seed(values.seed)
+    return strategy
+
+
+def _require_weights(path: Path, required: tuple[str, ...], flag: str) -> Path:
+    """The weights directory at ``path`` if it holds ``required``; else ``FlagError``."""
+    try:
+        directory = resolve_weights_dir(path)
+        parts = read_config(directory).get("parts", [])
+    except WeightsError as error:
+        raise FlagError(f"{flag}: {error}") from error
+    missing = [part for part in required if part not in parts]
+    if missing:
+        raise FlagError(f"{flag} {directory}: holds {parts}, needs {missing}")
+    return directory
+
+
+def run_coarse(values, script_file: str) -> None:
+    """train_coarse.py: TransNet and/or AffineNet."""
+    root = Path(values.model_dir)
+    stages = ["transnet", "affinenet"] if values.stage == "all" else [values.stage]
+    transnet_dir = Path(values.transnet_dir) if values.transnet_dir else stage_directory(root, "transnet")
+    affinenet_dir = stage_directory(root, "affinenet")
+    if values.stage == "affinenet" and not tf.train.latest_checkpoint(affinenet_dir):
+        _require_weights(transnet_dir, ("transnet",), "--transnet_dir")
+    strategy = _setup(values)
+    pairs = read_training_pairs(values)
+    affine_options = {}
+    if not values.native_resolution:
+        # Misalignments are drawn in the original images' frame (their median size).
+        sizes = np.array([(pair.height, pair.width) for pair in pairs])
+        affine_options["sampling_frame"] = tuple(int(v) for v in np.median(sizes, axis=0))
+        pairs = [resize_pair(pair, values.affine_input_size) for pair in pairs]
+    weights = LossWeights(
+        eta=values.eta, ncc_scales=values.ncc_scales, affine_supervision=values.affine_supervision
+    )
+    for name in stages:
+        with strategy.scope():
+            model = RFNet(deformable=values.deformable, affine_input_size=values.affine_input_size)
+        carried: tuple[str, ...] = ()
+        if name == "affinenet":
+            if not tf.train.latest_checkpoint(affinenet_dir):
+                load_parts(model, transnet_dir, required=("transnet",))
+            carried = ("transnet",)
+        options = affine_options if name == "affinenet" else {}
+        _train(values, script_file, strategy, name, pairs, model, carried, weights, **options)
+
+
+def run_f2m(values, script_file: str) -> None:
+    """train_f2m.py: F2M phase 1 (fusion) and/or phase 2 (deformation block)."""
+    root = Path(values.model_dir)
+    phases = ["fusion", "deformation"] if values.phase == "all" else [values.phase]
+    fusion_dir = stage_directory(values.fusion_dir or root, "fusion")
+    deformation_dir = stage_directory(root, "deformation")
+    coarse_dir = None
+    if values.coarse_dir:
+        coarse_dir = _require_weights(Path(values.coarse_dir), ("transnet", "affinenet"), "--coarse_dir")
+    if values.phase == "deformation" and not tf.train.latest_checkpoint(deformation_dir):
+        _require_weights(fusion_dir, ("f2m",), "--fusion_dir")
+    strategy = _setup(values)
+    pairs = read_training_pairs(values)
+    if coarse_dir is not None:
+        pairs = coarse_align(pairs, model_from_weights(coarse_dir, required=("transnet", "affinenet")),
+                             values.crop_size)
+    weights = LossWeights(
+        gamma=values.gamma, delta=values.delta, lambda_smooth=values.lambda_smooth, alpha=values.alpha
+    )
+    carried: tuple[str, ...] = ("transnet", "affinenet") if coarse_dir is not None else ()
+    # The coarse module's own configuration (its input size, deformable or not) carries over.
+    model_config = read_config(coarse_dir)["model"] if coarse_dir is not None else {}
+    model_config = dict(model_config, max_displacement=values.max_displacement)
+    for name in phases:
+        with strategy.scope():
+            model = RFNet(**model_config)
+        stage_dir = stage_directory(root, name)
+        if not tf.train.latest_checkpoint(stage_dir):
+            if coarse_dir is not None:
+                load_parts(model, coarse_dir, required=("transnet", "affinenet"))
+            if name == "deformation":
+                load_parts(model, fusion_dir, required=("f2m",))
+        phase_carried = carried + (("f2m",) if name == "deformation" else ())
+        _train(values, script_file, strategy, name, pairs, model, phase_carried, weights)

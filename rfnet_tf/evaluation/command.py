@@ -1,0 +1,234 @@
+"""evaluate.py's logic: validated settings from its flags, then the whole run.
+
+Order (everything that can fail on bad input fails before any inference): flags, the
+output directory, the methods and what the weights hold, every input read (and
+misaligned), the model loaded, then the evaluation. Errors a user can fix are
+``INPUT_ERRORS``; :func:`one_line` turns each into a one-line message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from absl import logging
+
+from rfnet_tf.data import DataError
+from rfnet_tf.data.demo import DEMO_IMAGES
+from rfnet_tf.data.synthetic import MISALIGNMENT_KINDS
+from rfnet_tf.evaluation import sources
+from rfnet_tf.evaluation.inference import WeightsInfo, inspect_weights, load_predictor
+from rfnet_tf.evaluation.outputs import OutputError, check_out_dir
+from rfnet_tf.evaluation.pipeline import (
+    EvaluationError,
+    Options,
+    Report,
+    parse_methods,
+    plan_methods,
+    run_evaluation,
+)
+from rfnet_tf.evaluation.sources import FOLDER_LAYOUTS
+from rfnet_tf.weights import WeightsError
+
+INPUT_ERRORS = (DataError, WeightsError, EvaluationError, OutputError)
+SOURCES = ("pair", "data_dir", "landmarks", "demo")
+# Flags that only mean something for some sources: using them elsewhere is an error
+# rather than silently ignored.
+_SOURCE_FLAGS = {
+    "layout": ("data_dir",),
+    "vis_dir": ("data_dir",),
+    "nir_dir": ("data_dir",),
+    "skip_bad": ("data_dir", "landmarks"),
+    "misalign": ("data_dir", "demo"),
+    "seed": ("data_dir", "demo"),
+    "num_landmarks": ("data_dir", "demo"),
+    "demo_images": ("demo",),
+}
+_SOURCE_OPTIONS = {
+    "pair": "--vis/--nir",
+    "data_dir": "--data_dir",
+    "landmarks": "--landmarks_dir",
+    "demo": "the demo set (no input flag)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Validated settings of one evaluation (see evaluate.py's flags)."""
+
+    source: str
+    weights: Path
+    weights_given: bool
+    methods: tuple[str, ...]
+    methods_given: bool
+    out_dir: Path
+    vis: str | None = None
+    nir: str | None = None
+    data_dir: str | None = None
+    layout: str = "auto"
+    vis_dir: str = "vis"
+    nir_dir: str = "nir"
+    skip_bad: bool = False
+    landmarks_dir: str | None = None
+    misalign: str = "both"
+    seed: int = 0
+    num_landmarks: int = 5
+    demo_images: tuple[str, ...] = DEMO_IMAGES
+    paper_conventions: bool = False
+    checkerboard_tiles: int = 8
+    ecc_levels: int = 3
+    progress: bool = True
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def settings_from_flags(
+    values: Mapping[str, object], present: set[str], default_weights: Path
+) -> Settings:
+    """Checks the flag values and their combination.
+
+    Args:
+      values: ``{flag name: value}`` of every evaluate.py flag.
+      present: the flags given on the command line.
+      default_weights: the weights used without ``--weights``.
+
+    Raises:
+      EvaluationError: a missing, conflicting or out-of-range flag.
+    """
+    given = {
+        "pair": bool(values["vis"] or values["nir"]),
+        "data_dir": bool(values["data_dir"]),
+        "landmarks": bool(values["landmarks_dir"]),
+    }
+    chosen = [source for source, on in given.items() if on]
+    if len(chosen) > 1:
+        raise EvaluationError(
+            "give one input: --vis and --nir, --data_dir, or --landmarks_dir "
+            f"(got {', '.join(_SOURCE_OPTIONS[source] for source in chosen)})"
+        )
+    source = chosen[0] if chosen else "demo"
+    if source == "pair" and not (values["vis"] and values["nir"]):
+        raise EvaluationError("--vis and --nir go together: give both files of the pair")
+    for flag, allowed in _SOURCE_FLAGS.items():
+        if flag in present and source not in allowed:
+            options = " or ".join(_SOURCE_OPTIONS[name] for name in allowed)
+            raise EvaluationError(f"--{flag} applies only to {options}")
+    if values["layout"] not in FOLDER_LAYOUTS:
+        raise EvaluationError(f"--layout must be one of {', '.join(FOLDER_LAYOUTS)}")
+    if values["misalign"] not in MISALIGNMENT_KINDS:
+        raise EvaluationError(f"--misalign must be one of {', '.join(MISALIGNMENT_KINDS)}")
+    minimums = (("num_landmarks", 1), ("checkerboard_tiles", 1), ("ecc_levels", 1), ("seed", 0))
+    for flag, minimum in minimums:
+        if values[flag] < minimum:
+            raise EvaluationError(f"--{flag} must be at least {minimum}, got {values[flag]}")
+    demo_images = _names(values["demo_images"])
+    unknown = [name for name in demo_images if name not in DEMO_IMAGES]
+    if not demo_images or unknown:
+        raise EvaluationError(
+            f"--demo_images must name some of {', '.join(DEMO_IMAGES)} "
+            f"(got {values['demo_images']!r})"
+        )
+    if not values["out_dir"]:
+        raise EvaluationError("--out_dir is empty")
+    return Settings(
+        source=source,
+        weights=Path(values["weights"]) if values["weights"] else default_weights,
+        weights_given=bool(values["weights"]),
+        methods=parse_methods(values["methods"]),
+        methods_given="methods" in present,
+        out_dir=Path(values["out_dir"]),
+        vis=values["vis"],
+        nir=values["nir"],
+        data_dir=values["data_dir"],
+        layout=values["layout"],
+        vis_dir=values["vis_dir"],
+        nir_dir=values["nir_dir"],
+        skip_bad=values["skip_bad"],
+        landmarks_dir=values["landmarks_dir"],
+        misalign=values["misalign"],
+        seed=values["seed"],
+        num_landmarks=values["num_landmarks"],
+        demo_images=demo_images,
+        paper_conventions=values["paper_conventions"],
+        checkerboard_tiles=values["checkerboard_tiles"],
+        ecc_levels=values["ecc_levels"],
+    )
+
+
+def load_dataset(settings: Settings) -> sources.EvaluationSet:
+    """Reads (and for synthetic sources misaligns) every input pair."""
+    if settings.source == "pair":
+        return sources.single_pair(settings.vis, settings.nir)
+    if settings.source == "landmarks":
+        return sources.landmark_folder(settings.landmarks_dir, settings.skip_bad)
+    if settings.source == "data_dir":
+        return sources.synthetic_folder(
+            settings.data_dir,
+            settings.misalign,
+            settings.seed,
+            settings.num_landmarks,
+            settings.layout,
+            settings.vis_dir,
+            settings.nir_dir,
+            settings.skip_bad,
+        )
+    return sources.demo_set(
+        settings.misalign, settings.seed, settings.num_landmarks, settings.demo_images
+    )
+
+
+def weights_info(settings: Settings) -> WeightsInfo:
+    """What ``--weights`` (or the default weights) holds.
+
+    Raises:
+      EvaluationError: the default weights directory does not exist.
+      WeightsError: the weights path holds no RFNet weights.
+    """
+    if not settings.weights_given and not settings.weights.exists():
+        raise EvaluationError(
+            f"no trained weights at {settings.weights}: train RFNet first (train_coarse.py, "
+            "then train_f2m.py) or pass --weights=DIR (a weights directory, a training stage "
+            "directory or a SavedModel)"
+        )
+    return inspect_weights(settings.weights)
+
+
+def execute(settings: Settings, extra_config: dict | None = None) -> Report:
+    """Runs the whole evaluation described by ``settings``; returns the report."""
+    check_out_dir(settings.out_dir)
+    requested_model = bool(set(settings.methods) & {"rfnet", "rfnet_coarse"})
+    info = weights_info(settings) if requested_model else None
+    plan = plan_methods(settings.methods, info, settings.methods_given)
+    for method, reason in plan.not_evaluated.items():
+        logging.warning("%s is not evaluated: %s", method, reason)
+    dataset = load_dataset(settings)
+    predictor = load_predictor(info) if plan.needs_model else None
+    options = Options(
+        paper_conventions=settings.paper_conventions,
+        checkerboard_tiles=settings.checkerboard_tiles,
+        ecc_levels=settings.ecc_levels,
+        progress=settings.progress,
+    )
+    return run_evaluation(dataset, predictor, plan, options, settings.out_dir, extra_config)
+
+
+def one_line(error: BaseException) -> str:
+    """A one-line message for ``error``: a multi-problem ``DataError`` lists its problems
+    separated by ``;``."""
+    if isinstance(error, DataError) and len(error.problems) > 1:
+        text = f"{len(error.problems)} problems in the input: " + "; ".join(error.problems)
+        text += " (--skip_bad skips bad pairs)"
+    elif isinstance(error, DataError) and error.problems:
+        text = error.problems[0]
+    else:
+        text = str(error)
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def default_weights_dir(script_file: str | os.PathLike) -> Path:
+    """The repository's ``weights/`` directory, next to the script (not the cwd)."""
+    return Path(script_file).resolve().parent / "weights"

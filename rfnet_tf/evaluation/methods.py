@@ -1,0 +1,281 @@
+"""The compared methods and their metrics on one sample (paper Tables 1 and 2).
+
+Registration methods (Table 1) each give a backward transform from the fixed (NIR)
+frame into the moving VIS, ``T(p) = T_theta(p + phi(p))`` (ARCHITECTURE section 1;
+``rfnet_tf.metrics.registration``):
+
+* ``rfnet``: the full model, RFNet's affine then its dense flow;
+* ``rfnet_coarse``: the coarse module alone, the affine of the same call;
+* ``identity``: the unaligned VIS ("unaligned VIS" in Table 1);
+* ``ecc``: OpenCV's ECC affine, coarse to fine (``rfnet_tf.baselines.ecc_affine``). A
+  failed run is reported (``failed``, ``reason``) and registers with the identity.
+
+Every method's registered VIS is made by the same numpy warp of the moving VIS at its
+``T(p)`` (for RFNet this reproduces the model's own composed single interpolation), so
+the methods differ only in their transforms.
+
+Fusion methods (Table 2) fuse the NIR with the VIS registered by *one* registration
+(the "fusion registration": ``rfnet`` when evaluated, else the first registration
+method requested), so they compare fusion rules on equal footing:
+
+* ``rfnet``: F2M's fused luma;
+* ``average``: the mean of that registered VIS luma and the NIR.
+
+Validity. PSNR and SSIM use the fixed pixels whose sample point lies inside the moving
+image and, for a synthetic misalignment, on its content (the black border a synthetic
+warp leaves is not image content). The end-point error compares the method's ``T``
+with the true one over the fixed pixels whose true correspondence lies on the moving
+image's content: the same region for every method. Fusion metrics are whole-image
+statistics of the fused image and see the registered VIS's border as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+
+from rfnet_tf import baselines
+from rfnet_tf.colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
+from rfnet_tf.evaluation.sources import Sample
+from rfnet_tf.metrics import (
+    fusion_metrics,
+    landmark_errors,
+    landmark_summary,
+    map_moving_to_fixed,
+    sampling_coordinates,
+    warp_image,
+)
+from rfnet_tf.metrics.registration import endpoint_error, registration_psnr, registration_ssim
+
+REGISTRATION_METHODS = ("rfnet", "rfnet_coarse", "identity", "ecc")
+FUSION_METHODS = ("rfnet", "average")
+METHODS = ("rfnet", "rfnet_coarse", "identity", "ecc", "average")
+DEFAULT_METHODS = METHODS
+# Methods that need the RFNet model, and which part of it.
+FULL_MODEL_METHODS = ("rfnet",)
+COARSE_MODEL_METHODS = ("rfnet_coarse",)
+
+LANDMARK_METRICS = ("rmse", "mae", "mee")
+REGISTRATION_METRICS = ("rmse", "mae", "mee", "psnr", "ssim", "epe")
+FUSION_METRICS = ("en", "std", "ag", "sf", "psnr", "mi", "ssim", "qabf")
+# Registration errors are better low; every other metric (registration PSNR / SSIM and
+# every fusion metric) is better high.
+LOWER_IS_BETTER = {"registration": frozenset({"rmse", "mae", "mee", "epe"}), "fusion": frozenset()}
+
+# A warped validity mask counts a pixel as content only if (almost) all of its bilinear
+# weight falls on content, so blends with the black border are excluded.
+CONTENT_THRESHOLD = 0.999
+PEAK = 255.0
+
+
+@dataclasses.dataclass(eq=False)
+class Registration:
+    """One method's registration of one sample.
+
+    Attributes:
+      method: the method name.
+      theta: ``(2, 3)`` normalised backward affine, or ``None`` (identity).
+      flow: ``(H, W, 2)`` backward flow ``(dy, dx)`` px after the affine, or ``None``.
+      failed, reason, correlation: ECC's outcome (``correlation`` is ``None`` for the
+        other methods).
+      seconds: the method's own run time (the shared RFNet call is timed separately).
+    """
+
+    method: str
+    theta: np.ndarray | None = None
+    flow: np.ndarray | None = None
+    failed: bool = False
+    reason: str = ""
+    correlation: float | None = None
+    seconds: float = 0.0
+
+    def coordinates(self, shape) -> np.ndarray:
+        """``(H, W, 2)`` moving-image ``(y, x)`` sampled by every fixed pixel: ``T(p)``."""
+        return sampling_coordinates(shape, theta=self.theta, flow=self.flow)
+
+
+@dataclasses.dataclass(eq=False)
+class Registered:
+    """A registration applied to a sample.
+
+    Attributes:
+      registration: the transform.
+      coordinates: ``(H, W, 2)`` ``T(p)``.
+      vis: ``(H, W, C)`` float64 registered VIS in ``[0, 1]``.
+      vis_luma: ``(H, W)`` float64 registered VIS luma, 0-255.
+      valid: ``(H, W)`` bool, where the registered VIS shows moving-image content.
+      metrics: ``{metric: float or None}`` (see :func:`registration_metrics`).
+    """
+
+    registration: Registration
+    coordinates: np.ndarray
+    vis: np.ndarray
+    vis_luma: np.ndarray
+    valid: np.ndarray
+    metrics: dict
+
+
+def luma_255(image: np.ndarray) -> np.ndarray:
+    """``(H, W)`` float64 luma on 0-255 of an ``(H, W, C)`` image in ``[0, 1]``."""
+    return np.asarray(luma(np.asarray(image, np.float64)))[..., 0] * PEAK
+
+
+def register(
+    method: str, sample: Sample, prediction: dict[str, np.ndarray] | None, ecc_levels: int = 3
+) -> Registration:
+    """The transform of ``method`` for ``sample``.
+
+    Args:
+      method: one of :data:`REGISTRATION_METHODS`.
+      sample: the pair.
+      prediction: the RFNet outputs for the pair (``inference.Predictor``), needed by
+        ``rfnet`` (``affine``, ``flow``) and ``rfnet_coarse`` (``affine``).
+      ecc_levels: ECC pyramid levels.
+    """
+    if method == "identity":
+        return Registration(method)
+    if method == "rfnet_coarse":
+        return Registration(method, theta=np.asarray(prediction["affine"], np.float64))
+    if method == "rfnet":
+        return Registration(
+            method,
+            theta=np.asarray(prediction["affine"], np.float64),
+            flow=np.asarray(prediction["flow"], np.float64),
+        )
+    if method == "ecc":
+        start = time.perf_counter()
+        result = baselines.ecc_affine(
+            luma_255(sample.pair.vis),
+            sample.pair.nir[..., 0].astype(np.float64) * PEAK,
+            levels=ecc_levels,
+            moving_mask=sample.moving_mask,
+        )
+        return Registration(
+            method,
+            theta=None if result.failed else result.theta,
+            failed=result.failed,
+            reason=result.reason,
+            correlation=None if result.failed else result.correlation,
+            seconds=time.perf_counter() - start,
+        )
+    raise ValueError(f"unknown registration method {method!r}; methods are {REGISTRATION_METHODS}")
+
+
+def finite_or_none(value: float) -> float | None:
+    """``value`` as a float, or ``None`` if it is NaN or infinite (JSON has neither)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+@dataclasses.dataclass(eq=False)
+class GroundTruth:
+    """A synthetic sample's true registration, computed once per sample.
+
+    Attributes:
+      coordinates: ``(H, W, 2)`` true ``T*(p)`` (``MisalignedPair.registration_coordinates``).
+      region: ``(H, W)`` bool, the fixed pixels whose true correspondence lies on the
+        moving image's content: where the end-point error is measured.
+    """
+
+    coordinates: np.ndarray
+    region: np.ndarray
+
+
+def ground_truth(sample: Sample) -> GroundTruth | None:
+    """The sample's :class:`GroundTruth`, or ``None`` for real data."""
+    if sample.truth is None:
+        return None
+    coordinates = sample.truth.registration_coordinates()
+    content, inside = warp_image(sample.truth.mask[..., 0], coordinates)
+    return GroundTruth(coordinates, inside & (content >= CONTENT_THRESHOLD))
+
+
+def registration_metrics(
+    sample: Sample, registered: Registered, truth: GroundTruth | None
+) -> dict[str, float | None]:
+    """Paper Table 1 metrics of one registered sample.
+
+    Keys: ``rmse, mae, mee`` (landmark errors in fixed px, :mod:`rfnet_tf.metrics`)
+    only when the sample has landmarks; ``psnr, ssim`` always; ``epe`` (mean end-point
+    error of ``T`` against the true registration over ``truth.region``, px) only with a
+    synthetic ground truth. A value that cannot be computed (e.g. a landmark whose
+    carried position does not converge under a steep flow, or an empty valid region)
+    is ``None``.
+    """
+    pair = sample.pair
+    registration = registered.registration
+    nir = pair.nir[..., 0].astype(np.float64) * PEAK
+    metrics: dict[str, float | None] = {}
+    if pair.has_landmarks:
+        carried = map_moving_to_fixed(
+            pair.vis_points, pair.nir.shape, theta=registration.theta, flow=registration.flow
+        )
+        summary = landmark_summary(landmark_errors(carried, pair.nir_points))
+        metrics.update({key: finite_or_none(summary[key]) for key in LANDMARK_METRICS})
+    metrics["psnr"] = finite_or_none(registration_psnr(registered.vis_luma, nir, registered.valid))
+    metrics["ssim"] = finite_or_none(registration_ssim(registered.vis_luma, nir, registered.valid))
+    if truth is not None:
+        metrics["epe"] = finite_or_none(
+            endpoint_error(registered.coordinates, truth.coordinates, truth.region)
+        )
+    return metrics
+
+
+def apply_registration(
+    sample: Sample, registration: Registration, truth: GroundTruth | None = None
+) -> Registered:
+    """Warps the sample's VIS by ``registration`` and measures it (``truth``:
+    :func:`ground_truth` of the sample, for the end-point error)."""
+    pair = sample.pair
+    coordinates = registration.coordinates(pair.nir.shape)
+    channels = pair.vis.shape[-1]
+    moving = pair.vis
+    if sample.moving_mask is not None:
+        # Warped together with the VIS: one interpolation pass for both.
+        moving = np.concatenate([moving, sample.moving_mask[..., None]], axis=-1)
+    warped, valid = warp_image(moving, coordinates)
+    vis = warped[..., :channels]
+    if sample.moving_mask is not None:
+        valid = valid & (warped[..., channels] >= CONTENT_THRESHOLD)
+    registered = Registered(registration, coordinates, vis, luma_255(vis), valid, {})
+    registered.metrics = registration_metrics(sample, registered, truth)
+    return registered
+
+
+def fuse(method: str, registered: Registered, nir: np.ndarray, prediction) -> np.ndarray:
+    """``(H, W)`` float64 fused luma (0-255) of ``method``.
+
+    Args:
+      method: one of :data:`FUSION_METHODS`.
+      registered: the fusion registration's result (``average`` fuses its VIS luma).
+      nir: ``(H, W, 1)`` NIR in ``[0, 1]``.
+      prediction: the RFNet outputs (``rfnet`` takes ``fused``).
+    """
+    if method == "rfnet":
+        return np.asarray(prediction["fused"], np.float64)[..., 0] * PEAK
+    if method == "average":
+        return baselines.average_fusion(registered.vis_luma, nir[..., 0].astype(np.float64) * PEAK)
+    raise ValueError(f"unknown fusion method {method!r}; methods are {FUSION_METHODS}")
+
+
+def fused_rgb(fused_luma: np.ndarray, registered_vis: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` RGB in ``[0, 1]``: a fused luma (0-255) with the registered VIS's
+    chroma (ARCHITECTURE section 1; a grey VIS gives a grey image)."""
+    fused = fused_luma[..., None] / PEAK
+    if registered_vis.shape[-1] == 1:
+        return np.repeat(np.clip(fused, 0.0, 1.0), 3, axis=-1)
+    chroma = np.asarray(rgb_to_ycbcr(registered_vis))[..., 1:]
+    return np.clip(np.asarray(ycbcr_to_rgb(np.concatenate([fused, chroma], axis=-1))), 0.0, 1.0)
+
+
+def fusion_scores(
+    registered: Registered, nir: np.ndarray, fused_luma: np.ndarray, paper_conventions: bool
+) -> dict[str, float | None]:
+    """Paper Table 2 metrics (:data:`FUSION_METRICS`) of one fused image; non-finite -> None."""
+    scores = fusion_metrics(
+        registered.vis_luma, nir[..., 0].astype(np.float64) * PEAK, fused_luma, paper_conventions
+    )
+    return {key: finite_or_none(scores[key]) for key in FUSION_METRICS}

@@ -1,0 +1,417 @@
+"""The evaluation run: which methods can run, the loop over pairs, and the written results.
+
+:func:`plan_methods` decides what is evaluated from the requested methods and the
+weights at hand; :func:`run_evaluation` evaluates every pair (one RFNet call per pair
+feeds both ``rfnet`` and ``rfnet_coarse``), writes the per-pair images, results.json
+and results.md into a staged directory that replaces ``out_dir`` only when complete
+(``outputs.staged_directory``), and returns the report.
+
+Incomplete weights (decision): a weights directory from an earlier training stage may
+hold only the coarse module. Methods it cannot run are then dropped with a note in
+the terminal and in results.md / results.json when they were requested by default, and
+rejected (an error, nothing evaluated) when the user named them in ``--methods``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from rfnet_tf.evaluation import methods as methods_lib
+from rfnet_tf.evaluation import outputs, report
+from rfnet_tf.evaluation.inference import COARSE_PARTS, Predictor, WeightsInfo
+from rfnet_tf.evaluation.sources import EvaluationSet, Sample
+from rfnet_tf.weights import PARTS
+
+CONVENTIONS = {
+    False: "standard (ARCHITECTURE section 6; e.g. fusion PSNR with peak 255 on 0-255 luma)",
+    True: (
+        "paper (--paper_conventions: fusion STD, AG and PSNR as in the paper's Table 2, "
+        "e.g. fusion PSNR about 48 dB above the standard one; see rfnet_tf.metrics.fusion)"
+    ),
+}
+
+
+class EvaluationError(ValueError):
+    """The requested evaluation cannot run (flags, methods or weights do not fit)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodPlan:
+    """What is evaluated.
+
+    Attributes:
+      registration: registration methods, in table order.
+      fusion: fusion methods, in table order.
+      fusion_registration: the registration whose VIS every fusion method fuses (and
+        whose results the per-pair images show); ``None`` without fusion methods.
+      not_evaluated: ``{method: reason}`` for requested methods dropped.
+    """
+
+    registration: tuple[str, ...]
+    fusion: tuple[str, ...]
+    fusion_registration: str | None
+    not_evaluated: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def needs_model(self) -> bool:
+        return bool(set(self.registration + self.fusion) & {"rfnet", "rfnet_coarse"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Settings of a run besides the data, the model and the methods."""
+
+    paper_conventions: bool = False
+    checkerboard_tiles: int = 8
+    ecc_levels: int = 3
+    progress: bool = True
+
+
+@dataclasses.dataclass(eq=False)
+class Report:
+    """A finished run: the results.json content, results.md and the terminal text."""
+
+    results: dict
+    markdown: str
+    terminal: str
+    out_dir: Path
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """``"rfnet, ecc"`` -> ``("rfnet", "ecc")``: known names, order kept, duplicates dropped."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise EvaluationError(f"--methods is empty; choose from {','.join(methods_lib.METHODS)}")
+    unknown = [name for name in names if name not in methods_lib.METHODS]
+    if unknown:
+        raise EvaluationError(
+            f"--methods: unknown method(s) {', '.join(unknown)}; "
+            f"choose from {','.join(methods_lib.METHODS)}"
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def model_requirement(method: str, weights: WeightsInfo | None) -> str | None:
+    """Why ``weights`` cannot run ``method`` (``None``: it can, or needs no model)."""
+    if method in methods_lib.FULL_MODEL_METHODS:
+        needed = PARTS
+    elif method in methods_lib.COARSE_MODEL_METHODS:
+        needed = COARSE_PARTS
+    else:
+        return None
+    if weights is None:
+        return f"{method} needs RFNet weights"
+    missing = [part for part in needed if part not in weights.parts]
+    if not missing:
+        return None
+    return (
+        f"{weights.path} holds {list(weights.parts) or 'no parts'}, but {method} needs "
+        f"{list(needed)} (missing {missing})"
+    )
+
+
+def plan_methods(
+    requested: Sequence[str], weights: WeightsInfo | None, explicit: bool
+) -> MethodPlan:
+    """The methods to evaluate.
+
+    Args:
+      requested: method names (:func:`parse_methods`).
+      weights: what the weights hold (``None`` when no requested method needs them).
+      explicit: the user named the methods (``--methods`` given), so a method the
+        weights cannot run is an error rather than a dropped column.
+
+    Raises:
+      EvaluationError: an explicitly requested method cannot run, ``average`` has no
+        registration to fuse, or nothing is left to evaluate.
+    """
+    not_evaluated = {}
+    for method in requested:
+        reason = model_requirement(method, weights)
+        if reason is not None:
+            if explicit:
+                raise EvaluationError(f"cannot evaluate {method}: {reason}; drop it from --methods")
+            not_evaluated[method] = reason
+    remaining = [method for method in requested if method not in not_evaluated]
+    registration = tuple(m for m in remaining if m in methods_lib.REGISTRATION_METHODS)
+    fusion = tuple(m for m in remaining if m in methods_lib.FUSION_METHODS)
+    if fusion and not registration:
+        raise EvaluationError(
+            "--methods: fusion needs a registration method to fuse the registered VIS "
+            f"({', '.join(methods_lib.REGISTRATION_METHODS)})"
+        )
+    if not registration:
+        raise EvaluationError("no method left to evaluate: " + "; ".join(not_evaluated.values()))
+    fusion_registration = None
+    if fusion:
+        fusion_registration = "rfnet" if "rfnet" in registration else registration[0]
+    return MethodPlan(registration, fusion, fusion_registration, not_evaluated)
+
+
+def evaluate_sample(
+    sample: Sample, predictor: Predictor | None, plan: MethodPlan, options: Options
+) -> tuple[dict, dict]:
+    """Evaluates one pair.
+
+    Returns:
+      ``(record, images)``: the per-pair record of results.json (without ``folder`` /
+      ``files``) and the arrays :func:`outputs.save_pair_images` needs.
+    """
+    pair = sample.pair
+    seconds = {}
+    prediction = None
+    if plan.needs_model:
+        start = time.perf_counter()
+        prediction = predictor(pair.vis, pair.nir)
+        seconds["rfnet_model"] = time.perf_counter() - start
+    start = time.perf_counter()
+    truth = methods_lib.ground_truth(sample)
+    registered = {}
+    registration_record = {}
+    for method in plan.registration:
+        registration = methods_lib.register(method, sample, prediction, options.ecc_levels)
+        if method == "ecc":
+            seconds["ecc"] = registration.seconds
+        registered[method] = methods_lib.apply_registration(sample, registration, truth)
+        registration_record[method] = dict(registered[method].metrics)
+        if method == "ecc":
+            registration_record[method].update(
+                failed=registration.failed,
+                reason=registration.reason,
+                correlation=registration.correlation,
+            )
+    fusion_record = {}
+    fused_images = {}
+    if plan.fusion:
+        base = registered[plan.fusion_registration]
+        for method in plan.fusion:
+            fused = methods_lib.fuse(method, base, pair.nir, prediction)
+            fused_images[method] = fused
+            fusion_record[method] = methods_lib.fusion_scores(
+                base, pair.nir, fused, options.paper_conventions
+            )
+    seconds["metrics"] = time.perf_counter() - start - seconds.get("ecc", 0.0)
+
+    shown = plan.fusion_registration or plan.registration[0]
+    images = {
+        "moving_vis": pair.vis,
+        "nir": pair.nir,
+        "registered_vis": registered[shown].vis,
+        "registration_method": shown,
+        "fused_rgb": None,
+        "fusion_method": None,
+        "flow": prediction["flow"] if "rfnet" in plan.registration else None,
+    }
+    if plan.fusion:
+        fusion_method = plan.fusion[0]
+        images["fusion_method"] = fusion_method
+        images["fused_rgb"] = (
+            prediction["fused_rgb"]
+            if fusion_method == "rfnet"
+            else methods_lib.fused_rgb(fused_images[fusion_method], registered[shown].vis)
+        )
+    record = {
+        "name": pair.name,
+        "height": pair.height,
+        "width": pair.width,
+        "registration": registration_record,
+        "fusion": fusion_record,
+        "seconds": seconds,
+    }
+    return record, images
+
+
+def _notes(
+    dataset: EvaluationSet, plan: MethodPlan, per_image: list[dict], summary: dict
+) -> list[str]:
+    """The notes under the tables: data, regions, dropped methods, ECC, fusion, nulls."""
+    notes = []
+    if dataset.simulated:
+        notes.append(
+            "SIMULATED data: the NIR images are simulated from RGB photographs "
+            "(rfnet_tf.data.simulate_nir); the numbers say nothing about real VIS-NIR data."
+        )
+    if dataset.misalignment is not None:
+        notes.append(
+            f"Synthetic {dataset.misalignment} misalignment with exact ground truth: landmark "
+            "errors (RMSE, MAE = max, MEE = median over each pair's landmarks, fixed-frame px) "
+            "and EPE (mean end-point error of the whole registration against the true one, px, "
+            "over the fixed pixels whose true correspondence lies on moving-image content)."
+        )
+    elif dataset.has_landmarks:
+        notes.append(
+            "Real misalignment; landmark errors (RMSE, MAE = max, MEE = median, fixed-frame "
+            "px) from the landmark files; no EPE (no ground-truth field)."
+        )
+    else:
+        notes.append(
+            "Real pair with unknown misalignment: no landmarks, so only PSNR and SSIM "
+            "(image-level similarity of the registered VIS luma and the NIR) are reported."
+        )
+    notes.append(
+        "Registration PSNR / SSIM use the fixed pixels where the registered VIS shows "
+        "moving-image content; fusion metrics are computed on the whole fused image "
+        "(0-255 luma)."
+    )
+    for method, reason in plan.not_evaluated.items():
+        notes.append(f"{method} not evaluated: {reason}.")
+    if "ecc" in plan.registration:
+        failures = [r for r in per_image if r["registration"]["ecc"]["failed"]]
+        if failures:
+            listing = "; ".join(
+                f"{r['name']} ({r['registration']['ecc']['reason']})" for r in failures
+            )
+            notes.append(
+                f"ECC failed on {len(failures)} of {len(per_image)} pair(s); those pairs are "
+                f"registered with the identity and counted in the ECC column: {listing}."
+            )
+        else:
+            notes.append(f"ECC converged on all {len(per_image)} pair(s).")
+    if plan.fusion:
+        if plan.fusion_registration == "rfnet":
+            same = "the same registration as RFNet's fusion"
+        else:
+            same = "rfnet is not evaluated, so the first registration method requested"
+        notes.append(
+            f"Every fusion method fuses the NIR with the VIS registered by "
+            f"{plan.fusion_registration} ({same}); average = (registered VIS luma + NIR) / 2."
+        )
+    for section in ("registration", "fusion"):
+        for method, metrics in summary[section].items():
+            for metric, stats in metrics.items():
+                missing = len(per_image) - stats["n"]
+                if missing:
+                    notes.append(
+                        f"{section} {metric} of {method}: could not be computed on {missing} "
+                        "pair(s) (null in per_image); the table averages the others."
+                    )
+    return notes
+
+
+def _metric_config(dataset: EvaluationSet, paper_conventions: bool) -> dict:
+    applicable = ["psnr", "ssim"]
+    not_applicable = {}
+    if dataset.has_landmarks:
+        applicable = ["rmse", "mae", "mee", *applicable]
+    else:
+        for metric in methods_lib.LANDMARK_METRICS:
+            not_applicable[metric] = "no landmarks (real pair, misalignment unknown)"
+    if dataset.has_ground_truth:
+        applicable.append("epe")
+    else:
+        not_applicable["epe"] = "no ground-truth displacement field (real misalignment)"
+    return {
+        "conventions": "paper" if paper_conventions else "standard",
+        "conventions_description": CONVENTIONS[paper_conventions],
+        "registration": applicable,
+        "registration_not_applicable": not_applicable,
+        "fusion": list(methods_lib.FUSION_METRICS),
+        "lower_is_better": sorted(methods_lib.LOWER_IS_BETTER["registration"]),
+        "std": "population standard deviation (ddof=0) over pairs; n = pairs averaged",
+        "null": "a per-pair value that could not be computed; left out of mean and std",
+        "units": "landmark errors and EPE in fixed-image pixels; PSNR in dB; luma on 0-255",
+    }
+
+
+def run_evaluation(
+    dataset: EvaluationSet,
+    predictor: Predictor | None,
+    plan: MethodPlan,
+    options: Options,
+    out_dir: str | Path,
+    extra_config: dict | None = None,
+) -> Report:
+    """Evaluates every pair and writes all outputs to ``out_dir`` (all or nothing).
+
+    Writes ``results.json``, ``results.md`` and ``images/<pair>/`` (see
+    ``outputs.save_pair_images``). The progress bar goes to stderr.
+    """
+    if plan.needs_model and predictor is None:
+        raise EvaluationError("the planned methods need RFNet, but no model was loaded")
+    folders = outputs.unique_folder_names([sample.name for sample in dataset.samples])
+    per_image = []
+    with outputs.staged_directory(out_dir) as staging:
+        bar = tqdm(
+            list(zip(dataset.samples, folders)),
+            desc="evaluating",
+            unit="pair",
+            file=sys.stderr,
+            disable=not options.progress,
+        )
+        for sample, folder in bar:
+            bar.set_postfix_str(sample.name)
+            record, images = evaluate_sample(sample, predictor, plan, options)
+            start = time.perf_counter()
+            relative = Path(outputs.IMAGES_DIR) / folder
+            files = outputs.save_pair_images(
+                staging / relative, tiles=options.checkerboard_tiles, **images
+            )
+            record["seconds"]["images"] = time.perf_counter() - start
+            record["folder"] = relative.as_posix()
+            record["files"] = files
+            per_image.append(record)
+        bar.close()
+
+        summary = {
+            "registration": report.aggregate(
+                per_image, "registration", plan.registration, methods_lib.REGISTRATION_METRICS
+            ),
+            "fusion": report.aggregate(
+                per_image, "fusion", plan.fusion, methods_lib.FUSION_METRICS
+            ),
+        }
+        notes = _notes(dataset, plan, per_image, summary)
+        conventions = CONVENTIONS[options.paper_conventions]
+        config = {
+            "data": {
+                "source": dataset.source,
+                "title": dataset.title,
+                "simulated": dataset.simulated,
+                "misalignment": dataset.misalignment or "real",
+                "pairs": len(dataset.samples),
+                **dataset.details,
+            },
+            "weights": None
+            if predictor is None
+            else {
+                "path": str(predictor.info.path),
+                "format": predictor.info.format,
+                "parts": list(predictor.info.parts),
+            },
+            "methods": {
+                "registration": list(plan.registration),
+                "fusion": list(plan.fusion),
+                "fusion_registration": plan.fusion_registration,
+                "not_evaluated": plan.not_evaluated,
+            },
+            "metrics": _metric_config(dataset, options.paper_conventions),
+            "ecc": {
+                "levels": options.ecc_levels,
+                "failures": sum(r["registration"]["ecc"]["failed"] for r in per_image),
+            }
+            if "ecc" in plan.registration
+            else None,
+            "images": {
+                "registration": plan.fusion_registration or plan.registration[0],
+                "fusion": plan.fusion[0] if plan.fusion else None,
+                "flow": "rfnet" if "rfnet" in plan.registration else None,
+                "checkerboard_tiles": options.checkerboard_tiles,
+            },
+            "notes": notes,
+            **(extra_config or {}),
+        }
+        results = {**summary, "per_image": per_image, "config": config}
+        markdown = report.results_markdown(
+            dataset.title, summary, conventions, notes, len(dataset.samples)
+        )
+        report.write_json(staging / outputs.RESULTS_JSON, results)
+        report.write_text(staging / outputs.RESULTS_MD, markdown)
+    terminal = report.terminal_report(dataset.title, summary, conventions, notes)
+    return Report(results, markdown, terminal, Path(out_dir))
+

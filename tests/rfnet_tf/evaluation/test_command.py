@@ -1,0 +1,87 @@
+"""Command: evaluate.py's flag combinations, default weights, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rfnet_tf.data import DataError
+from rfnet_tf.data.demo import DEMO_IMAGES
+from rfnet_tf.evaluation import command
+from rfnet_tf.evaluation.methods import DEFAULT_METHODS
+from rfnet_tf.evaluation.pipeline import EvaluationError
+
+DEFAULTS = {
+    "vis": None, "nir": None, "data_dir": None, "layout": "auto", "vis_dir": "vis",
+    "nir_dir": "nir", "skip_bad": False, "landmarks_dir": None, "misalign": "both", "seed": 0,
+    "num_landmarks": 5, "demo_images": ",".join(DEMO_IMAGES), "weights": None,
+    "methods": ",".join(DEFAULT_METHODS), "out_dir": "results", "paper_conventions": False,
+    "checkerboard_tiles": 8, "ecc_levels": 3,
+}
+DEFAULT_WEIGHTS = Path("/nowhere/weights")
+
+
+def settings(**given):
+    return command.settings_from_flags({**DEFAULTS, **given}, set(given), DEFAULT_WEIGHTS)
+
+
+def test_no_input_flag_is_the_whole_demo_set_with_default_weights():
+    result = settings()
+    assert result.source == "demo" and result.demo_images == DEMO_IMAGES
+    assert result.weights == DEFAULT_WEIGHTS and not result.weights_given
+    assert result.methods == DEFAULT_METHODS and not result.methods_given
+    assert result.num_landmarks == 5 and result.seed == 0
+
+
+def test_each_source_is_recognised():
+    assert settings(vis="a.png", nir="b.png").source == "pair"
+    assert settings(data_dir="d", misalign="affine").source == "data_dir"
+    assert settings(landmarks_dir="m", skip_bad=True).source == "landmarks"
+    assert settings(weights="w", methods="ecc").methods_given
+
+
+@pytest.mark.parametrize(
+    "given,message",
+    [
+        ({"vis": "a.png", "data_dir": "d"}, "give one input"),
+        ({"data_dir": "d", "landmarks_dir": "m"}, "give one input"),
+        ({"vis": "a.png"}, "--vis and --nir go together"),
+        ({"nir": "b.png"}, "--vis and --nir go together"),
+        ({"vis": "a", "nir": "b", "misalign": "affine"}, "--misalign applies only to"),
+        ({"landmarks_dir": "m", "seed": 3}, "--seed applies only to"),
+        ({"layout": "pairs"}, "--layout applies only to --data_dir"),
+        ({"data_dir": "d", "demo_images": "chelsea"}, "--demo_images applies only to"),
+        ({"demo_images": "chelsea,lena"}, "--demo_images must name"),
+        ({"num_landmarks": 0}, "--num_landmarks must be at least 1"),
+        ({"checkerboard_tiles": 0}, "--checkerboard_tiles must be at least 1"),
+        ({"methods": "rfnet,sift"}, "unknown method"),
+        ({"out_dir": ""}, "--out_dir is empty"),
+    ],
+)
+def test_bad_flag_combinations(given, message):
+    with pytest.raises(EvaluationError, match=message):
+        settings(**given)
+
+
+def test_missing_default_weights_say_how_to_get_some(tmp_path):
+    missing = command.settings_from_flags(DEFAULTS, set(), tmp_path / "weights")
+    with pytest.raises(EvaluationError, match="train RFNet first .* or pass --weights"):
+        command.weights_info(missing)
+    given = command.settings_from_flags({**DEFAULTS, "weights": str(tmp_path / "w")}, {"weights"}, DEFAULT_WEIGHTS)
+    with pytest.raises(command.WeightsError, match="no such directory"):
+        command.weights_info(given)
+
+
+def test_default_weights_are_next_to_the_script_not_the_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert command.default_weights_dir("/repo/evaluate.py") == Path("/repo/weights")
+
+
+def test_one_line_messages():
+    single = DataError.from_problems("root: bad input data", ["root/vis/a.png: file not found"])
+    assert command.one_line(single) == "root/vis/a.png: file not found"
+    several = DataError.from_problems("root: bad", ["x.png: corrupt", "y.png: NaN"])
+    line = command.one_line(several)
+    assert "\n" not in line and "x.png: corrupt; y.png: NaN" in line and "2 problems" in line
+    assert command.one_line(EvaluationError("a\n  b")) == "a b"

@@ -1,0 +1,73 @@
+"""Inference: what a weights path holds, and predictors that reproduce the Keras model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rfnet_tf.evaluation import inference
+from rfnet_tf.weights import WeightsError
+
+
+def test_inspect_weights_recognises_every_format(weights_dirs, tmp_path):
+    full = inference.inspect_weights(weights_dirs["full"])
+    assert (full.format, full.has_full, full.has_coarse) == ("weights", True, True)
+    coarse = inference.inspect_weights(weights_dirs["coarse"])
+    assert coarse.parts == ("transnet", "affinenet") and coarse.has_coarse and not coarse.has_full
+    # A training stage directory holds its weights in export/.
+    stage = tmp_path / "stage"
+    (stage / "export").mkdir(parents=True)
+    for file in weights_dirs["coarse"].iterdir():
+        (stage / "export" / file.name).write_bytes(file.read_bytes())
+    assert inference.inspect_weights(stage).path == stage / "export"
+    fake_saved_model = tmp_path / "sm"
+    fake_saved_model.mkdir()
+    (fake_saved_model / "saved_model.pb").write_bytes(b"")
+    assert inference.inspect_weights(fake_saved_model).format == "saved_model"
+    with pytest.raises(WeightsError, match="no such directory"):
+        inference.inspect_weights(tmp_path / "missing")
+    with pytest.raises(WeightsError, match="SavedModel"):
+        inference.inspect_weights(tmp_path)
+
+
+def test_a_transnet_only_export_cannot_run(weights_dirs, tmp_path):
+    only = tmp_path / "transnet_only"
+    only.mkdir()
+    config = json.loads((weights_dirs["full"] / "rfnet.json").read_text())
+    config["parts"] = ["transnet"]
+    (only / "rfnet.json").write_text(json.dumps(config))
+    (only / "transnet.weights.h5").write_bytes((weights_dirs["full"] / "transnet.weights.h5").read_bytes())
+    info = inference.inspect_weights(only)
+    assert not info.has_coarse
+    with pytest.raises(WeightsError, match="coarse module"):
+        inference.load_predictor(info)
+
+
+def test_full_predictor_reproduces_the_keras_model(weights_dirs, untrained_model, rng):
+    predictor = inference.load_predictor(inference.inspect_weights(weights_dirs["full"]))
+    assert predictor.is_full
+    for shape in [(40, 56), (47, 61)]:  # two sizes through one trace
+        vis = rng.random((*shape, 3)).astype(np.float32)
+        nir = rng.random((*shape, 1)).astype(np.float32)
+        result = predictor(vis, nir)
+        expected = untrained_model([vis[None], nir[None]], training=False)
+        assert set(result) == set(inference.FULL_OUTPUTS)
+        for key in inference.FULL_OUTPUTS:
+            np.testing.assert_allclose(result[key], expected[key].numpy()[0], atol=1e-5)
+    grey = predictor(vis[..., :1], nir)
+    expected = untrained_model([np.repeat(vis[None, ..., :1], 3, -1), nir[None]], training=False)
+    np.testing.assert_allclose(grey["fused"], expected["fused"].numpy()[0], atol=1e-5)
+
+
+def test_coarse_predictor_runs_the_coarse_module(weights_dirs, untrained_model, rng):
+    predictor = inference.load_predictor(inference.inspect_weights(weights_dirs["coarse"]))
+    assert not predictor.is_full and predictor.outputs == inference.COARSE_OUTPUTS
+    vis = rng.random((36, 44, 3)).astype(np.float32)
+    nir = rng.random((36, 44, 1)).astype(np.float32)
+    result = predictor(vis, nir)
+    expected = untrained_model.coarse(tf.constant(vis[None]), tf.constant(nir[None]))
+    np.testing.assert_allclose(result["affine"], expected["affine"].numpy()[0], atol=1e-6)
+    np.testing.assert_allclose(result["registered_coarse"], expected["registered"].numpy()[0], atol=1e-6)

@@ -1,0 +1,145 @@
+"""Pipeline: which methods run, and a whole run with a model double of known output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rfnet_tf.data import make_misaligned_pair
+from rfnet_tf.evaluation import pipeline
+from rfnet_tf.evaluation.inference import FULL_OUTPUTS, Predictor, WeightsInfo
+from rfnet_tf.evaluation.sources import EvaluationSet, Sample
+from rfnet_tf.weights import PARTS
+
+from .conftest import make_pair
+
+FULL = WeightsInfo(Path("w"), "weights", PARTS)
+COARSE = WeightsInfo(Path("w"), "weights", ("transnet", "affinenet"))
+
+
+def test_parse_methods():
+    assert pipeline.parse_methods(" ecc, rfnet,ecc ") == ("ecc", "rfnet")
+    with pytest.raises(pipeline.EvaluationError, match="unknown method"):
+        pipeline.parse_methods("rfnet,sift")
+    with pytest.raises(pipeline.EvaluationError, match="empty"):
+        pipeline.parse_methods(" , ")
+
+
+def test_plan_with_complete_weights():
+    plan = pipeline.plan_methods(pipeline.parse_methods("identity,rfnet,average,ecc"), FULL, True)
+    assert plan.registration == ("identity", "rfnet", "ecc")
+    assert plan.fusion == ("rfnet", "average")
+    assert plan.fusion_registration == "rfnet" and plan.needs_model and not plan.not_evaluated
+
+
+def test_average_without_rfnet_fuses_the_first_registration():
+    plan = pipeline.plan_methods(("ecc", "identity", "average"), None, True)
+    assert plan.fusion == ("average",) and plan.fusion_registration == "ecc"
+    assert not plan.needs_model
+    with pytest.raises(pipeline.EvaluationError, match="registration method"):
+        pipeline.plan_methods(("average",), None, True)
+
+
+def test_coarse_only_weights_drop_default_methods_but_reject_explicit_ones():
+    plan = pipeline.plan_methods(("rfnet", "rfnet_coarse", "identity", "average"), COARSE, explicit=False)
+    assert plan.registration == ("rfnet_coarse", "identity")
+    assert plan.fusion == ("average",) and plan.fusion_registration == "rfnet_coarse"
+    assert "f2m" in plan.not_evaluated["rfnet"]
+    with pytest.raises(pipeline.EvaluationError, match="cannot evaluate rfnet.*f2m"):
+        pipeline.plan_methods(("rfnet", "identity"), COARSE, explicit=True)
+    assert pipeline.plan_methods(("rfnet_coarse",), COARSE, True).registration == ("rfnet_coarse",)
+
+
+def oracle_predictor(samples: list[Sample]) -> Predictor:
+    """A model double: returns each sample's true affine and flow (and its NIR as the
+    fused image), looked up by the NIR it is called with."""
+
+    def function(vis, nir):
+        for sample in samples:
+            if np.array_equal(sample.pair.nir, nir.numpy()[0]):
+                truth = sample.truth
+                flow = np.zeros((sample.pair.height, sample.pair.width, 2))
+                if truth.field is not None:
+                    flow = truth.field.registration
+                outputs = {
+                    "registered_coarse": vis, "registered": vis, "mask": nir,
+                    "fused": nir, "fused_rgb": vis,
+                    "affine": truth.affine.registration[None], "flow": flow[None],
+                }
+                return {key: tf.constant(value, tf.float32) for key, value in outputs.items()}
+        raise AssertionError("called with an unknown pair")
+
+    return Predictor(FULL, FULL_OUTPUTS, function)
+
+
+def synthetic_set(rng, names=("one", "cat/two")) -> EvaluationSet:
+    samples = []
+    for name in names:
+        truth = make_misaligned_pair(make_pair(rng, (48, 64), name), rng, "both", 4)
+        samples.append(Sample(truth.pair, truth))
+    return EvaluationSet(samples, "data_dir", "test pairs", False, "both", {"seed": 0})
+
+
+def test_a_run_writes_every_output_and_scores_a_perfect_model_perfectly(tmp_path, rng):
+    dataset = synthetic_set(rng)
+    plan = pipeline.plan_methods(("rfnet", "rfnet_coarse", "identity", "ecc", "average"), FULL, False)
+    options = pipeline.Options(checkerboard_tiles=4, ecc_levels=2, progress=False)
+    out = tmp_path / "out"
+    result = pipeline.run_evaluation(dataset, oracle_predictor(dataset.samples), plan, options, out)
+
+    stored = json.loads((out / "results.json").read_text())
+    assert stored == json.loads(json.dumps(result.results))
+    assert set(stored) == {"registration", "fusion", "per_image", "config"}
+    rfnet = stored["registration"]["rfnet"]
+    assert set(rfnet) == {"rmse", "mae", "mee", "psnr", "ssim", "epe"}
+    assert rfnet["epe"]["mean"] < 1e-4 and rfnet["rmse"]["mean"] < 1e-3 and rfnet["epe"]["n"] == 2
+    assert stored["registration"]["identity"]["epe"]["mean"] > 1.0
+    # The coarse module alone leaves the local part of the misalignment.
+    assert stored["registration"]["rfnet_coarse"]["epe"]["mean"] > 10 * rfnet["epe"]["mean"]
+    assert set(stored["fusion"]) == {"rfnet", "average"}
+    assert stored["fusion"]["rfnet"]["en"]["n"] == 2
+
+    assert [record["folder"] for record in stored["per_image"]] == ["images/one", "images/cat__two"]
+    for record in stored["per_image"]:
+        assert set(record["registration"]["ecc"]) >= {"failed", "reason", "correlation"}
+        assert set(record["seconds"]) == {"rfnet_model", "ecc", "metrics", "images"}
+        for name in record["files"].values():
+            assert (out / record["folder"] / name).is_file()
+    assert stored["config"]["methods"]["fusion_registration"] == "rfnet"
+    assert stored["config"]["metrics"]["conventions"] == "standard"
+    markdown = (out / "results.md").read_text()
+    assert markdown == result.markdown and "# RFNet evaluation: test pairs" in markdown
+    assert "ECC" in result.terminal and "Registration (paper Table 1)" in result.terminal
+    # Perfect registration: RFNet's EPE cell is the bold one.
+    epe_row = [line for line in markdown.splitlines() if line.startswith("| EPE")][0]
+    assert epe_row.split("|")[2].strip().startswith("**")
+
+
+def test_a_failing_run_leaves_no_results(tmp_path, rng):
+    dataset = synthetic_set(rng)
+
+    def broken(vis, nir):
+        raise RuntimeError("inference failed")
+
+    plan = pipeline.plan_methods(("rfnet", "identity"), FULL, True)
+    with pytest.raises(RuntimeError):
+        pipeline.run_evaluation(
+            dataset, Predictor(FULL, FULL_OUTPUTS, broken), plan, pipeline.Options(progress=False), tmp_path / "out"
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_real_pairs_report_only_image_similarity(tmp_path, rng):
+    dataset = EvaluationSet([Sample(make_pair(rng, (40, 48), "p"))], "pair", "one pair", False, None, {})
+    plan = pipeline.plan_methods(("identity", "average"), None, True)
+    result = pipeline.run_evaluation(dataset, None, plan, pipeline.Options(progress=False), tmp_path / "o")
+    assert set(result.results["registration"]["identity"]) == {"psnr", "ssim"}
+    not_applicable = result.results["config"]["metrics"]["registration_not_applicable"]
+    assert set(not_applicable) == {"rmse", "mae", "mee", "epe"}
+    assert result.results["config"]["weights"] is None
+    files = result.results["per_image"][0]["files"]
+    assert "flow" not in files and "fused_rgb" in files

@@ -1,0 +1,225 @@
+"""evaluate.py end to end, in subprocesses: every source and bad input.
+
+(A run with a SavedModel as --weights is in tests/rfnet_tf/test_export.py, which
+exports one anyway: a second export here would cost half a minute.)
+
+Runs use untrained weights (RFNet with a 32x32 affine input, for speed) and small
+images. The vis_nir run uses three of the ten pairs, downscaled by 8 into tmp_path
+(never into the repository), to keep the run short; the reader tests load all ten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+from scipy import ndimage
+
+from rfnet_tf.networks import RFNet
+from rfnet_tf.weights import PARTS, export_weights
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "evaluate.py"
+REGISTRATION_METHODS = ["rfnet", "rfnet_coarse", "identity", "ecc"]
+FUSION_METHODS = ["rfnet", "average"]
+FUSION_METRICS = {"en", "std", "ag", "sf", "psnr", "mi", "ssim", "qabf"}
+ALIGNED_SCENES = ("scene_105", "scene_401", "scene_201")  # truly aligned pairs of vis_nir
+SHAPE = (64, 80)
+
+
+def evaluate(*flags: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), *flags],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str, str]:
+    stdout, stderr = process.communicate(timeout=600)
+    return process.returncode, stdout, stderr
+
+
+def run_ok(*flags: str, cwd: Path) -> tuple[dict, str]:
+    code, stdout, stderr = finish(evaluate(*flags, cwd=cwd))
+    assert code == 0, stderr
+    out_dir = Path(flags[[f.split("=")[0] for f in flags].index("--out_dir")].split("=", 1)[1])
+    return json.loads((out_dir / "results.json").read_text()), stdout
+
+
+def textured(rng: np.random.Generator, shape=SHAPE) -> np.ndarray:
+    base = sum(ndimage.gaussian_filter(rng.normal(size=shape), s) * s for s in (1.5, 4.0, 10.0))
+    return (base - base.min()) / (base.max() - base.min())
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)).save(path)
+
+
+def write_pair(root: Path, name: str, rng: np.random.Generator, shape=SHAPE) -> None:
+    base = textured(rng, shape)
+    write_png(root / "vis" / f"{name}.png", np.stack([base, base**1.2, base**0.8], axis=-1))
+    write_png(root / "nir" / f"{name}.png", base**0.7)
+
+
+def check_schema(results: dict, out_dir: Path, registration_metrics: set, num_pairs: int) -> None:
+    """results.json has the documented keys and types, and every listed file exists."""
+    assert set(results) == {"registration", "fusion", "per_image", "config"}
+    assert list(results["registration"]) == REGISTRATION_METHODS
+    assert list(results["fusion"]) == FUSION_METHODS
+    for section, metrics in (("registration", registration_metrics), ("fusion", FUSION_METRICS)):
+        for method, table in results[section].items():
+            assert set(table) == metrics, (section, method)
+            for stats in table.values():
+                assert set(stats) == {"mean", "std", "n"}
+                assert isinstance(stats["mean"], float) and isinstance(stats["std"], float)
+                assert stats["std"] >= 0 and stats["n"] == num_pairs
+    assert len(results["per_image"]) == num_pairs
+    for record in results["per_image"]:
+        assert isinstance(record["name"], str) and isinstance(record["height"], int)
+        for method in REGISTRATION_METHODS:
+            assert set(record["registration"][method]) - {"failed", "reason", "correlation"} == registration_metrics
+        ecc = record["registration"]["ecc"]
+        assert isinstance(ecc["failed"], bool) and isinstance(ecc["reason"], str)
+        for method in FUSION_METHODS:
+            assert set(record["fusion"][method]) == FUSION_METRICS
+        assert all(isinstance(value, float) for value in record["seconds"].values())
+        assert set(record["files"]) == {
+            "registered_vis", "fused_rgb", "checkerboard_before", "checkerboard_after", "flow", "panel"
+        }
+        for name in record["files"].values():
+            assert (out_dir / record["folder"] / name).is_file()
+    config = results["config"]
+    assert set(config) >= {"data", "weights", "methods", "metrics", "ecc", "images", "notes"}
+    assert set(config["metrics"]["registration"]) == registration_metrics
+    assert (out_dir / "results.md").read_text().startswith("# RFNet evaluation: ")
+    leftovers = [p.name for p in out_dir.parent.iterdir() if p.name.startswith(f".{out_dir.name}-")]
+    assert leftovers == []
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("evaluate")
+
+
+@pytest.fixture(scope="module")
+def weights(workdir) -> Path:
+    """Untrained RFNet weights (rfnet_tf.weights format)."""
+    return export_weights(RFNet(affine_input_size=32), workdir / "weights", PARTS)
+
+
+def test_landmark_files(workdir, weights):
+    rng = np.random.default_rng(5)
+    data = workdir / "mats"
+    data.mkdir()
+    landmarks = {}
+    for name in ("b", "a"):
+        base = textured(rng)
+        moving = np.stack([base, base, base**1.3], axis=-1)
+        lm_move = rng.uniform([5, 5], [SHAPE[1] - 5, SHAPE[0] - 5], size=(5, 2))  # 1-based [x, y]
+        lm_fix = lm_move + rng.uniform(-6, 6, size=(5, 2))
+        landmarks[name] = np.linalg.norm(lm_move - lm_fix, axis=1)
+        scipy.io.savemat(
+            data / f"{name}.mat",
+            {
+                "I_move": np.round(moving * 255).astype(np.uint8),
+                "I_fix": np.round(base**0.7 * 255).astype(np.uint8),
+                "LMmove": lm_move,
+                "LMfix": lm_fix,
+            },
+        )
+    out = workdir / "out_mats"
+    results, stdout = run_ok(f"--landmarks_dir={data}", f"--weights={weights}", f"--out_dir={out}", cwd=workdir)
+    check_schema(results, out, {"rmse", "mae", "mee", "psnr", "ssim"}, 2)
+    assert [r["name"] for r in results["per_image"]] == ["a", "b"]
+    for record in results["per_image"]:
+        distances = landmarks[record["name"]]
+        identity = record["registration"]["identity"]
+        assert identity["rmse"] == pytest.approx(np.sqrt(np.mean(distances**2)), rel=1e-9)
+        assert identity["mae"] == pytest.approx(distances.max(), rel=1e-9)
+        assert identity["mee"] == pytest.approx(np.median(distances), rel=1e-9)
+    config = results["config"]
+    assert config["data"]["source"] == "landmarks" and config["data"]["misalignment"] == "real"
+    assert "epe" in config["metrics"]["registration_not_applicable"]
+    assert "Registration (paper Table 1)" in stdout and "Fusion (paper Table 2)" in stdout
+
+
+def test_folder_of_generated_pairs(workdir, weights):
+    rng = np.random.default_rng(6)
+    data = workdir / "pairs"
+    for name in ("p1", "p2"):
+        write_pair(data, name, rng)
+    out = workdir / "out_pairs"
+    results, _ = run_ok(
+        f"--data_dir={data}", "--misalign=affine", "--seed=2", f"--weights={weights}",
+        f"--out_dir={out}", "--paper_conventions", cwd=workdir,
+    )
+    check_schema(results, out, {"rmse", "mae", "mee", "psnr", "ssim", "epe"}, 2)
+    config = results["config"]
+    assert config["weights"]["format"] == "weights"
+    assert config["data"]["misalignment"] == "affine" and config["data"]["seed"] == 2
+    assert config["metrics"]["conventions"] == "paper"
+    assert "paper" in (out / "results.md").read_text()
+
+
+def test_vis_nir_subset(workdir, weights, vis_nir_dir):
+    data = workdir / "vis_nir_small"
+    for scene in ALIGNED_SCENES:
+        for kind in ("vis", "nir"):
+            with Image.open(vis_nir_dir / kind / f"{scene}.png") as image:
+                small = image.resize((image.width // 8, image.height // 8), Image.Resampling.BOX)
+                (data / kind).mkdir(parents=True, exist_ok=True)
+                small.save(data / kind / f"{scene}.png")
+    out = workdir / "out_vis_nir"
+    results, _ = run_ok(f"--data_dir={data}", f"--weights={weights}", f"--out_dir={out}", cwd=workdir)
+    check_schema(results, out, {"rmse", "mae", "mee", "psnr", "ssim", "epe"}, 3)
+    assert results["config"]["data"]["misalignment"] == "both"
+    assert not results["config"]["data"]["simulated"]
+
+
+def test_demo_set_without_input_flags_is_labelled_simulated(workdir, weights):
+    out = workdir / "out_demo"
+    results, stdout = run_ok(f"--weights={weights}", f"--out_dir={out}", "--demo_images=chelsea", cwd=workdir)
+    check_schema(results, out, {"rmse", "mae", "mee", "psnr", "ssim", "epe"}, 1)
+    assert results["config"]["data"]["source"] == "demo" and results["config"]["data"]["simulated"]
+    assert "SIMULATED" in (out / "results.md").read_text().splitlines()[0]
+    assert "SIMULATED" in stdout.splitlines()[0]
+
+
+def test_bad_input_exits_2_with_one_line_naming_the_file(workdir, weights):
+    rng = np.random.default_rng(8)
+    bad = workdir / "bad"
+    write_pair(bad, "ok", rng)
+    write_png(bad / "nir" / "wide.png", textured(rng, (SHAPE[0], SHAPE[1] + 16)))
+    mats = bad / "mats"
+    mats.mkdir()
+    scipy.io.savemat(mats / "nokeys.mat", {"I_move": np.zeros((20, 20)), "I_fix": np.zeros((20, 20))})
+    cases = {
+        "missing": ([f"--vis={bad / 'vis' / 'gone.png'}", f"--nir={bad / 'nir' / 'ok.png'}"], "gone.png", "not found"),
+        "sizes": ([f"--vis={bad / 'vis' / 'ok.png'}", f"--nir={bad / 'nir' / 'wide.png'}"], "wide.png", "sizes differ"),
+        "mat": ([f"--landmarks_dir={mats}"], "nokeys.mat", "LMmove"),
+    }
+    processes = {
+        case: evaluate(*flags, f"--weights={weights}", f"--out_dir={workdir / ('out_' + case)}", cwd=workdir)
+        for case, (flags, _, _) in cases.items()
+    }
+    for case, (_, file_name, problem) in cases.items():
+        code, _, stderr = finish(processes[case])
+        assert code == 2, stderr
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1, stderr
+        assert lines[0].startswith("evaluate.py: error: ") and file_name in lines[0] and problem in lines[0]
+        assert not (workdir / f"out_{case}").exists()
+        assert not [p for p in workdir.iterdir() if p.name.startswith(f".out_{case}-")]

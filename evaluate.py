@@ -60,6 +60,11 @@ flags.DEFINE_string(
 )
 flags.DEFINE_bool("skip_bad", False, "Skip (and log) unreadable pairs instead of stopping.")
 flags.DEFINE_string(
+    "exclude", "",
+    "--data_dir only: comma-separated pair names to leave out (e.g. pairs that are not "
+    "aligned, whose own misalignment would corrupt the synthetic ground truth).",
+)
+flags.DEFINE_string(
     "landmarks_dir", None,
     "A folder of .mat files (I_move, I_fix, LMmove, LMfix): real misalignment, landmark "
     "errors from the files.",
@@ -99,8 +104,8 @@ flags.DEFINE_integer("checkerboard_tiles", 8, "Tiles per side of the checkerboar
 flags.DEFINE_integer("ecc_levels", 3, "Pyramid levels of the ECC baseline.")
 FLAGS = flags.FLAGS
 FLAG_NAMES = (
-    "vis", "nir", "data_dir", "layout", "vis_dir", "nir_dir", "skip_bad", "landmarks_dir",
-    "misalign", "seed", "num_landmarks", "demo_images", "weights", "methods", "out_dir",
+    "vis", "nir", "data_dir", "layout", "vis_dir", "nir_dir", "skip_bad", "exclude",
+    "landmarks_dir", "misalign", "seed", "num_landmarks", "demo_images", "weights", "methods", "out_dir",
     "paper_conventions", "checkerboard_tiles", "ecc_levels",
 )
 

@@ -41,6 +41,7 @@ _SOURCE_FLAGS = {
     "vis_dir": ("data_dir",),
     "nir_dir": ("data_dir",),
     "skip_bad": ("data_dir", "landmarks"),
+    "exclude": ("data_dir",),
     "misalign": ("data_dir", "demo"),
     "seed": ("data_dir", "demo"),
     "num_landmarks": ("data_dir", "demo"),
@@ -71,6 +72,7 @@ class Settings:
     vis_dir: str = "vis"
     nir_dir: str = "nir"
     skip_bad: bool = False
+    exclude: tuple[str, ...] = ()
     landmarks_dir: str | None = None
     misalign: str = "both"
     seed: int = 0
@@ -148,6 +150,7 @@ def settings_from_flags(
         vis_dir=values["vis_dir"],
         nir_dir=values["nir_dir"],
         skip_bad=values["skip_bad"],
+        exclude=_names(values["exclude"]),
         landmarks_dir=values["landmarks_dir"],
         misalign=values["misalign"],
         seed=values["seed"],
@@ -175,6 +178,7 @@ def load_dataset(settings: Settings) -> sources.EvaluationSet:
             settings.vis_dir,
             settings.nir_dir,
             settings.skip_bad,
+            settings.exclude,
         )
     return sources.demo_set(
         settings.misalign, settings.seed, settings.num_landmarks, settings.demo_images

@@ -147,13 +147,17 @@ def synthetic_folder(
     vis_dir: str = "vis",
     nir_dir: str = "nir",
     skip_bad: bool = False,
+    exclude: tuple[str, ...] = (),
 ) -> EvaluationSet:
     """A folder of aligned pairs (``"pairs"`` or ``"nirscene"`` layout), each misaligned
     by a seeded synthetic transform of ``kind`` (``"affine"``, ``"local"``, ``"both"``).
+    Pairs named in ``exclude`` are left out (e.g. pairs known not to be aligned, whose
+    own misalignment would corrupt the synthetic ground truth).
 
     Raises:
-      DataError: bad input, or a folder of ``.mat`` landmark files (those are already
-        misaligned: evaluate them as landmark files).
+      DataError: bad input, an ``exclude`` name the folder does not hold, or a folder of
+        ``.mat`` landmark files (those are already misaligned: evaluate them as landmark
+        files).
     """
     if layout not in FOLDER_LAYOUTS:
         raise ValueError(f"layout must be one of {FOLDER_LAYOUTS}, got {layout!r}")
@@ -167,6 +171,12 @@ def synthetic_folder(
                 "evaluate them with --landmarks_dir"
             )
     pairs = read_dataset(root, layout, vis_dir, nir_dir, skip_bad)
+    unknown = sorted(set(exclude) - {pair.name for pair in pairs})
+    if unknown:
+        raise DataError(f"{root}: holds no pair named {', '.join(unknown)} (--exclude)")
+    pairs = [pair for pair in pairs if pair.name not in exclude]
+    if not pairs:
+        raise DataError(f"{root}: no pair left after --exclude")
     samples = [misalign(pair, kind, seed, num_landmarks) for pair in pairs]
     return EvaluationSet(
         samples=samples,
@@ -183,6 +193,7 @@ def synthetic_folder(
             "vis_dir": vis_dir,
             "nir_dir": nir_dir,
             "skip_bad": skip_bad,
+            "exclude": list(exclude),
             "seed": seed,
             "num_landmarks": num_landmarks,
         },

@@ -14,7 +14,7 @@ from rfnet_tf.evaluation.pipeline import EvaluationError
 
 DEFAULTS = {
     "vis": None, "nir": None, "data_dir": None, "layout": "auto", "vis_dir": "vis",
-    "nir_dir": "nir", "skip_bad": False, "landmarks_dir": None, "misalign": "both", "seed": 0,
+    "nir_dir": "nir", "skip_bad": False, "exclude": "", "landmarks_dir": None, "misalign": "both", "seed": 0,
     "num_landmarks": 5, "demo_images": ",".join(DEMO_IMAGES), "weights": None,
     "methods": ",".join(DEFAULT_METHODS), "out_dir": "results", "paper_conventions": False,
     "checkerboard_tiles": 8, "ecc_levels": 3,
@@ -24,6 +24,12 @@ DEFAULT_WEIGHTS = Path("/nowhere/weights")
 
 def settings(**given):
     return command.settings_from_flags({**DEFAULTS, **given}, set(given), DEFAULT_WEIGHTS)
+
+
+def test_exclude_is_a_data_dir_flag():
+    assert settings(data_dir="d", exclude="a, b").exclude == ("a", "b")
+    with pytest.raises(EvaluationError, match="--exclude applies only to --data_dir"):
+        settings(exclude="a")
 
 
 def test_no_input_flag_is_the_whole_demo_set_with_default_weights():

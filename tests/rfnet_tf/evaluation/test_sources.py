@@ -45,6 +45,17 @@ def test_synthetic_folder_misaligns_each_pair_by_seed_and_name_only(tmp_path, rn
     assert alone.samples[0].moving_mask.dtype == bool
 
 
+def test_synthetic_folder_leaves_out_excluded_pairs(tmp_path, rng):
+    write_pairs(tmp_path, rng, ["a", "b", "c"])
+    kept = sources.synthetic_folder(tmp_path, "affine", exclude=("b",))
+    assert [sample.name for sample in kept.samples] == ["a", "c"]
+    assert kept.details["exclude"] == ["b"]
+    with pytest.raises(DataError, match="holds no pair named d"):
+        sources.synthetic_folder(tmp_path, "affine", exclude=("d",))
+    with pytest.raises(DataError, match="no pair left"):
+        sources.synthetic_folder(tmp_path, "affine", exclude=("a", "b", "c"))
+
+
 def test_synthetic_folder_refuses_landmark_files(tmp_path, rng):
     pair = make_pair(rng)
     scipy.io.savemat(

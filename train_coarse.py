@@ -23,6 +23,7 @@ with native_stderr_silenced():
 
 from absl import app, flags
 
+from rfnet_tf.training import common_flags
 from rfnet_tf.training.common_flags import (
     FlagError,
     define_common_flags,
@@ -56,6 +57,8 @@ flags.DEFINE_float(
 flags.DEFINE_string("transnet_dir", "", "TransNet weights for the AffineNet stage (default <model_dir>/transnet).")
 flags.DEFINE_bool("deformable", True, "Deformable convolutions in AffineNet (False: the paper's ablation ii).")
 define_common_flags(default_model_dir="runs/coarse", default_epochs=100)
+# The shared flags show in --helpshort too.
+flags.adopt_module_key_flags(common_flags)
 FLAGS = flags.FLAGS
 
 

@@ -26,6 +26,7 @@ with native_stderr_silenced():
 
 from absl import app, flags
 
+from rfnet_tf.training import common_flags
 from rfnet_tf.training.common_flags import (
     FlagError,
     define_common_flags,
@@ -43,6 +44,8 @@ flags.DEFINE_float("lambda_smooth", 0.1, "Weight of the smoothness term, Eq. 9."
 flags.DEFINE_float("alpha", 0.5, "Edge sensitivity of the bilateral smoothness, Eq. 10.")
 flags.DEFINE_float("max_displacement", 16.0, "Bound of the deformation field, pixels.")
 define_common_flags(default_model_dir="runs/f2m", default_epochs=30)
+# The shared flags show in --helpshort too.
+flags.adopt_module_key_flags(common_flags)
 FLAGS = flags.FLAGS
 
 

@@ -10,14 +10,56 @@ with ``k = i * kw + j`` (taps row-major), ``(dy_k, dx_k) = offset[b, oy, ox, 2k:
 a corner outside the image reads zero (so padding ``p`` is symmetric zero padding). At an
 integer sample position the derivative with respect to the offset is the one-sided
 derivative of the cell ``[floor, floor + 1]``, as in torchvision.
+
+Implementation. The straightforward form (sample every tap of every pixel into an
+im2col matrix, multiply by the kernel, let TensorFlow differentiate the gathers) builds
+several ``(B * Ho * Wo * taps, C)`` tensors and a slow serial scatter-add for the input
+gradient. Here one XLA-compiled loop runs over chunks of a few output rows instead, so
+that a chunk's samples stay in the cache, with a hand-written backward pass:
+
+* forward: gather the four bilinear corners of the chunk's samples, combine them with
+  the bilinear weights into the chunk's columns and multiply by the kernel (per tap);
+* backward: column gradients ``dy @ kernel^T``; the kernel gradient from the recomputed
+  columns; the offset gradient from the column gradients and forward differences of the
+  image (the derivative of bilinear sampling along ``y`` is the ``x``-interpolation of
+  ``x[r + 1] - x[r]`` at row ``r = floor(y)``, which is also the one-sided derivative
+  the semantics ask for); the input gradient by one scatter-add per chunk of the four
+  weighted corner contributions into a corner-stacked buffer, folded into the image
+  once at the end.
+
+Inside a chunk the samples are ordered tap-major, ``(taps, rows * Wo)``, so that every
+per-sample quantity is a vector and every gathered value a row of ``C`` channels: XLA
+then vectorises the gathers, the weighting and the scatter over the channels.
+``benchmarks/bench_layers.py`` measures it against ``keras.layers.Conv2D``. The first
+call at a new input shape compiles the two loops (a few seconds on a small CPU); any
+batch and image size works, including ``None`` dimensions inside a ``tf.function``.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import keras
 import tensorflow as tf
 
-from layers.resampler import resample
+# Output pixels times channels (the larger of Cin and Cout) per chunk of the compiled
+# loops, rounded down to whole output rows (at least one). A chunk's intermediates, a
+# few (taps * pixels, C) arrays, then stay near a core's L2 cache: at 384 x 384 this
+# measured best, 2 rows for 32 channels, 1 row for 64, 4 rows for 16.
+CHUNK_ELEMENTS = 32768
+
+
+class _Geometry(NamedTuple):
+    """Static configuration of one deformable convolution (all ints)."""
+
+    kernel_h: int
+    kernel_w: int
+    stride_h: int
+    stride_w: int
+    pad_h: int
+    pad_w: int
+    dilation_h: int
+    dilation_w: int
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -52,40 +94,262 @@ def deform_conv2d(
       mask: optional ``(B, Ho, Wo, kh * kw)`` modulation per tap (DCNv2).
 
     Returns:
-      ``(B, Ho, Wo, Cout)`` with ``Ho = (H + 2p - d (kh - 1) - 1) // s + 1`` (same for W).
+      ``(B, Ho, Wo, Cout)`` with ``Ho = (H + 2p - d (kh - 1) - 1) // s + 1`` (same for W),
+      in the dtype of ``x``. Differentiable in ``x``, ``offset``, ``kernel``, ``bias`` and
+      ``mask`` (first derivatives only).
     """
-    kh, kw, cin, cout = kernel.shape
-    sh, sw = _pair(strides, "strides")
-    ph, pw = _pair(padding, "padding")
-    dh, dw = _pair(dilation, "dilation")
-    taps = kh * kw
+    kernel_h, kernel_w, cin, cout = (int(size) for size in kernel.shape)
+    geometry = _Geometry(
+        kernel_h,
+        kernel_w,
+        *_pair(strides, "strides"),
+        *_pair(padding, "padding"),
+        *_pair(dilation, "dilation"),
+    )
     x = tf.convert_to_tensor(x)
     dtype = x.dtype
-    shape = tf.shape(x)
-    batch, height, width = shape[0], shape[1], shape[2]
-    out_h = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-
-    # Regular sampling grid of every (output pixel, tap): (Ho, K) rows, (Wo, K) cols.
-    tap_rows = tf.repeat(tf.range(kh) * dh, kw)
-    tap_cols = tf.tile(tf.range(kw) * dw, [kh])
-    base_rows = tf.range(out_h)[:, None] * sh - ph + tap_rows[None, :]
-    base_cols = tf.range(out_w)[:, None] * sw - pw + tap_cols[None, :]
-
-    offset = tf.reshape(tf.cast(offset, dtype), [batch, out_h, out_w, taps, 2])
-    rows = tf.cast(base_rows, dtype)[None, :, None, :] + offset[..., 0]  # (B, Ho, Wo, K)
-    cols = tf.cast(base_cols, dtype)[None, None, :, :] + offset[..., 1]
-    coords = tf.reshape(tf.stack([rows, cols], axis=-1), [batch, out_h, out_w * taps, 2])
-
-    sampled, _ = resample(x, coords, padding_mode="zeros")  # (B, Ho, Wo * K, Cin)
-    sampled = tf.reshape(sampled, [batch, out_h, out_w, taps, cin])
+    inputs = [x, tf.cast(offset, dtype), tf.cast(kernel, dtype)]
     if mask is not None:
-        sampled = sampled * tf.cast(mask, dtype)[..., None]
-    columns = tf.reshape(sampled, [-1, taps * cin])
-    out = tf.matmul(columns, tf.reshape(tf.cast(kernel, dtype), [taps * cin, cout]))
+        inputs.append(tf.cast(mask, dtype))
+    out = _deform_conv(geometry, max(cin, cout), inputs)
     if bias is not None:
         out = out + tf.cast(bias, dtype)
-    return tf.reshape(out, [batch, out_h, out_w, cout])
+    return out
+
+
+def _deform_conv(geometry: _Geometry, channels: int, inputs: list[tf.Tensor]) -> tf.Tensor:
+    """``deform_conv2d`` without bias on ``[x, offset, kernel(, mask)]``, with its gradient;
+    ``channels``, the larger of Cin and Cout, sets the chunk size."""
+
+    @tf.custom_gradient
+    def deform_conv(*tensors):
+        # The tape records this op only: the compiled loops inside are not differentiable
+        # across the XLA boundary, and the backward pass below is the gradient.
+        frozen = [tf.stop_gradient(t) for t in tensors]
+        x, offset, kernel, *mask = frozen
+        mask = mask[0] if mask else None
+        # The compiled loops need at least one output pixel; an empty output (empty
+        # batch or image) skips them.
+        nonempty = tf.size(offset) > 0
+        out_shape = tf.concat([tf.shape(offset)[:3], tf.shape(kernel)[3:]], axis=0)
+        out = tf.cond(
+            nonempty,
+            lambda: _forward(geometry, channels, x, offset, kernel, mask),
+            lambda: tf.zeros(out_shape, x.dtype),
+        )
+
+        def grad(out_grad):
+            def backward():
+                grads = _backward(geometry, channels, out_grad, x, offset, kernel, mask)
+                return list(grads[: len(frozen)])
+
+            return tf.cond(nonempty, backward, lambda: [tf.zeros_like(t) for t in frozen])
+
+        return out, grad
+
+    return deform_conv(*inputs)
+
+
+class _Chunks:
+    """Sampling geometry of a deformable convolution, cut into chunks of output rows.
+
+    A chunk holds ``rows`` output rows of one image (the last chunk of an image is
+    completed with zero offsets and sliced off at the end); its ``taps * rows * Wo``
+    samples are ordered tap-major. Per sample: ``index`` (int32) of the top-left bilinear
+    corner in ``flat``, the input zero-padded by one pixel and flattened to
+    ``(B * (H + 2) * (W + 2), Cin)``; the fractional position ``frac_y, frac_x`` in the
+    cell; ``valid``, 1 where the cell has a corner in the image (else every weight and
+    every derivative is 0, as in torchvision); ``mask``, the modulation if any. All are
+    ``(chunks, samples)``.
+    """
+
+    def __init__(self, geometry: _Geometry, x: tf.Tensor, offset: tf.Tensor, mask, channels: int):
+        g = geometry
+        dtype = x.dtype
+        self.taps = taps = g.kernel_h * g.kernel_w
+        shape = tf.shape(x)
+        self.batch, self.height, self.width = batch, height, width = shape[0], shape[1], shape[2]
+        out_shape = tf.shape(offset)
+        self.out_h, self.out_w = out_h, out_w = out_shape[1], out_shape[2]
+        self.rows = rows = tf.maximum(1, CHUNK_ELEMENTS // (channels * tf.maximum(out_w, 1)))
+        self.blocks = blocks = (out_h + rows - 1) // rows  # chunks per image
+        self.count = batch * blocks
+        self.pixels = rows * out_w
+        self.samples = taps * self.pixels
+        self.pad_rows = blocks * rows - out_h
+        self.padded_width = width + 2
+        self.flat = tf.reshape(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), [-1, shape[3]])
+
+        offset = self._tap_major(tf.reshape(offset, [batch, out_h, out_w, taps, 2]))
+        tap_rows = tf.repeat(tf.range(g.kernel_h) * g.dilation_h, g.kernel_w)
+        tap_cols = tf.tile(tf.range(g.kernel_w) * g.dilation_w, [g.kernel_h])
+        out_rows = tf.reshape(tf.range(blocks * rows), [1, blocks, 1, rows, 1])
+        out_cols = tf.reshape(tf.range(out_w), [1, 1, 1, 1, out_w])
+        y = tf.cast(out_rows * g.stride_h - g.pad_h + tf.reshape(tap_rows, [1, 1, taps, 1, 1]), dtype)
+        x_pos = tf.cast(out_cols * g.stride_w - g.pad_w + tf.reshape(tap_cols, [1, 1, taps, 1, 1]), dtype)
+        y = y + offset[..., 0]
+        x_pos = x_pos + offset[..., 1]
+        # The floor is a constant of the cell: at an integer position the derivative is
+        # the one of the cell [floor, floor + 1].
+        y0 = tf.floor(y)
+        x0 = tf.floor(x_pos)
+        h = tf.cast(height, dtype)
+        w = tf.cast(width, dtype)
+        # Cells with at least one corner in the image; beyond them every corner reads 0.
+        valid = (y0 >= -1.0) & (y0 <= h - 1.0) & (x0 >= -1.0) & (x0 <= w - 1.0)
+        # +1: index into the padded image; outside cells get a clamped, harmless index.
+        row = tf.cast(tf.clip_by_value(y0, -1.0, h - 1.0), tf.int32) + 1
+        col = tf.cast(tf.clip_by_value(x0, -1.0, w - 1.0), tf.int32) + 1
+        image_start = tf.reshape(tf.range(batch) * ((height + 2) * self.padded_width), [-1, 1, 1, 1, 1])
+        per_chunk = lambda t: tf.reshape(t, [self.count, self.samples])
+        self.index = per_chunk(image_start + row * self.padded_width + col)
+        self.frac_y = per_chunk(y - y0)
+        self.frac_x = per_chunk(x_pos - x0)
+        self.valid = per_chunk(tf.cast(valid, dtype))
+        self.mask = None
+        if mask is not None:
+            self.mask = per_chunk(self._tap_major(tf.reshape(mask, [batch, out_h, out_w, taps])))
+
+    def _tap_major(self, t: tf.Tensor) -> tf.Tensor:
+        """``(B, Ho, Wo, taps, ...)`` -> ``(B, blocks, taps, rows, Wo, ...)``."""
+        extra = len(t.shape) - 4
+        t = tf.pad(t, [[0, 0], [0, self.pad_rows], [0, 0], [0, 0]] + [[0, 0]] * extra)
+        t = tf.reshape(
+            t, tf.concat([[self.batch, self.blocks, self.rows, self.out_w, self.taps], tf.shape(t)[4:]], 0)
+        )
+        return tf.transpose(t, [0, 1, 4, 2, 3] + [5 + e for e in range(extra)])
+
+    def pixel_rows(self, t: tf.Tensor) -> tf.Tensor:
+        """``(B, Ho, Wo, C)`` -> ``(chunks, pixels, C)``."""
+        t = tf.pad(t, [[0, 0], [0, self.pad_rows], [0, 0], [0, 0]])
+        return tf.reshape(t, [self.count, self.pixels, tf.shape(t)[3]])
+
+    def image(self, t: tf.Tensor) -> tf.Tensor:
+        """``(chunks, pixels, C)`` -> ``(B, Ho, Wo, C)``."""
+        t = tf.reshape(t, [self.batch, self.blocks * self.rows, self.out_w, tf.shape(t)[2]])
+        return t[:, : self.out_h]
+
+    def per_tap(self, t: tf.Tensor) -> tf.Tensor:
+        """``(chunks, samples, n)`` -> ``(B, Ho, Wo, taps, n)``."""
+        n = tf.shape(t)[2]
+        t = tf.reshape(t, [self.batch, self.blocks, self.taps, self.rows, self.out_w, n])
+        t = tf.transpose(t, [0, 1, 3, 4, 2, 5])
+        t = tf.reshape(t, [self.batch, self.blocks * self.rows, self.out_w, self.taps, n])
+        return t[:, : self.out_h]
+
+    def corners(self, index: tf.Tensor) -> list[tf.Tensor]:
+        """Rows of ``flat`` at the four corners: top-left, top-right, bottom-left, -right."""
+        step = self.padded_width
+        return [tf.gather(self.flat, index + shift) for shift in (0, 1, step, step + 1)]
+
+
+def _bilinear_weights(frac_y: tf.Tensor, frac_x: tf.Tensor) -> list[tf.Tensor]:
+    """Weights of the corners top-left, top-right, bottom-left, bottom-right."""
+    return [
+        (1.0 - frac_y) * (1.0 - frac_x),
+        (1.0 - frac_y) * frac_x,
+        frac_y * (1.0 - frac_x),
+        frac_y * frac_x,
+    ]
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _forward(geometry: _Geometry, channels: int, x, offset, kernel, mask):
+    chunks = _Chunks(geometry, x, offset, mask, channels)
+    taps = chunks.taps
+    cin, cout = tf.shape(kernel)[2], tf.shape(kernel)[3]
+    kernel = tf.reshape(kernel, [taps, cin, cout])
+
+    def body(i, outputs):
+        scale = chunks.valid[i] if chunks.mask is None else chunks.valid[i] * chunks.mask[i]
+        weights = _bilinear_weights(chunks.frac_y[i], chunks.frac_x[i])
+        corners = chunks.corners(chunks.index[i])
+        columns = tf.add_n([(w * scale)[:, None] * c for w, c in zip(weights, corners)])
+        columns = tf.reshape(columns, [taps, chunks.pixels, cin])
+        return i + 1, outputs.write(i, tf.reduce_sum(tf.matmul(columns, kernel), axis=0))
+
+    outputs = tf.TensorArray(x.dtype, size=chunks.count)
+    _, outputs = tf.while_loop(
+        lambda i, _: i < chunks.count, body, [0, outputs], maximum_iterations=chunks.count
+    )
+    return chunks.image(outputs.stack())
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _backward(geometry: _Geometry, channels: int, out_grad, x, offset, kernel, mask):
+    """Gradients of ``sum(out * out_grad)`` with respect to ``x, offset, kernel, mask``
+    (``None`` for the mask without one)."""
+    chunks = _Chunks(geometry, x, offset, mask, channels)
+    taps, dtype = chunks.taps, x.dtype
+    kernel_shape = tf.shape(kernel)
+    cin, cout = kernel_shape[2], kernel_shape[3]
+    kernel = tf.reshape(kernel, [taps, cin, cout])
+    out_grad = chunks.pixel_rows(out_grad)
+    flat, step = chunks.flat, chunks.padded_width
+    # Forward differences of the padded image, down and right. The zeros only complete
+    # the arrays: top-left corners lie in padded rows <= H and columns <= W, so no sample
+    # reads them (nor a difference across two images).
+    down = tf.concat([flat[step:], tf.zeros([step, cin], dtype)], 0) - flat
+    right = tf.concat([flat[1:], tf.zeros([1, cin], dtype)], 0) - flat
+
+    def body(i, corner_grads, kernel_grad, sample_grads):
+        index, frac_y, frac_x, valid = (
+            chunks.index[i], chunks.frac_y[i], chunks.frac_x[i], chunks.valid[i]
+        )
+        pixel_grad = out_grad[i]
+        # d out / d columns, (samples, Cin): per tap, out_grad @ kernel[tap]^T.
+        column_grad = tf.matmul(
+            tf.broadcast_to(pixel_grad, [taps, chunks.pixels, cout]), kernel, transpose_b=True
+        )
+        column_grad = tf.reshape(column_grad, [chunks.samples, cin])
+        weights = _bilinear_weights(frac_y, frac_x)
+        columns = tf.add_n(
+            [(w * valid)[:, None] * c for w, c in zip(weights, chunks.corners(index))]
+        )
+        if chunks.mask is not None:
+            modulation = chunks.mask[i]
+            mask_grad = tf.reduce_sum(column_grad * columns, axis=-1)
+            columns = columns * modulation[:, None]
+            column_grad = column_grad * modulation[:, None]
+        columns = tf.reshape(columns, [taps, chunks.pixels, cin])
+        kernel_grad += tf.matmul(
+            columns, tf.broadcast_to(pixel_grad, [taps, chunks.pixels, cout]), transpose_a=True
+        )
+        down_left, down_right = (tf.gather(down, index + shift) for shift in (0, 1))
+        right_top, right_bottom = (tf.gather(right, index + shift) for shift in (0, step))
+        d_sample_y = (1.0 - frac_x)[:, None] * down_left + frac_x[:, None] * down_right
+        d_sample_x = (1.0 - frac_y)[:, None] * right_top + frac_y[:, None] * right_bottom
+        per_sample = [
+            tf.reduce_sum(column_grad * d_sample_y, axis=-1) * valid,
+            tf.reduce_sum(column_grad * d_sample_x, axis=-1) * valid,
+        ]
+        if chunks.mask is not None:
+            per_sample.append(mask_grad)
+        sample_grads = sample_grads.write(i, tf.stack(per_sample, axis=-1))
+        # The four weighted corner contributions of each sample, stacked: one row-wise
+        # scatter-add at the top-left index.
+        contributions = tf.stack(weights, axis=-1)[:, :, None] * (valid[:, None] * column_grad)[:, None, :]
+        corner_grads = tf.tensor_scatter_nd_add(corner_grads, index[:, None], contributions)
+        return i + 1, corner_grads, kernel_grad, sample_grads
+
+    corner_grads = tf.zeros([tf.shape(flat)[0], 4, cin], dtype)
+    sample_grads = tf.TensorArray(dtype, size=chunks.count)
+    _, corner_grads, kernel_grad, sample_grads = tf.while_loop(
+        lambda i, *_: i < chunks.count,
+        body,
+        [0, corner_grads, tf.zeros_like(kernel), sample_grads],
+        maximum_iterations=chunks.count,
+    )
+    # Corner (dy, dx) of the top-left index (r, c) is the padded pixel (r + dy, c + dx).
+    grads = tf.reshape(corner_grads, [chunks.batch, chunks.height + 2, step, 4, cin])
+    x_grad = (
+        grads[:, 1:-1, 1:-1, 0] + grads[:, 1:-1, :-2, 1] + grads[:, :-2, 1:-1, 2] + grads[:, :-2, :-2, 3]
+    )
+    sample_grads = chunks.per_tap(sample_grads.stack())  # (B, Ho, Wo, taps, 2 or 3)
+    offset_grad = tf.reshape(sample_grads[..., :2], tf.shape(offset))
+    kernel_grad = tf.reshape(kernel_grad, kernel_shape)
+    mask_grad = None if mask is None else sample_grads[..., 2]
+    return x_grad, offset_grad, kernel_grad, mask_grad
 
 
 @keras.saving.register_keras_serializable(package="rfnet_tf")

@@ -34,6 +34,29 @@ def _check_padding_mode(padding_mode: str) -> None:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
 
 
+def _cell(coords: tf.Tensor, height, width):
+    """Bilinear cell of zero-padded sampling: ``(row, col, frac_y, frac_x, valid)``.
+
+    ``row``/``col`` (int32) index the top-left corner in the image padded by one pixel
+    on every side; ``frac_y``/``frac_x`` are the position inside the cell; ``valid`` is
+    1 for cells with at least one corner in the image and 0 beyond (where the clamped
+    index is harmless and every weight is 0).
+    """
+    y = coords[..., 0]
+    x = coords[..., 1]
+    y0 = tf.stop_gradient(tf.floor(y))
+    x0 = tf.stop_gradient(tf.floor(x))
+    h = tf.cast(height, y.dtype)
+    w = tf.cast(width, x.dtype)
+    # (A whole-point cut-off at y <= -1 would differ from torchvision, whose gradient
+    # at y = -1 is the one-sided derivative of the cell [-1, 0].)
+    valid = tf.cast((y0 >= -1.0) & (y0 <= h - 1.0) & (x0 >= -1.0) & (x0 <= w - 1.0), y.dtype)
+    # +1: index into the padded image.
+    row = tf.cast(tf.clip_by_value(y0, -1.0, h - 1.0), tf.int32) + 1
+    col = tf.cast(tf.clip_by_value(x0, -1.0, w - 1.0), tf.int32) + 1
+    return row, col, y - y0, x - x0, valid
+
+
 def bilinear_corners(coords: tf.Tensor, height: tf.Tensor, width: tf.Tensor):
     """Top-left corner indices and bilinear weights of zero-padded sampling.
 
@@ -55,24 +78,10 @@ def bilinear_corners(coords: tf.Tensor, height: tf.Tensor, width: tf.Tensor):
       corner in the padded image; ``weights`` ``(..., 4)`` for the corners
       (top-left, top-right, bottom-left, bottom-right).
     """
-    y = coords[..., 0]
-    x = coords[..., 1]
-    y0 = tf.stop_gradient(tf.floor(y))
-    x0 = tf.stop_gradient(tf.floor(x))
-    fy = y - y0
-    fx = x - x0
-    h = tf.cast(height, y.dtype)
-    w = tf.cast(width, x.dtype)
-    # Cells with at least one corner in the image; beyond them every corner reads zero.
-    # (A whole-point cut-off at y <= -1 would differ from torchvision, whose gradient
-    # at y = -1 is the one-sided derivative of the cell [-1, 0].)
-    inside = tf.cast((y0 >= -1.0) & (y0 <= h - 1.0) & (x0 >= -1.0) & (x0 <= w - 1.0), y.dtype)
+    row, col, fy, fx, valid = _cell(coords, height, width)
     weights = tf.stack(
         [(1.0 - fy) * (1.0 - fx), (1.0 - fy) * fx, fy * (1.0 - fx), fy * fx], axis=-1
-    ) * inside[..., None]
-    # +1: index into the padded image.
-    row = tf.cast(tf.clip_by_value(y0, -1.0, h - 1.0), tf.int32) + 1
-    col = tf.cast(tf.clip_by_value(x0, -1.0, w - 1.0), tf.int32) + 1
+    ) * valid[..., None]
     return row, col, weights
 
 
@@ -105,7 +114,7 @@ def resample(image: tf.Tensor, coords: tf.Tensor, padding_mode: str = "zeros"):
     image = tf.convert_to_tensor(image)
     coords = tf.cast(coords, image.dtype)
     shape = tf.shape(image)
-    batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+    height, width = shape[1], shape[2]
     mask = inside_mask(coords, height, width)
 
     if padding_mode == "border":
@@ -123,12 +132,20 @@ def resample(image: tf.Tensor, coords: tf.Tensor, padding_mode: str = "zeros"):
         padded = tf.pad(image, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
     else:
         padded = tf.pad(image, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    return _sample_padded(padded, coords), mask
 
-    row, col, weights = bilinear_corners(coords, height, width)
-    padded_width = width + 2
-    pixels_per_image = (height + 2) * padded_width
+
+@tf.custom_gradient
+def _sample_padded(padded: tf.Tensor, coords: tf.Tensor):
+    """Bilinear samples of the image inside ``padded`` (one pixel of padding on every
+    side) at ``coords`` (pixels of the unpadded image), with a hand-written gradient:
+    TensorFlow's own one turns each of the four corner gathers into a serial scatter-add.
+    """
+    shape = tf.shape(padded)
+    batch, padded_height, padded_width, channels = shape[0], shape[1], shape[2], shape[3]
+    row, col, weights = bilinear_corners(coords, padded_height - 2, padded_width - 2)
     flat = tf.reshape(padded, [-1, channels])
-    batch_offset = tf.reshape(tf.range(batch) * pixels_per_image, [-1, 1, 1])
+    batch_offset = tf.reshape(tf.range(batch) * padded_height * padded_width, [-1, 1, 1])
     top_left = batch_offset + row * padded_width + col
     corner_offsets = (0, 1, padded_width, padded_width + 1)
     sampled = tf.add_n(
@@ -137,7 +154,59 @@ def resample(image: tf.Tensor, coords: tf.Tensor, padding_mode: str = "zeros"):
             for k, offset in enumerate(corner_offsets)
         ]
     )
-    return sampled, mask
+
+    def grad(sampled_grad):
+        frozen = [tf.stop_gradient(t) for t in (padded, coords, sampled_grad)]
+        return _sample_padded_grad(*frozen)
+
+    return sampled, grad
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _sample_padded_grad(padded: tf.Tensor, coords: tf.Tensor, sampled_grad: tf.Tensor):
+    """Gradients of ``sum(_sample_padded(padded, coords) * sampled_grad)`` with respect
+    to ``padded`` and ``coords``, in one XLA-compiled function (compiled once per shape;
+    only training differentiates, at fixed shapes, so the forward stays uncompiled).
+
+    The image gradient is one row-wise scatter-add per sample of its four weighted corner
+    contributions, stacked, into a corner-stacked buffer that is folded into the image
+    afterwards. The coordinate gradient is the derivative of the bilinear interpolation
+    inside the cell (the one-sided derivative of ``[floor, floor + 1]`` at integers).
+    """
+    shape = tf.shape(padded)
+    batch, padded_height, padded_width, channels = shape[0], shape[1], shape[2], shape[3]
+    row, col, fy, fx, valid = _cell(coords, padded_height - 2, padded_width - 2)
+    batch_offset = tf.reshape(tf.range(batch) * padded_height * padded_width, [-1, 1, 1])
+    top_left = tf.reshape(batch_offset + row * padded_width + col, [-1])
+    fy, fx, valid = (tf.reshape(t, [-1, 1]) for t in (fy, fx, valid))
+    out_grad = tf.reshape(sampled_grad, [-1, channels]) * valid
+    flat = tf.reshape(padded, [-1, channels])
+    g00, g01, g10, g11 = (
+        tf.gather(flat, top_left + offset)
+        for offset in (0, 1, padded_width, padded_width + 1)
+    )
+    coords_grad = tf.stack(
+        [
+            tf.reduce_sum(out_grad * ((1.0 - fx) * (g10 - g00) + fx * (g11 - g01)), axis=-1),
+            tf.reduce_sum(out_grad * ((1.0 - fy) * (g01 - g00) + fy * (g11 - g10)), axis=-1),
+        ],
+        axis=-1,
+    )
+    weights = tf.stack([(1.0 - fy) * (1.0 - fx), (1.0 - fy) * fx, fy * (1.0 - fx), fy * fx], axis=1)
+    corner_grads = tf.tensor_scatter_nd_add(
+        tf.zeros([tf.shape(flat)[0], 4, channels], padded.dtype),
+        top_left[:, None],
+        weights * out_grad[:, None, :],
+    )
+    # Corner (dy, dx) of the top-left pixel (r, c) is the padded pixel (r + dy, c + dx).
+    grads = tf.reshape(corner_grads, [batch, padded_height, padded_width, 4, channels])
+    padded_grad = (
+        grads[..., 0, :]
+        + tf.pad(grads[:, :, :-1, 1], [[0, 0], [0, 0], [1, 0], [0, 0]])
+        + tf.pad(grads[:, :-1, :, 2], [[0, 0], [1, 0], [0, 0], [0, 0]])
+        + tf.pad(grads[:, :-1, :-1, 3], [[0, 0], [1, 0], [1, 0], [0, 0]])
+    )
+    return padded_grad, tf.reshape(coords_grad, tf.shape(coords))
 
 
 def identity_grid(batch, height, width, dtype=tf.float32) -> tf.Tensor:

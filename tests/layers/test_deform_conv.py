@@ -287,3 +287,120 @@ def test_layer_dynamic_shapes_config_and_saving(rng, layer_checks, modulated):
     layer_checks.dynamic_shapes(layer, specs, inputs_a, inputs_b)
     layer_checks.config_roundtrip(layer, inputs_b)
     layer_checks.save_load(layer, specs, inputs_b)
+
+
+def _loss_and_gradients(case: dict, r: np.ndarray, geometry: dict, with_mask: bool):
+    """``sum(deform_conv2d(...) * r)`` and its gradients for ``x, offset, kernel, bias``
+    (and ``mask``), from the layer's hand-written backward pass."""
+    names = ["x", "offset", "kernel", "bias"] + (["mask"] if with_mask else [])
+    tensors = {name: tf.constant(case[name]) for name in names}
+    with tf.GradientTape() as tape:
+        tape.watch(list(tensors.values()))
+        y = deform_conv2d(**tensors, **geometry)
+        loss = tf.reduce_sum(y * r)
+    grads = tape.gradient(loss, list(tensors.values()))
+    return float(loss), dict(zip(names, (g.numpy() for g in grads)))
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize(
+    "kernel_size, strides, padding, dilation",
+    [
+        ((3, 3), (1, 1), (1, 1), (1, 1)),
+        ((3, 3), (2, 1), (0, 2), (1, 1)),
+        ((2, 3), (1, 1), (1, 1), (2, 1)),
+    ],
+)
+def test_gradients_match_central_differences(rng, kernel_size, strides, padding, dilation,
+                                              with_mask):
+    """Every gradient (float64, odd sizes, several geometries) against central
+    differences of the loss along random directions: independent of the backward pass."""
+    case = _random_case(rng, 2, 7, 9, 3, 5, kernel_size, strides, padding, dilation, 1.7)
+    case = {name: value.astype(np.float64) for name, value in case.items()}
+    geometry = dict(strides=strides, padding=padding, dilation=dilation)
+    out_shape = deform_conv2d(case["x"], case["offset"], case["kernel"], **geometry).shape
+    r = rng.normal(size=out_shape)
+    _, grads = _loss_and_gradients(case, r, geometry, with_mask)
+    step = 1e-6
+    for name, grad in grads.items():
+        assert grad.shape == case[name].shape, name
+        for _ in range(3):
+            direction = rng.normal(size=grad.shape)
+            plus, minus = dict(case), dict(case)
+            plus[name] = case[name] + step * direction
+            minus[name] = case[name] - step * direction
+            numeric = (
+                _loss_and_gradients(plus, r, geometry, with_mask)[0]
+                - _loss_and_gradients(minus, r, geometry, with_mask)[0]
+            ) / (2 * step)
+            np.testing.assert_allclose(np.sum(grad * direction), numeric, rtol=1e-6, atol=1e-6,
+                                       err_msg=name)
+
+
+def test_gradients_with_none_dimensions_in_tf_function(rng):
+    """Traced once with ``None`` batch and image sizes, the gradients at two sizes equal
+    the eager ones."""
+    kernel = tf.constant(rng.normal(size=(3, 3, 2, 4)).astype(np.float32))
+    spec = [tf.TensorSpec([None, None, None, 2]), tf.TensorSpec([None, None, None, 18]),
+            tf.TensorSpec([None, None, None, 4])]
+
+    def gradients(x, offset, r):
+        with tf.GradientTape() as tape:
+            tape.watch([x, offset, kernel])
+            loss = tf.reduce_sum(deform_conv2d(x, offset, kernel, strides=2, padding=1) * r)
+        return tape.gradient(loss, [x, offset, kernel])
+
+    traced = tf.function(gradients, input_signature=spec)
+    for batch, height, width in ((1, 9, 6), (3, 5, 12)):
+        out_h, out_w = (height + 1) // 2, (width + 1) // 2
+        inputs = [
+            tf.constant(rng.normal(size=(batch, height, width, 2)).astype(np.float32)),
+            tf.constant(rng.normal(0.0, 2.0, size=(batch, out_h, out_w, 18)).astype(np.float32)),
+            tf.constant(rng.normal(size=(batch, out_h, out_w, 4)).astype(np.float32)),
+        ]
+        for graph, eager in zip(traced(*inputs), gradients(*inputs)):
+            np.testing.assert_allclose(graph.numpy(), eager.numpy(), atol=1e-5, rtol=0)
+    assert traced.experimental_get_tracing_count() == 1
+
+
+def test_empty_batch_gives_empty_output_and_zero_gradients(rng):
+    x = tf.zeros([0, 6, 5, 2])
+    offset = tf.zeros([0, 6, 5, 18])
+    kernel = tf.constant(rng.normal(size=(3, 3, 2, 3)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch([x, offset, kernel])
+        y = deform_conv2d(x, offset, kernel, padding=1)
+        loss = tf.reduce_sum(y)
+    assert tuple(y.shape) == (0, 6, 5, 3)
+    grads = tape.gradient(loss, [x, offset, kernel])
+    assert [tuple(g.shape) for g in grads] == [(0, 6, 5, 2), (0, 6, 5, 18), (3, 3, 2, 3)]
+    assert not np.any(grads[2].numpy())
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_policy(rng, policy):
+    """Under a mixed policy the layer computes in the low precision and stays close to
+    float32, gradients included."""
+    x = tf.constant(rng.uniform(0.0, 1.0, size=(2, 8, 7, 3)).astype(np.float32))
+    reference = DeformableConv2D(4, 3, modulated=True)
+    reference.build(x.shape)
+    for variable in reference.trainable_variables:
+        variable.assign(rng.normal(0.0, 0.3, variable.shape).astype(np.float32))
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        mixed = DeformableConv2D(4, 3, modulated=True)
+        mixed.build(x.shape)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    mixed.set_weights(reference.get_weights())
+    outputs = []
+    for layer in (reference, mixed):
+        with tf.GradientTape() as tape:
+            y = layer(x)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32))
+        outputs.append((y, tape.gradient(loss, layer.kernel)))
+    (y32, grad32), (y16, grad16) = outputs
+    assert y16.dtype == mixed.compute_dtype
+    np.testing.assert_allclose(tf.cast(y16, tf.float32).numpy(), y32.numpy(), atol=0.1, rtol=0.05)
+    np.testing.assert_allclose(grad16.numpy(), grad32.numpy(), atol=0.5, rtol=0.05)

@@ -403,3 +403,31 @@ def test_spatial_transformer_dynamic_shapes_config_and_saving(rng, layer_checks,
     layer_checks.dynamic_shapes(layer, specs, inputs_a, inputs_b)
     layer_checks.config_roundtrip(layer, inputs_b)
     layer_checks.save_load(layer, specs, inputs_b)
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+def test_gradients_with_none_dimensions_in_tf_function(rng, dtype):
+    """The hand-written gradient, traced once with ``None`` sizes, equals the eager one at
+    two sizes (and an empty batch), also in bfloat16 (mixed precision)."""
+    def gradients(image, coords, weights):
+        with tf.GradientTape() as tape:
+            tape.watch([image, coords])
+            loss = tf.reduce_sum(tf.cast(resample(image, coords)[0], tf.float32) * weights)
+        return tape.gradient(loss, [image, coords])
+
+    spec = [tf.TensorSpec([None, None, None, None], dtype), tf.TensorSpec([None, None, None, 2], dtype),
+            tf.TensorSpec([None, None, None, None], tf.float32)]
+    traced = tf.function(gradients, input_signature=spec)
+    for batch, height, width, channels, out_h, out_w in [(1, 5, 7, 2, 3, 4), (3, 9, 4, 1, 6, 2),
+                                                         (0, 4, 4, 2, 3, 3)]:
+        image = tf.cast(_random_image(rng, batch, height, width, channels), dtype)
+        coords = tf.cast(np.stack(
+            [rng.uniform(-1, height, (batch, out_h, out_w)), rng.uniform(-1, width, (batch, out_h, out_w))],
+            axis=-1,
+        ), dtype)
+        weights = tf.constant(rng.normal(size=(batch, out_h, out_w, channels)).astype(np.float32))
+        for graph, eager in zip(traced(image, coords, weights), gradients(image, coords, weights)):
+            assert graph.dtype == dtype and graph.shape == eager.shape
+            np.testing.assert_allclose(tf.cast(graph, tf.float32).numpy(),
+                                       tf.cast(eager, tf.float32).numpy(), atol=1e-5, rtol=0)
+    assert traced.experimental_get_tracing_count() == 1

@@ -1,0 +1,179 @@
+"""Training-step benchmark: time per step of each RFNet training stage, by crop size.
+
+Run from the repository root (``--help`` lists every option)::
+
+    python -m benchmarks.bench_train                 # batch 4; crops 256, 384, 512
+    python -m benchmarks.bench_train --quick         # batch 1; crops 64, 96, 128: a smoke test
+    python -m benchmarks.bench_train --stages=fusion,deformation --repeats=5
+
+What is timed: one optimisation step of a stage as ``rfnet_tf.training.loop`` runs it
+on one replica: a ``tf.function`` with a ``GradientTape`` over ``Stage.compute``
+(``training=True``), the gradient of ``terms["total"]`` with respect to the stage's
+variable group and Adam's update of that group, the other parts frozen
+(``Stage.freeze``). The batch is a fixed synthetic one of square crops: ``vis``
+``U[0, 1)`` RGB, ``nir`` ``U[0, 1)``, a content mask of ones, a ground-truth affine
+near the identity and a zero ground-truth flow (only monitored); the cost does not
+depend on the pixel values. One ``RFNet()`` with the default settings serves every
+stage (``affinenet`` trains AffineNet on the crop itself, as the pipeline feeds it).
+
+Every round runs every stage at every crop size once, one after the other, so all
+comparisons are measured side by side in the same run; after ``--warmup`` rounds (the
+first traces) the table gives the median over ``--repeats`` rounds of the step time,
+the cost per pixel (step time over ``batch * crop^2``) and, per stage, the time and the
+per-pixel cost at each crop relative to the reference crop (the middle one, 384 by
+default), as medians of the per-round ratios (which cancels slow drifts of the load).
+
+On a GPU the script runs unchanged (TensorFlow places the steps on ``GPU:0``; the
+header names the device); fetching the loss synchronises. Pass a larger ``--batch``
+to load a big GPU. ``--policy=mixed_bfloat16`` times the steps under the mixed precision
+that the training scripts' ``--mixed_precision`` selects on a CPU (``mixed_float16`` on
+a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Run as a file, the repository root is not on the path; appended, so that a
+# PYTHONPATH entry (another checkout, say) still comes first.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.append(str(REPO_ROOT))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from rfnet_tf.networks import RFNet  # noqa: E402
+from rfnet_tf.training.stages import STAGES, Stage  # noqa: E402
+
+# A small affine misalignment (normalised convention): the monitored ground truth.
+AFFINE = np.array([[1.02, -0.03, 0.02], [0.03, 0.98, -0.01]], np.float32)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="batch 1, crops 64,96,128, 2 repeats, 1 warm-up round")
+    parser.add_argument("--sizes", default=None,
+                        help="square crop sizes, comma separated; the middle one is the "
+                             "reference (default 256,384,512)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default 4, quick 1)")
+    parser.add_argument("--stages", default=",".join(STAGES), help="stages, comma separated")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 3, quick 2)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed rounds first, the first traces (default 2, quick 1)")
+    parser.add_argument("--policy", default="float32",
+                        help="Keras dtype policy, e.g. mixed_bfloat16 (CPU) or mixed_float16 (GPU)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    args.sizes = [int(s) for s in (args.sizes or ("64,96,128" if args.quick else "256,384,512")).split(",")]
+    args.stages = args.stages.split(",")
+    unknown = set(args.stages) - set(STAGES)
+    if unknown:
+        parser.error(f"unknown stages {sorted(unknown)}; stages are {STAGES}")
+    if args.batch is None:
+        args.batch = 1 if args.quick else 4
+    if args.repeats is None:
+        args.repeats = 2 if args.quick else 3
+    if args.warmup is None:
+        args.warmup = 1 if args.quick else 2
+    if args.repeats < 1 or args.warmup < 1:
+        parser.error("--repeats and --warmup must be at least 1 (the warm-up traces)")
+    return args
+
+
+def make_batch(batch: int, size: int, rng: np.random.Generator) -> dict[str, tf.Tensor]:
+    """A synthetic batch of ``size x size`` crops with every key a stage reads."""
+    return {
+        "vis": tf.constant(rng.uniform(0.0, 1.0, (batch, size, size, 3)).astype(np.float32)),
+        "nir": tf.constant(rng.uniform(0.0, 1.0, (batch, size, size, 1)).astype(np.float32)),
+        "mask": tf.ones((batch, size, size, 1), tf.float32),
+        "affine": tf.constant(np.repeat(AFFINE[None], batch, 0)),
+        "flow": tf.zeros((batch, size, size, 2), tf.float32),
+    }
+
+
+def make_step(stage: Stage, batch: dict):
+    """``step()``: one optimisation step of ``stage`` on ``batch``; returns the loss.
+
+    The step freezes the other parts when it is created and again before each call,
+    since the stages share one model.
+    """
+    stage.freeze()
+    variables = stage.variables
+    optimizer = keras.optimizers.Adam(1e-5)
+    optimizer.build(variables)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            terms, _ = stage.compute(batch, training=True)
+        grads = tape.gradient(terms["total"], variables)
+        optimizer.apply_gradients(zip(grads, variables))
+        return terms["total"]
+
+    def run() -> float:
+        stage.freeze()
+        start = time.perf_counter()
+        step().numpy()
+        return time.perf_counter() - start
+
+    return run
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    keras.config.set_dtype_policy(args.policy)
+    keras.utils.set_random_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    model = RFNet()
+    batches = {size: make_batch(args.batch, size, rng) for size in args.sizes}
+    steps = {
+        (name, size): make_step(Stage(name, model), batches[size])
+        for name in args.stages
+        for size in args.sizes
+    }
+    started = time.perf_counter()
+    seconds = {key: [] for key in steps}
+    for round_index in range(args.warmup + args.repeats):
+        timed = round_index >= args.warmup
+        print(f"round {round_index + 1}/{args.warmup + args.repeats}"
+              f"{'' if timed else ' (warm-up)'} ...", file=sys.stderr, flush=True)
+        for key, run in steps.items():
+            elapsed = run()
+            if timed:
+                seconds[key].append(elapsed)
+
+    reference = args.sizes[len(args.sizes) // 2]
+    device = "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU"
+    print(f"tensorflow {tf.__version__}, keras {keras.__version__}, device {device}, "
+          f"{os.cpu_count()} CPU cores; policy {args.policy}; batch {args.batch}; "
+          f"warm-up {args.warmup}, median of {args.repeats} rounds; wall time "
+          f"{time.perf_counter() - started:.0f} s")
+    header = (f"{'stage':12s} {'crop':>5s} {'ms / step':>10s} {'ns / pixel':>11s} "
+              f"{f'time x {reference}':>12s} {f'per pixel x {reference}':>18s}")
+    print(header)
+    print("-" * len(header))
+    for name in args.stages:
+        base = seconds[name, reference]
+        for size in args.sizes:
+            times = seconds[name, size]
+            pixels = args.batch * size * size
+            time_ratio = statistics.median(a / b for a, b in zip(times, base))
+            pixel_ratio = time_ratio * (reference * reference) / (size * size)
+            median = statistics.median(times)
+            print(f"{name:12s} {size:5d} {median * 1e3:10.0f} {median * 1e9 / pixels:11.0f} "
+                  f"{time_ratio:12.2f} {pixel_ratio:18.2f}", flush=True)
+        print()
+
+
+if __name__ == "__main__":
+    main()

@@ -102,11 +102,17 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_integer("checkerboard_tiles", 8, "Tiles per side of the checkerboard images.")
 flags.DEFINE_integer("ecc_levels", 3, "Pyramid levels of the ECC baseline.")
+flags.DEFINE_integer(
+    "coarse_refinement_steps", None,
+    "Test-time refinement of RFNet's affine: Adam steps per pyramid level on the coarse "
+    "loss, Eq. 4 (an extension; 0 = AffineNet's single pass, as in the paper). Default: "
+    "the value stored with the weights (rfnet.json).",
+)
 FLAGS = flags.FLAGS
 FLAG_NAMES = (
     "vis", "nir", "data_dir", "layout", "vis_dir", "nir_dir", "skip_bad", "exclude",
     "landmarks_dir", "misalign", "seed", "num_landmarks", "demo_images", "weights", "methods", "out_dir",
-    "paper_conventions", "checkerboard_tiles", "ecc_levels",
+    "paper_conventions", "checkerboard_tiles", "ecc_levels", "coarse_refinement_steps",
 )
 
 

@@ -128,7 +128,14 @@ def main(argv) -> int:
     try:
         if not values.weights or not values.out:
             raise ExportError("--weights and --out are both required")
-        model = model_from_weights(values.weights, required=PARTS)
+        if values.coarse_refinement_steps is not None and values.coarse_refinement_steps < 0:
+            raise ExportError(
+                f"--coarse_refinement_steps must be at least 0, got {values.coarse_refinement_steps}"
+            )
+        overrides = {}
+        if values.coarse_refinement_steps is not None:
+            overrides["coarse_refinement_steps"] = values.coarse_refinement_steps
+        model = model_from_weights(values.weights, required=PARTS, overrides=overrides)
         directory = export_saved_model(model, values.out)
     except (WeightsError, ExportError) as error:
         print(f"rfnet_tf.export: error: {error}", file=sys.stderr)
@@ -147,6 +154,11 @@ def _define_flags() -> None:
         "affinenet and f2m), or a training stage directory holding export/.",
     )
     flags.DEFINE_string("out", None, "Where to write the SavedModel (a directory).")
+    flags.DEFINE_integer(
+        "coarse_refinement_steps", None,
+        "Test-time refinement steps of the coarse affine built into the SavedModel (0 = "
+        "AffineNet's single pass). Default: the value stored with the weights.",
+    )
 
 
 if __name__ == "__main__":

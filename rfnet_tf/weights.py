@@ -19,6 +19,15 @@ from rfnet_tf.networks import RFNet
 
 PARTS = ("transnet", "affinenet", "f2m")
 CONFIG_FILE = "rfnet.json"
+# The RFNet constructor arguments stored in rfnet.json (older files lack the last two;
+# RFNet's defaults apply).
+MODEL_CONFIG_KEYS = (
+    "deformable",
+    "max_displacement",
+    "affine_input_size",
+    "coarse_refinement_steps",
+    "coarse_refinement_levels",
+)
 EXPORT_SUBDIR = "export"
 
 
@@ -54,18 +63,31 @@ def read_config(directory: str | os.PathLike) -> dict:
         raise WeightsError(f"{path}: unreadable ({error})") from error
 
 
-def model_from_weights(directory: str | os.PathLike, required: tuple[str, ...] = PARTS) -> RFNet:
+def model_config(model: RFNet) -> dict:
+    """The ``RFNet`` constructor arguments that rebuild ``model`` (``rfnet.json``'s
+    ``model``)."""
+    config = model.get_config()
+    return {key: config[key] for key in MODEL_CONFIG_KEYS}
+
+
+def model_from_weights(
+    directory: str | os.PathLike,
+    required: tuple[str, ...] = PARTS,
+    overrides: dict | None = None,
+) -> RFNet:
     """A new ``RFNet`` built from ``rfnet.json`` with the stored parts loaded.
 
     Args:
       directory: a weights directory (or a stage directory holding ``export/``).
       required: parts that must be present; others load if present.
+      overrides: ``RFNet`` constructor arguments replacing the stored ones (for example
+        ``{"coarse_refinement_steps": 0}``).
 
     Raises:
       WeightsError: a required part is missing or a file does not fit the model.
     """
     config = read_config(directory)
-    model = RFNet(**config["model"])
+    model = RFNet(**dict(config["model"], **(overrides or {})))
     load_parts(model, directory, required=required)
     return model
 
@@ -111,11 +133,7 @@ def export_weights(
         for part in parts:
             getattr(model, part).save_weights(staging / weight_file(part))
         config = {
-            "model": {
-                "deformable": model.deformable,
-                "max_displacement": model.max_displacement,
-                "affine_input_size": model.affine_input_size,
-            },
+            "model": model_config(model),
             "parts": list(parts),
             "provenance": provenance or {},
         }

@@ -81,6 +81,7 @@ class Settings:
     paper_conventions: bool = False
     checkerboard_tiles: int = 8
     ecc_levels: int = 3
+    coarse_refinement_steps: int | None = None
     progress: bool = True
 
 
@@ -127,6 +128,9 @@ def settings_from_flags(
     for flag, minimum in minimums:
         if values[flag] < minimum:
             raise EvaluationError(f"--{flag} must be at least {minimum}, got {values[flag]}")
+    refinement = values.get("coarse_refinement_steps")
+    if refinement is not None and refinement < 0:
+        raise EvaluationError(f"--coarse_refinement_steps must be at least 0, got {refinement}")
     demo_images = _names(values["demo_images"])
     unknown = [name for name in demo_images if name not in DEMO_IMAGES]
     if not demo_images or unknown:
@@ -159,6 +163,7 @@ def settings_from_flags(
         paper_conventions=values["paper_conventions"],
         checkerboard_tiles=values["checkerboard_tiles"],
         ecc_levels=values["ecc_levels"],
+        coarse_refinement_steps=refinement,
     )
 
 
@@ -210,7 +215,9 @@ def execute(settings: Settings, extra_config: dict | None = None) -> Report:
     for method, reason in plan.not_evaluated.items():
         logging.warning("%s is not evaluated: %s", method, reason)
     dataset = load_dataset(settings)
-    predictor = load_predictor(info) if plan.needs_model else None
+    predictor = (
+        load_predictor(info, settings.coarse_refinement_steps) if plan.needs_model else None
+    )
     options = Options(
         paper_conventions=settings.paper_conventions,
         checkerboard_tiles=settings.checkerboard_tiles,

@@ -26,6 +26,7 @@ from rfnet_tf.export import NIR_SPEC, VIS_SPEC, is_saved_model, load_serving_fun
 from rfnet_tf.weights import (
     PARTS,
     WeightsError,
+    model_config,
     model_from_weights,
     read_config,
     resolve_weights_dir,
@@ -92,11 +93,14 @@ class Predictor:
       outputs: the output keys this predictor returns (:data:`FULL_OUTPUTS`, or
         :data:`COARSE_OUTPUTS` for a coarse-only weights directory).
       function: ``(vis (B, H, W, 3), nir (B, H, W, 1)) -> dict`` of tensors.
+      model_config: the ``RFNet`` constructor arguments in effect (``None`` for a
+        SavedModel).
     """
 
     info: WeightsInfo
     outputs: tuple[str, ...]
     function: Callable[[tf.Tensor, tf.Tensor], dict]
+    model_config: dict | None = None
 
     @property
     def is_full(self) -> bool:
@@ -122,14 +126,25 @@ class Predictor:
         return {key: result[key].numpy()[0] for key in self.outputs}
 
 
-def load_predictor(info: WeightsInfo) -> Predictor:
+def load_predictor(info: WeightsInfo, coarse_refinement_steps: int | None = None) -> Predictor:
     """Loads the model ``info`` describes.
+
+    Args:
+      info: see :func:`inspect_weights`.
+      coarse_refinement_steps: replaces the test-time refinement steps stored with the
+        weights (``RFNet(coarse_refinement_steps=...)``); ``None`` keeps them.
 
     Raises:
       WeightsError: a weights directory without the coarse module (TransNet and
-        AffineNet), or files that do not fit the model.
+        AffineNet), files that do not fit the model, or a refinement override for a
+        SavedModel (whose graph fixed it at export).
     """
     if info.format == SAVED_MODEL_FORMAT:
+        if coarse_refinement_steps is not None:
+            raise WeightsError(
+                f"{info.path}: a SavedModel's coarse refinement was fixed when it was "
+                "exported; evaluate the weights directory to change it"
+            )
         serving = load_serving_function(info.path)
         return Predictor(info, FULL_OUTPUTS, lambda vis, nir: serving(vis=vis, nir=nir))
     if not info.has_coarse:
@@ -137,18 +152,22 @@ def load_predictor(info: WeightsInfo) -> Predictor:
             f"{info.path}: holds {list(info.parts) or 'no parts'}; RFNet needs at least "
             f"{list(COARSE_PARTS)} (the coarse module)"
         )
-    model = model_from_weights(info.path, required=info.parts)
+    overrides = {}
+    if coarse_refinement_steps is not None:
+        overrides["coarse_refinement_steps"] = coarse_refinement_steps
+    model = model_from_weights(info.path, required=info.parts, overrides=overrides)
+    config = model_config(model)
     if info.has_full:
 
         @tf.function(input_signature=[VIS_SPEC, NIR_SPEC])
         def full(vis, nir):
             return model([vis, nir], training=False)
 
-        return Predictor(info, FULL_OUTPUTS, full)
+        return Predictor(info, FULL_OUTPUTS, full, config)
 
     @tf.function(input_signature=[VIS_SPEC, NIR_SPEC])
     def coarse(vis, nir):
         outputs = model.coarse(vis, nir)
         return {"affine": outputs["affine"], "registered_coarse": outputs["registered"]}
 
-    return Predictor(info, COARSE_OUTPUTS, coarse)
+    return Predictor(info, COARSE_OUTPUTS, coarse, config)

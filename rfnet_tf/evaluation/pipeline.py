@@ -383,6 +383,7 @@ def run_evaluation(
                 "path": str(predictor.info.path),
                 "format": predictor.info.format,
                 "parts": list(predictor.info.parts),
+                "model": predictor.model_config,
             },
             "methods": {
                 "registration": list(plan.registration),

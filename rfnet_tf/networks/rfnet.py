@@ -10,6 +10,7 @@ from layers.resampler import inside_mask
 from rfnet_tf.colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
 from rfnet_tf.networks.affinenet import AffineNet
 from rfnet_tf.networks.f2m import F2M
+from rfnet_tf.networks.refine import refine_affine
 from rfnet_tf.networks.transnet import TransNet
 
 AFFINE_INPUT_SIZE = 384
@@ -38,7 +39,9 @@ class RFNet(keras.Model):
 
     1. TransNet translates the VIS luma to the NIR domain on a 384x384 resized copy.
     2. AffineNet predicts the normalised backward affine ``A`` from
-       ``concat(I_x->y, I_y)`` at 384x384.
+       ``concat(I_x->y, I_y)`` at 384x384. With ``coarse_refinement_steps > 0``
+       (an extension, off by default), ``A`` is then refined for the pair by descending
+       the coarse loss, Eq. 4 (``rfnet_tf.networks.refine``).
     3. The full-resolution VIS is warped by ``A``: ``I_x^C``.
     4. F2M fuses ``Y(I_x^C)`` and ``I_y`` at full resolution and predicts the residual
        flow ``phi_f``.
@@ -60,12 +63,21 @@ class RFNet(keras.Model):
         deformable: bool = True,
         max_displacement: float = 16.0,
         affine_input_size: int = AFFINE_INPUT_SIZE,
+        coarse_refinement_steps: int = 0,
+        coarse_refinement_levels: int = 3,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.deformable = bool(deformable)
         self.max_displacement = float(max_displacement)
         self.affine_input_size = int(affine_input_size)
+        if coarse_refinement_steps < 0 or coarse_refinement_levels < 1:
+            raise ValueError(
+                "coarse_refinement_steps must be >= 0 and coarse_refinement_levels >= 1, got "
+                f"{coarse_refinement_steps} and {coarse_refinement_levels}"
+            )
+        self.coarse_refinement_steps = int(coarse_refinement_steps)
+        self.coarse_refinement_levels = int(coarse_refinement_levels)
         self.transnet = TransNet(name="transnet")
         self.affinenet = AffineNet(deformable=self.deformable, name="affinenet")
         self.f2m = F2M(max_displacement=self.max_displacement, name="f2m")
@@ -86,7 +98,14 @@ class RFNet(keras.Model):
         small_vis = resize_for_affine(luma(vis), self.affine_input_size)
         small_nir = resize_for_affine(nir, self.affine_input_size)
         translated = self.transnet.translate_vis(small_vis)
-        return self.affinenet(tf.concat([translated, small_nir], axis=-1))
+        affine = self.affinenet(tf.concat([translated, small_nir], axis=-1))
+        return refine_affine(
+            affine,
+            translated,
+            small_nir,
+            steps=self.coarse_refinement_steps,
+            levels=self.coarse_refinement_levels,
+        )
 
     def coarse(self, vis: tf.Tensor, nir: tf.Tensor) -> dict:
         """The coarse module alone: ``{"affine", "registered", "mask"}``."""
@@ -135,5 +154,7 @@ class RFNet(keras.Model):
             deformable=self.deformable,
             max_displacement=self.max_displacement,
             affine_input_size=self.affine_input_size,
+            coarse_refinement_steps=self.coarse_refinement_steps,
+            coarse_refinement_levels=self.coarse_refinement_levels,
         )
         return config

@@ -49,8 +49,9 @@ def run(args, cwd, **kwargs):
 @pytest.fixture(scope="module")
 def model() -> RFNet:
     """An untrained RFNet with small random affine and flow heads: its affine is not the
-    identity and its flow not zero, so the comparison is not trivially the identity."""
-    network = RFNet(affine_input_size=32)
+    identity and its flow not zero, so the comparison is not trivially the identity. Its
+    test-time refinement is on, so the SavedModel also carries that loop."""
+    network = RFNet(affine_input_size=32, coarse_refinement_steps=2, coarse_refinement_levels=2)
     generator = np.random.default_rng(3)
     for head, scale in ((network.affinenet.head, 0.02), (network.f2m.deformation_block.head, 0.05)):
         for variable in (head.kernel, head.bias):

@@ -71,3 +71,16 @@ def test_coarse_predictor_runs_the_coarse_module(weights_dirs, untrained_model, 
     expected = untrained_model.coarse(tf.constant(vis[None]), tf.constant(nir[None]))
     np.testing.assert_allclose(result["affine"], expected["affine"].numpy()[0], atol=1e-6)
     np.testing.assert_allclose(result["registered_coarse"], expected["registered"].numpy()[0], atol=1e-6)
+
+
+def test_refinement_steps_override_the_stored_ones(weights_dirs, tmp_path):
+    info = inference.inspect_weights(weights_dirs["coarse"])
+    stored = json.loads((weights_dirs["coarse"] / "rfnet.json").read_text())["model"]
+    assert inference.load_predictor(info).model_config == stored
+    overridden = inference.load_predictor(info, coarse_refinement_steps=7).model_config
+    assert overridden == dict(stored, coarse_refinement_steps=7)
+    fake_saved_model = tmp_path / "sm"
+    fake_saved_model.mkdir()
+    (fake_saved_model / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(WeightsError, match="fixed when it was exported"):
+        inference.load_predictor(inference.inspect_weights(fake_saved_model), coarse_refinement_steps=0)

@@ -9,7 +9,7 @@ TransNet's translation is what makes NCC meaningful across the two modalities.
 
 The search runs coarse to fine on a pyramid of the coarse input (2x2 average pooling):
 
-1. at the coarsest level it starts from ``len(START_OFFSETS)`` affines, the predicted
+1. at the coarsest level it starts from ``len(START_OFFSETS)`` (225) affines, the predicted
    one composed with small similarity transforms, and keeps, per image, the one that
    ends with the highest NCC (a single descent from one start can stop in a local
    optimum when the misalignment is large);
@@ -30,14 +30,18 @@ from losses import ncc
 
 # Similarity transforms composed with the prediction at the coarsest level: (rotation
 # in degrees, isotropic scale, shift y, shift x) of the normalised frame (a shift of
-# 0.1 is 5 % of the image); the spec's misalignments reach 10 degrees, scales
-# 0.8-1.25 and shifts of 10 % per axis (ARCHITECTURE section 5).
+# 0.2 is 10 % of the image). They span the spec's misalignments, which reach 10
+# degrees, scales 0.8-1.25 and shifts of 10 % per axis (ARCHITECTURE section 5); a
+# grid of shifts up to 6 % only (81 starts) left one of the 7 real pairs of the
+# README's evaluation unregistered, while 28 pair-misalignments of other seeds all
+# converged either way.
+SHIFTS = (-0.24, -0.12, 0.0, 0.12, 0.24)
 START_OFFSETS = tuple(
     (rotation, scale, shift_y, shift_x)
     for rotation in (-6.0, 0.0, 6.0)
     for scale in (0.87, 1.0, 1.15)
-    for shift_y in (-0.12, 0.0, 0.12)
-    for shift_x in (-0.12, 0.0, 0.12)
+    for shift_y in SHIFTS
+    for shift_x in SHIFTS
 )
 ADAM_BETA_1 = 0.9
 ADAM_BETA_2 = 0.999

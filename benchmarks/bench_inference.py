@@ -38,13 +38,16 @@ each size against the first) are medians of the per-round ratios, which cancels 
 drifts of the machine's load.
 
 Peak memory: the peak resident-set growth of one call, each configuration (size and
-method) in a fresh subprocess: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` after the
-call minus before it, the model already built and its function traced on a small image
-(and ECC already run on one), the inputs already in memory. It counts the call's
-working memory and outputs, not TensorFlow, the model or the inputs; it is host memory
-(TensorFlow's allocator may keep freed memory, hence the fresh process per
-configuration). ``tf.config.experimental.get_memory_info`` would be exact but is not
-available for the CPU.
+method) in a fresh subprocess: the peak resident set size (``VmHWM``, reset through
+``/proc/self/clear_refs`` just before the call; ``ru_maxrss`` where there is no such
+reset) after the call minus the resident set size before it, the model already built
+and its function traced on a small image (and ECC already run on one), the inputs
+already in memory. It counts the call's working memory and outputs (for RFNet also
+the XLA compilation of the deformable convolution at the new size), not TensorFlow,
+the model or the inputs; it is host memory (TensorFlow's allocator may keep freed
+memory, hence the fresh process per configuration).
+``tf.config.experimental.get_memory_info`` would be exact but is not available for the
+CPU.
 
 On a GPU: nothing to change; TensorFlow runs RFNet on the first visible GPU
 (``CUDA_VISIBLE_DEVICES`` chooses it, ``CUDA_VISIBLE_DEVICES=`` forces the CPU), and
@@ -241,7 +244,18 @@ def fetch(outputs: dict) -> dict[str, np.ndarray]:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    """This process's peak resident set size.
+
+    On Linux ``VmHWM`` of ``/proc/self/status``, the mark that ``reset_peak_rss``
+    lowers (``ru_maxrss`` does not follow that reset); elsewhere ``ru_maxrss`` (bytes
+    on macOS, KiB on other systems).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 

@@ -223,3 +223,18 @@ def test_bad_input_exits_2_with_one_line_naming_the_file(workdir, weights):
         assert lines[0].startswith("evaluate.py: error: ") and file_name in lines[0] and problem in lines[0]
         assert not (workdir / f"out_{case}").exists()
         assert not [p for p in workdir.iterdir() if p.name.startswith(f".out_{case}-")]
+
+
+def test_shipped_weights_register_a_demo_pair(workdir):
+    """The main job's weights (weights/, the default --weights): the coarse module with
+    its test-time refinement recovers a known synthetic affine of a demo pair, at least
+    ten times closer than the unaligned input, and the refinement is in effect."""
+    out = workdir / "out_shipped"
+    results, _ = run_ok(
+        f"--out_dir={out}", "--demo_images=coffee", "--misalign=affine", "--methods=rfnet_coarse,identity",
+        cwd=workdir,
+    )
+    assert results["config"]["weights"]["path"] == str(REPO_ROOT / "weights")
+    assert results["config"]["weights"]["model"]["coarse_refinement_steps"] > 0
+    rmse = {method: results["registration"][method]["rmse"]["mean"] for method in ("rfnet_coarse", "identity")}
+    assert rmse["identity"] > 10.0 and rmse["rfnet_coarse"] < rmse["identity"] / 10, rmse

@@ -18,9 +18,7 @@ Loading needs TensorFlow only: ``tf.saved_model.load(path).signatures["serving_d
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from rfnet_tf.startup import native_stderr_silenced
@@ -33,6 +31,7 @@ with native_stderr_silenced():  # TensorFlow's C++ start-up lines; see rfnet_tf.
 from absl import app, flags
 
 from rfnet_tf.networks import RFNet
+from rfnet_tf.staging import staged_directory
 from rfnet_tf.weights import PARTS, WeightsError, model_from_weights
 
 SIGNATURE_KEY = "serving_default"
@@ -79,17 +78,9 @@ def export_saved_model(model: RFNet, directory: str | os.PathLike) -> Path:
         raise ExportError(
             f"{directory}: exists and is not a SavedModel directory; refusing to replace it"
         )
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    try:
+    with staged_directory(directory) as staging:
         module = RFNetServing(model)
         tf.saved_model.save(module, str(staging), signatures={SIGNATURE_KEY: module.serve})
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return directory
 
 

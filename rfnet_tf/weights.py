@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from rfnet_tf.networks import RFNet
+from rfnet_tf.staging import staged_directory
 
 PARTS = ("transnet", "affinenet", "f2m")
 CONFIG_FILE = "rfnet.json"
@@ -127,9 +126,7 @@ def export_weights(
     if unknown:
         raise ValueError(f"unknown parts {sorted(unknown)}; parts are {PARTS}")
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    try:
+    with staged_directory(directory) as staging:
         for part in parts:
             getattr(model, part).save_weights(staging / weight_file(part))
         config = {
@@ -138,10 +135,4 @@ def export_weights(
             "provenance": provenance or {},
         }
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return directory

@@ -55,17 +55,19 @@ def write_generated_pairs(root: Path, count: int = 3) -> Path:
     return root
 
 
-@pytest.fixture(scope="module", params=["generated", "real"])
-def trained(request, tmp_path_factory) -> Path:
-    """Every stage, a few steps each: coarse (both stages), then F2M (both phases)."""
-    root = tmp_path_factory.mktemp(request.param)
-    if request.param == "generated":
-        data = ["--data_dir", str(write_generated_pairs(root / "data"))]
-    else:
-        vis_nir = REPO.parent / "shared" / "data" / "vis_nir"
-        if not vis_nir.is_dir():
-            pytest.skip(f"{vis_nir} is absent: the real data lives in ../shared")
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """Every stage, a few steps each: coarse (both stages), then F2M (both phases).
+
+    On the real pairs of ../shared/data/vis_nir, or, where that folder is absent, on
+    generated PNG pairs (one run only: each launch costs a minute of graph tracing).
+    """
+    root = tmp_path_factory.mktemp("trained")
+    vis_nir = REPO.parent / "shared" / "data" / "vis_nir"
+    if vis_nir.is_dir():
         data = ["--data_dir", str(vis_nir), f"--exclude={NOT_ALIGNED}"]
+    else:
+        data = ["--data_dir", str(write_generated_pairs(root / "data"))]
     check(run_script("train_coarse.py", *data, *TINY, "--affine_input_size=48",
                      f"--model_dir={root / 'coarse'}"))
     check(run_script("train_f2m.py", *data, *TINY, f"--coarse_dir={root / 'coarse' / 'affinenet'}",
@@ -153,22 +155,25 @@ def event_scalar(directory: Path, tag: str, step: int) -> float:
 
 
 def test_mirrored_on_two_cpus_matches_the_default_strategy(tmp_path):
-    """Same global batch, split over two logical CPU devices: same loss, same update."""
+    """Same global batch, split over two logical CPU devices: same loss, same update.
+
+    On the F2M fusion phase, the cheapest stage to trace (the loop is shared by all).
+    """
     data = write_generated_pairs(tmp_path / "data")
-    common = [f"--data_dir={data}", "--stage=transnet", "--crop_size=32", "--batch_size=4",
-              "--affine_input_size=48", "--max_steps=1", "--log_every=1"]
-    check(run_script("train_coarse.py", *common, f"--model_dir={tmp_path / 'default'}"))
-    check(run_script("train_coarse.py", *common, f"--model_dir={tmp_path / 'mirrored'}",
+    common = [f"--data_dir={data}", "--phase=fusion", "--crop_size=32", "--batch_size=4",
+              "--max_steps=1", "--log_every=1"]
+    check(run_script("train_f2m.py", *common, f"--model_dir={tmp_path / 'default'}"))
+    check(run_script("train_f2m.py", *common, f"--model_dir={tmp_path / 'mirrored'}",
                      "--strategy=mirrored", "--cpu_devices=2"))
-    default_dir = tmp_path / "default" / "transnet"
-    mirrored_dir = tmp_path / "mirrored" / "transnet"
+    default_dir = tmp_path / "default" / "fusion"
+    mirrored_dir = tmp_path / "mirrored" / "fusion"
     np.testing.assert_allclose(
-        event_scalar(mirrored_dir, "transnet/total", 1), event_scalar(default_dir, "transnet/total", 1),
+        event_scalar(mirrored_dir, "fusion/total", 1), event_scalar(default_dir, "fusion/total", 1),
         rtol=1e-5,
     )
-    single = model_from_weights(default_dir, required=("transnet",))
-    mirrored = model_from_weights(mirrored_dir, required=("transnet",))
-    for a, b in zip(single.transnet.weights, mirrored.transnet.weights):
+    single = model_from_weights(default_dir, required=("f2m",))
+    mirrored = model_from_weights(mirrored_dir, required=("f2m",))
+    for a, b in zip(single.f2m.weights, mirrored.f2m.weights):
         np.testing.assert_allclose(b.numpy(), a.numpy(), atol=1e-5, err_msg=a.path)
 
 
@@ -190,9 +195,9 @@ def test_multi_worker_processes_end_with_identical_weights(tmp_path):
         config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         processes.append(
             subprocess.Popen(
-                [sys.executable, str(REPO / "train_coarse.py"), f"--data_dir={data}",
-                 "--stage=transnet", "--crop_size=32", "--batch_size=4", "--affine_input_size=48",
-                 "--max_steps=3", "--log_every=1", "--strategy=multi_worker",
+                [sys.executable, str(REPO / "train_f2m.py"), f"--data_dir={data}",
+                 "--phase=fusion", "--crop_size=32", "--batch_size=4", "--max_steps=3",
+                 "--log_every=1", "--strategy=multi_worker",
                  f"--model_dir={tmp_path / 'run'}"],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                 env={**os.environ, "TF_CONFIG": json.dumps(config)},
@@ -206,5 +211,5 @@ def test_multi_worker_processes_end_with_identical_weights(tmp_path):
     digests = [re.findall(r"weights sha256 ([0-9a-f]{64})", out) for out in outputs]
     assert all(len(found) == 1 for found in digests), outputs
     assert digests[0] == digests[1]
-    assert tf.train.latest_checkpoint(tmp_path / "run" / "transnet").endswith("ckpt-3")
-    assert not list((tmp_path / "run" / "transnet").glob(".worker-*"))
+    assert tf.train.latest_checkpoint(tmp_path / "run" / "fusion").endswith("ckpt-3")
+    assert not list((tmp_path / "run" / "fusion").glob(".worker-*"))

@@ -43,9 +43,14 @@ def run(name, model, stage_dir, pairs, total_steps, checkpoint_every=2):
     return terms, out.getvalue()
 
 
-@pytest.mark.parametrize("name", ["transnet", "affinenet"])
+@pytest.mark.parametrize("name", ["affinenet"])
 def test_resumed_run_equals_an_uninterrupted_one(name, training_pairs, tmp_path):
-    """4 steps in one run == 2 steps, a stop, and 2 more in a new process state."""
+    """4 steps in one run == 2 steps, a stop, and 2 more in a new process state.
+
+    AffineNet's stage carries every kind of state a resume restores: weights, optimizer
+    slots, the step, the data position and the dropout random state (TransNet's stage has
+    no dropout and costs twice as much to trace).
+    """
     straight = fresh_model()
     run(name, straight, tmp_path / "straight", training_pairs, total_steps=4)
 
@@ -64,7 +69,7 @@ def test_resumed_run_equals_an_uninterrupted_one(name, training_pairs, tmp_path)
     assert weights_digest(straight.weights) != weights_digest(fresh_model().weights)
 
 
-def test_writes_checkpoints_events_and_an_export_the_next_stage_loads(training_pairs, tmp_path):
+def test_writes_checkpoints_events_and_an_export_the_next_stage_loads_and_a_rerun_only_exports(training_pairs, tmp_path):
     model = fresh_model()
     terms, log = run("transnet", model, tmp_path / "transnet", training_pairs, total_steps=3)
     assert set(terms) == {"total", "recon", "trans"}
@@ -76,6 +81,10 @@ def test_writes_checkpoints_events_and_an_export_the_next_stage_loads(training_p
     loaded = model_from_weights(tmp_path / "transnet", required=("transnet",))
     for a, b in zip(model.transnet.weights, loaded.transnet.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+    # A finished stage run again only exports.
+    _, log = run("transnet", fresh_model(), tmp_path / "transnet", training_pairs, total_steps=3)
+    assert "already at step 3" in log
 
 
 def test_event_file_holds_every_term_the_learning_rate_and_images(training_pairs, tmp_path):
@@ -91,28 +100,22 @@ def test_event_file_holds_every_term_the_learning_rate_and_images(training_pairs
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(training_pairs, tmp_path):
-    model = fresh_model()
     stage_dir = tmp_path / "transnet"
-    run("transnet", model, stage_dir, training_pairs, total_steps=2, checkpoint_every=1)
-    good = tf.train.latest_checkpoint(stage_dir)
-    saved = {name: tf.train.load_checkpoint(good).get_tensor(name)
-             for name, _ in tf.train.list_variables(good) if "transnet" in name and "OPTIMIZER" not in name}
 
-    def poisoned(start):
+    def poisoned_from_step_3(start):
         dataset = transnet_dataset(training_pairs, crop_size=CROP, batch_size=BATCH, start_batch=start)
-        return dataset.map(lambda batch: dict(batch, vis=batch["vis"] * np.float32("nan")))
+        return dataset.enumerate(start).map(
+            lambda index, batch: dict(batch, vis=batch["vis"] * tf.where(index >= 2, np.float32("nan"), 1.0))
+        )
 
     config = LoopConfig(stage_dir=stage_dir, total_steps=5, steps_per_epoch=2, batch_size=BATCH,
                         checkpoint_every=1)
     with pytest.raises(NonFiniteLossError, match=r"step 3: loss term\(s\) total, recon, trans"):
-        run_stage(Stage("transnet", model), STRATEGY, poisoned, config, io.StringIO())
-    assert tf.train.latest_checkpoint(stage_dir) == good
+        run_stage(Stage("transnet", fresh_model()), STRATEGY, poisoned_from_step_3, config, io.StringIO())
+    good = tf.train.latest_checkpoint(stage_dir)
+    assert good.endswith("ckpt-2")
     reader = tf.train.load_checkpoint(good)
-    for name, value in saved.items():
-        np.testing.assert_array_equal(reader.get_tensor(name), value)
-
-
-def test_a_finished_stage_only_exports(training_pairs, tmp_path):
-    run("transnet", fresh_model(), tmp_path / "transnet", training_pairs, total_steps=2)
-    _, log = run("transnet", fresh_model(), tmp_path / "transnet", training_pairs, total_steps=2)
-    assert "already at step 2" in log
+    assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 2
+    for name, _ in tf.train.list_variables(good):
+        if "transnet" in name:
+            assert np.all(np.isfinite(reader.get_tensor(name))), name

@@ -33,9 +33,9 @@ the channels. The forward pass orders the samples tap-major, ``(taps, rows * Wo)
 matmul is then one batched ``(taps, pixels, Cin) @ (taps, Cin, Cout)``. The backward
 pass orders them pixel-major, ``(rows * Wo, taps)``: the columns are then a
 ``(pixels, taps * Cin)`` matrix and both of its matmuls plain 2-D ones, which XLA's CPU
-backend runs much faster than the batched transposed products of the tap-major order
-(at 32 channels the whole step measured about 15% faster; the forward pass measured
-faster tap-major).
+backend runs faster than the batched, transposed products of the tap-major order (at 32
+channels the whole step measured 3-18% faster, at 16 and 64 no faster; the forward pass
+measured faster tap-major).
 ``benchmarks/bench_layers.py`` measures it against ``keras.layers.Conv2D``. The first
 call at a new input shape compiles the two loops (a few seconds on a small CPU); any
 batch and image size works, including ``None`` dimensions inside a ``tf.function``.

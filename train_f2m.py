@@ -43,6 +43,12 @@ flags.DEFINE_float("delta", 100.0, "Weight of the gradient loss, Eq. 6.")
 flags.DEFINE_float("lambda_smooth", 0.1, "Weight of the smoothness term, Eq. 9.")
 flags.DEFINE_float("alpha", 0.5, "Edge sensitivity of the bilateral smoothness, Eq. 10.")
 flags.DEFINE_float("max_displacement", 16.0, "Bound of the deformation field, pixels.")
+flags.DEFINE_integer(
+    "attention_window",
+    None,
+    "Window of the attention's max pooling, pixels (0 = the global max of the paper; default "
+    "--crop_size). The deformation phase keeps the fusion weights' own.",
+)
 define_common_flags(default_model_dir="runs/f2m", default_epochs=30)
 # The shared flags show in --helpshort too.
 flags.adopt_module_key_flags(common_flags)
@@ -59,6 +65,8 @@ def main(argv):
             raise FlagError(f"--gamma must be in [0, 1], got {FLAGS.gamma}")
         if FLAGS.max_displacement <= 0:
             raise FlagError(f"--max_displacement must be positive, got {FLAGS.max_displacement}")
+        if FLAGS.attention_window is not None and FLAGS.attention_window < 0:
+            raise FlagError(f"--attention_window must be >= 0, got {FLAGS.attention_window}")
         run_f2m(FLAGS, sys.modules[__name__].__file__)
     except FlagError as error:
         print(f"train_f2m.py: {error}", file=sys.stderr)

@@ -6,7 +6,7 @@ pixels, warping backward; affines ``(B, 2, 3)`` in the normalised align-corners
 convention (see ``layers.resampler``).
 """
 
-from layers.attention import GradientChannelAttention
+from layers.attention import GradientChannelAttention, windowed_max
 from layers.blocks import PaddedConv2D, ResidualBlock, make_norm
 from layers.deform_conv import DeformableConv2D, deform_conv2d
 from layers.gradients import laplacian
@@ -33,4 +33,5 @@ __all__ = [
     "resample",
     "warp_affine",
     "warp_flow",
+    "windowed_max",
 ]

@@ -8,6 +8,30 @@ import tensorflow as tf
 from layers.gradients import laplacian
 
 
+def windowed_max(values: tf.Tensor, window: int) -> tf.Tensor:
+    """Per channel, the mean over windows of the maximum in each window; ``(B, C)``.
+
+    ``values`` ``(B, H, W, C)``. Along each axis of length ``n`` the windows have length
+    ``w = min(window, n)``; there are ``k = ceil(n / w)`` of them, spread evenly from the
+    first pixel to the last (start ``i * (n - w) // (k - 1)``), so that they cover the
+    axis and overlap where ``w`` does not divide ``n``. Every window therefore has the
+    same size, and an image no larger than ``window`` has one window: the global max.
+    """
+    values = tf.convert_to_tensor(values)
+    shape = tf.shape(values)
+
+    def starts(length):
+        size = tf.minimum(window, length)
+        count = (length + size - 1) // size
+        spread = tf.range(count) * (length - size) // tf.maximum(count - 1, 1)
+        return spread[:, None] + tf.range(size)[None, :]  # (count, size) indices
+
+    rows = tf.gather(values, starts(shape[1]), axis=1)  # (B, ky, wy, W, C)
+    rows = tf.reduce_max(rows, axis=2)  # (B, ky, W, C)
+    cells = tf.gather(rows, starts(shape[2]), axis=2)  # (B, ky, kx, wx, C)
+    return tf.reduce_mean(tf.reduce_max(cells, axis=3), axis=[1, 2])
+
+
 @keras.saving.register_keras_serializable(package="rfnet_tf")
 class GradientChannelAttention(keras.layers.Layer):
     """Shared channel weights for two feature maps from their gradient content.
@@ -19,13 +43,24 @@ class GradientChannelAttention(keras.layers.Layer):
     are multiplied by the same ``w``.
 
     Called on ``[F_x, F_y]``; returns ``[F_x * w, F_y * w]``.
+
+    ``max_pool_window`` (an extension, ``None`` by default: the global max above) takes
+    ``m`` as ``windowed_max`` over windows of that many pixels instead. The maximum of a
+    map grows with its size, while its mean does not: a network trained on crops of
+    ``S`` pixels and run on a larger image sees larger ``m`` than it ever saw in
+    training, and so other channel weights. With ``max_pool_window = S`` every training
+    crop is one window (the layer is unchanged there) and a larger image gets the
+    statistic of crops of ``S``.
     """
 
-    def __init__(self, reduction: int = 8, **kwargs):
+    def __init__(self, reduction: int = 8, max_pool_window: int | None = None, **kwargs):
         super().__init__(**kwargs)
         if reduction < 1:
             raise ValueError(f"reduction must be >= 1, got {reduction}")
+        if max_pool_window is not None and max_pool_window < 1:
+            raise ValueError(f"max_pool_window must be None or >= 1, got {max_pool_window}")
         self.reduction = int(reduction)
+        self.max_pool_window = None if max_pool_window is None else int(max_pool_window)
 
     def build(self, input_shape):
         shape_x, shape_y = input_shape
@@ -52,9 +87,14 @@ class GradientChannelAttention(keras.layers.Layer):
         grad_x = tf.abs(laplacian(features_x))
         grad_y = tf.abs(laplacian(features_y))
         pooled_avg = tf.reduce_mean(grad_x, axis=[1, 2]) + tf.reduce_mean(grad_y, axis=[1, 2])
-        pooled_max = tf.reduce_max(grad_x, axis=[1, 2]) + tf.reduce_max(grad_y, axis=[1, 2])
+        pooled_max = self._max_pool(grad_x) + self._max_pool(grad_y)
         logits = self.avg_out(self.avg_hidden(pooled_avg)) + self.max_out(self.max_hidden(pooled_max))
         return tf.sigmoid(logits)[:, None, None, :]
+
+    def _max_pool(self, values: tf.Tensor) -> tf.Tensor:
+        if self.max_pool_window is None:
+            return tf.reduce_max(values, axis=[1, 2])
+        return windowed_max(values, self.max_pool_window)
 
     def call(self, inputs):
         features_x, features_y = inputs
@@ -66,5 +106,5 @@ class GradientChannelAttention(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(reduction=self.reduction)
+        config.update(reduction=self.reduction, max_pool_window=self.max_pool_window)
         return config

@@ -18,7 +18,7 @@ from rfnet_tf.staging import staged_directory
 
 PARTS = ("transnet", "affinenet", "f2m")
 CONFIG_FILE = "rfnet.json"
-# The RFNet constructor arguments stored in rfnet.json (older files lack the last two;
+# The RFNet constructor arguments stored in rfnet.json (older files may lack the last three;
 # RFNet's defaults apply).
 MODEL_CONFIG_KEYS = (
     "deformable",
@@ -26,6 +26,7 @@ MODEL_CONFIG_KEYS = (
     "affine_input_size",
     "coarse_refinement_steps",
     "coarse_refinement_levels",
+    "attention_window",
 )
 EXPORT_SUBDIR = "export"
 

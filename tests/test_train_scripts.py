@@ -96,6 +96,8 @@ def test_every_stage_writes_checkpoints_flags_events_and_export(trained, stage):
     }[stage]
     assert config["parts"] == expected_parts
     assert config["model"]["affine_input_size"] == 48
+    # F2M's attention pools its maxima over windows of the fusion's crop size.
+    assert config["model"]["attention_window"] == (32 if stage in ("fusion", "deformation") else None)
 
 
 def test_the_last_export_is_a_complete_model(trained):
@@ -130,6 +132,7 @@ def test_a_rerun_resumes_instead_of_starting_over(trained):
         ("train_f2m.py", ["--phase=deformation", "--data_dir={data}", "--model_dir={empty}"],
          "--fusion_dir"),
         ("train_f2m.py", ["--data_dir={data}", "--coarse_dir={empty}"], "--coarse_dir"),
+        ("train_f2m.py", ["--data_dir={data}", "--attention_window=-1"], "--attention_window must be >= 0"),
     ],
 )
 def test_bad_flags_exit_non_zero_with_one_line(script, args, message, tmp_path):

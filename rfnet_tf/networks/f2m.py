@@ -130,6 +130,9 @@ class F2M(keras.Model):
     Args:
       max_displacement: bound of the flow in pixels.
       attention_reduction: channel reduction of the attention MLPs.
+      attention_window: the attention's ``max_pool_window`` (``None``: the global max of
+        the paper). Set it to the training crop size, so that an image larger than the
+        crops gets the attention statistics of the crops it was trained on.
 
     Called on ``[vis_luma, nir]`` (the coarse-aligned VIS luma ``Y(I_x^C)`` and ``I_y``,
     both ``(B, H, W, 1)`` in ``[0, 1]``); returns a dict: ``fused`` ``(B, H, W, 1)``,
@@ -138,17 +141,26 @@ class F2M(keras.Model):
     where the flow samples inside the image).
     """
 
-    def __init__(self, max_displacement: float = 16.0, attention_reduction: int = 8, **kwargs):
+    def __init__(
+        self,
+        max_displacement: float = 16.0,
+        attention_reduction: int = 8,
+        attention_window: int | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.max_displacement = float(max_displacement)
         self.attention_reduction = int(attention_reduction)
+        self.attention_window = None if attention_window is None else int(attention_window)
         activation = keras.layers.LeakyReLU(negative_slope=0.2)
         self.activation = activation
         self.shared_conv1 = _conv(16, "shared_conv1")
         self.shared_conv2 = _conv(32, "shared_conv2")
         self.shared_conv3 = _conv(32, "shared_conv3")
         self.deformation_block = DeformationBlock(self.max_displacement, name="deformation_block")
-        self.attention = GradientChannelAttention(self.attention_reduction, name="attention")
+        self.attention = GradientChannelAttention(
+            self.attention_reduction, self.attention_window, name="attention"
+        )
         self.fuse_conv1 = _conv(32, "fuse_conv1")
         self.fuse_conv2 = _conv(16, "fuse_conv2")
         self.fuse_out = _conv(1, "fuse_out")
@@ -225,5 +237,6 @@ class F2M(keras.Model):
         config.update(
             max_displacement=self.max_displacement,
             attention_reduction=self.attention_reduction,
+            attention_window=self.attention_window,
         )
         return config

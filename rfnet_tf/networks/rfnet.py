@@ -44,7 +44,8 @@ class RFNet(keras.Model):
        the coarse loss, Eq. 4 (``rfnet_tf.networks.refine``).
     3. The full-resolution VIS is warped by ``A``: ``I_x^C``.
     4. F2M fuses ``Y(I_x^C)`` and ``I_y`` at full resolution and predicts the residual
-       flow ``phi_f``.
+       flow ``phi_f``. ``attention_window`` (``None`` by default) is F2M's: the window of
+       its attention's max pooling, the fusion's training crop size in trained weights.
 
     The final registered VIS samples the original VIS once, at the composed coordinates
     ``A(p + phi_f(p))`` (one interpolation, not two). Returns a dict:
@@ -65,6 +66,7 @@ class RFNet(keras.Model):
         affine_input_size: int = AFFINE_INPUT_SIZE,
         coarse_refinement_steps: int = 0,
         coarse_refinement_levels: int = 3,
+        attention_window: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -78,9 +80,14 @@ class RFNet(keras.Model):
             )
         self.coarse_refinement_steps = int(coarse_refinement_steps)
         self.coarse_refinement_levels = int(coarse_refinement_levels)
+        self.attention_window = None if attention_window is None else int(attention_window)
         self.transnet = TransNet(name="transnet")
         self.affinenet = AffineNet(deformable=self.deformable, name="affinenet")
-        self.f2m = F2M(max_displacement=self.max_displacement, name="f2m")
+        self.f2m = F2M(
+            max_displacement=self.max_displacement,
+            attention_window=self.attention_window,
+            name="f2m",
+        )
         # Every input's channel count is fixed, so the variables can exist from the start
         # (a checkpoint restores into them before any call).
         self.build()
@@ -156,5 +163,6 @@ class RFNet(keras.Model):
             affine_input_size=self.affine_input_size,
             coarse_refinement_steps=self.coarse_refinement_steps,
             coarse_refinement_levels=self.coarse_refinement_levels,
+            attention_window=self.attention_window,
         )
         return config

@@ -188,6 +188,15 @@ def _require_weights(path: Path, required: tuple[str, ...], flag: str) -> Path:
     return directory
 
 
+def _trained_attention_window(fusion_dir: Path, default: int | None) -> int | None:
+    """The attention window stored with the fusion weights (``None`` in exports older
+    than the option: the global max); ``default`` if there are none."""
+    try:
+        return read_config(fusion_dir)["model"].get("attention_window")
+    except WeightsError:
+        return default
+
+
 def run_coarse(values, script_file: str) -> None:
     """train_coarse.py: TransNet and/or AffineNet."""
     root = Path(values.model_dir)
@@ -241,10 +250,17 @@ def run_f2m(values, script_file: str) -> None:
     carried: tuple[str, ...] = ("transnet", "affinenet") if coarse_dir is not None else ()
     # The coarse module's own configuration (its input size, deformable or not) carries over.
     model_config = read_config(coarse_dir)["model"] if coarse_dir is not None else {}
-    model_config = dict(model_config, max_displacement=values.max_displacement)
+    # With windows of the crop size the attention is the paper's on every training crop,
+    # and an image larger than the crops gets the statistics it was trained on.
+    window = values.crop_size if values.attention_window is None else values.attention_window or None
+    model_config = dict(model_config, max_displacement=values.max_displacement, attention_window=window)
     for name in phases:
+        phase_config = model_config
+        if name == "deformation":
+            # The fusion network keeps the window it was trained with.
+            phase_config = dict(model_config, attention_window=_trained_attention_window(fusion_dir, window))
         with strategy.scope():
-            model = RFNet(**model_config)
+            model = RFNet(**phase_config)
         stage_dir = stage_directory(root, name)
         if not tf.train.latest_checkpoint(stage_dir):
             if coarse_dir is not None:

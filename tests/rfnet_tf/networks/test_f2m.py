@@ -44,6 +44,22 @@ def test_none_dimensions_in_tf_function(f2m):
         assert fuse(image, image).shape == shape
 
 
+def test_attention_window_changes_only_images_larger_than_the_window(rng):
+    windowed = F2M(attention_window=16)
+    # Random attention MLPs, so that the pooled maxima matter.
+    for variable in windowed.attention.trainable_weights:
+        variable.assign(rng.normal(0.0, 0.5, variable.shape))
+    paper = F2M()
+    paper.set_weights(windowed.get_weights())
+    restored = F2M.from_config(windowed.get_config())
+    assert restored.attention.max_pool_window == 16 and paper.attention.max_pool_window is None
+    fuse = lambda model, image: model([image, image[..., ::-1, :]])["fused"].numpy()
+    crop = tf.random.uniform((2, 16, 16, 1), seed=3)
+    np.testing.assert_array_equal(fuse(windowed, crop), fuse(paper, crop))
+    large = tf.random.uniform((1, 64, 48, 1), seed=4)
+    assert np.abs(fuse(windowed, large) - fuse(paper, large)).max() > 1e-4
+
+
 def test_flow_is_bounded(f2m):
     model = F2M(max_displacement=3.0)
     head = model.deformation_block.head

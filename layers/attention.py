@@ -20,15 +20,15 @@ def windowed_max(values: tf.Tensor, window: int) -> tf.Tensor:
     values = tf.convert_to_tensor(values)
     shape = tf.shape(values)
 
-    def starts(length):
+    def window_indices(length):
         size = tf.minimum(window, length)
         count = (length + size - 1) // size
         spread = tf.range(count) * (length - size) // tf.maximum(count - 1, 1)
         return spread[:, None] + tf.range(size)[None, :]  # (count, size) indices
 
-    rows = tf.gather(values, starts(shape[1]), axis=1)  # (B, ky, wy, W, C)
+    rows = tf.gather(values, window_indices(shape[1]), axis=1)  # (B, ky, wy, W, C)
     rows = tf.reduce_max(rows, axis=2)  # (B, ky, W, C)
-    cells = tf.gather(rows, starts(shape[2]), axis=2)  # (B, ky, kx, wx, C)
+    cells = tf.gather(rows, window_indices(shape[2]), axis=2)  # (B, ky, kx, wx, C)
     return tf.reduce_mean(tf.reduce_max(cells, axis=3), axis=[1, 2])
 
 

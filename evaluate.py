@@ -36,6 +36,7 @@ with native_stderr_silenced():
 
 from absl import app, flags, logging
 
+from rfnet_tf import misalignment_flags
 from rfnet_tf.data.demo import DEMO_IMAGES
 from rfnet_tf.evaluation import (
     INPUT_ERRORS,
@@ -62,7 +63,14 @@ flags.DEFINE_bool("skip_bad", False, "Skip (and log) unreadable pairs instead of
 flags.DEFINE_string(
     "exclude", "",
     "--data_dir only: comma-separated pair names to leave out (e.g. pairs that are not "
-    "aligned, whose own misalignment would corrupt the synthetic ground truth).",
+    "aligned, whose own misalignment would corrupt the synthetic ground truth); split "
+    "names stand for their pairs (e.g. vis_nir_not_aligned).",
+)
+flags.DEFINE_string(
+    "pairs", "",
+    "--data_dir only: comma-separated pair names to evaluate (default: all). Split names "
+    "stand for their pairs: --pairs=country_validation is the validation split that no "
+    "training run of the shipped weights saw (rfnet_tf.data.splits).",
 )
 flags.DEFINE_string(
     "landmarks_dir", None,
@@ -108,9 +116,11 @@ flags.DEFINE_integer(
     "loss, Eq. 4 (an extension; 0 = AffineNet's single pass, as in the paper). Default: "
     "the value stored with the weights (rfnet.json).",
 )
+misalignment_flags.define_affine_flags()
+misalignment_flags.define_local_flags()
 FLAGS = flags.FLAGS
-FLAG_NAMES = (
-    "vis", "nir", "data_dir", "layout", "vis_dir", "nir_dir", "skip_bad", "exclude",
+FLAG_NAMES = misalignment_flags.AFFINE_FLAGS + misalignment_flags.LOCAL_FLAGS + (
+    "vis", "nir", "data_dir", "layout", "vis_dir", "nir_dir", "skip_bad", "exclude", "pairs",
     "landmarks_dir", "misalign", "seed", "num_landmarks", "demo_images", "weights", "methods", "out_dir",
     "paper_conventions", "checkerboard_tiles", "ecc_levels", "coarse_refinement_steps",
 )

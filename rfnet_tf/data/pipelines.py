@@ -8,7 +8,9 @@ Each pipeline yields dicts of batched ``float32`` tensors (``B`` = ``batch_size`
 * :func:`affinenet_dataset` (synthetic affine misalignment): the same keys, ``vis``
   being the misaligned moving crop, plus ``affine (B, 2, 3)``: the true registration
   affine of the crop, normalised in the crop's own coordinates
-  (``registered[q] = vis[affine(q)]``, ``layers.warp_affine(vis, affine)``).
+  (``registered[q] = vis[affine(q)]``, ``layers.warp_affine(vis, affine)``); given the
+  pairs' TransNet translations, also ``translated (B, h, w, 1)``: the translation
+  misaligned exactly like ``vis``.
 * :func:`f2m_dataset` (synthetic smooth local misalignment): the same keys plus
   ``flow (B, h, w, 2)``: the true registration flow ``(dy, dx)`` px
   (``registered[q] = vis[q + flow(q)]``, ``layers.warp_flow(vis, flow)``).
@@ -59,6 +61,7 @@ from rfnet_tf.data.synthetic import (
     INVERSION_TOLERANCE_PX,
     NUM_AFFINE_SAMPLES,
     AffineRanges,
+    Curriculum,
     LocalFieldRanges,
     affine_from_unit_samples,
     flip_affine,
@@ -77,7 +80,8 @@ _ELEMENT_STREAM = 2
 # Sub-keys of an element.
 _OFFSET_KEY, _FLIP_KEY, _TRANSFORM_KEY, _AMPLITUDE_KEY = range(4)
 
-ExampleFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]
+# (vis, nir, random key, training step of the element's batch) -> element.
+ExampleFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]
 
 
 def steps_per_epoch(
@@ -101,7 +105,7 @@ def transnet_dataset(
     """Random aligned crops for TransNet: ``{"vis", "nir", "mask"}`` (module docstring)."""
     crop = _crop_shape(crop_size)
 
-    def example(vis, nir, key):
+    def example(vis, nir, key, step):
         keys = tf.random.experimental.stateless_split(key, 4)
         vis, nir, content = _padded_to_crop(vis, nir, crop)
         crop_coords = identity_grid(1, crop[0], crop[1])[0]
@@ -126,8 +130,20 @@ def affinenet_dataset(
     start_batch: int = 0,
     ranges: AffineRanges = AffineRanges(),
     sampling_frame: tuple[int, int] | None = None,
+    curriculum: Curriculum = Curriculum(),
+    translated: Sequence[np.ndarray] | None = None,
 ) -> tf.data.Dataset:
     """Crops with a synthetic affine misalignment: ``{"vis", "nir", "mask", "affine"}``.
+
+    ``curriculum`` scales the ranges with the training step of the element's batch
+    (``Curriculum.magnitude``; by default the full ranges from the start).
+
+    ``translated``: one ``(H, W, 1)`` image per pair, the pair's VIS translated to the
+    NIR domain by a frozen TransNet (``TransNet.translate_vis``). Each element then also
+    holds ``translated``, sampled at the moving crop's coordinates in the same pass as
+    ``vis``, so that the AffineNet stage need not run TransNet on every batch. (It is the
+    misaligned translation of the aligned VIS, where TransNet at every step would
+    translate the misaligned VIS: equal up to TransNet's border effects.)
 
     ``sampling_frame`` ``(height, width)``: the pixel frame in which the misalignment is
     drawn (rotation about its centre, translation as a fraction of its size), default
@@ -138,16 +154,23 @@ def affinenet_dataset(
     crop = _crop_shape(crop_size)
     frame = crop if sampling_frame is None else _crop_shape(sampling_frame)
 
-    def example(vis, nir, key):
+    def example(vis, nir, key, step):
         keys = tf.random.experimental.stateless_split(key, 4)
         unit = tf.random.stateless_uniform([NUM_AFFINE_SAMPLES], keys[_TRANSFORM_KEY])
-        misalignment = affine_from_unit_samples(unit, frame[0], frame[1], ranges)
+        misalignment = affine_from_unit_samples(
+            unit, frame[0], frame[1], ranges, curriculum.magnitude(step)
+        )
         crop_coords = affine_grid(misalignment[None], crop[0], crop[1])[0]
         element = _misaligned_element(vis, nir, crop_coords, crop, keys[_OFFSET_KEY])
+        if translated is not None:
+            element["translated"] = element["vis"][..., 3:]
+            element["vis"] = element["vis"][..., :3]
         element["affine"] = invert_affine(misalignment)
         return _flipped(element, keys[_FLIP_KEY], flips)
 
-    return _dataset(pairs, example, crop, batch_size, seed, crops_per_image, epochs, start_batch)
+    return _dataset(
+        pairs, example, crop, batch_size, seed, crops_per_image, epochs, start_batch, translated
+    )
 
 
 def f2m_dataset(
@@ -160,22 +183,26 @@ def f2m_dataset(
     epochs: int | None = None,
     start_batch: int = 0,
     ranges: LocalFieldRanges = LocalFieldRanges(),
+    curriculum: Curriculum = Curriculum(),
 ) -> tf.data.Dataset:
     """Crops with a synthetic smooth local misalignment: ``{"vis", "nir", "mask", "flow"}``.
 
-    The field is made at the crop size (amplitude ``U(2, 10)`` px at 384 x 384, see
-    ``LocalFieldRanges``); ``flow`` is its numerical inverse (residual < 1e-4 px).
+    The field is made at the crop size (amplitude ``U(2, 10)`` px at 384 x 384 by
+    default, see ``LocalFieldRanges``), its amplitude scaled by ``curriculum``;
+    ``flow`` is its numerical inverse (residual < 1e-4 px).
     """
     crop = _crop_shape(crop_size)
     grid_shape = ranges.control_grid_shape(*crop)
     amplitude_factor = ranges.size_factor(*crop)
 
-    def example(vis, nir, key):
+    def example(vis, nir, key, step):
         keys = tf.random.experimental.stateless_split(key, 4)
         noise = tf.random.stateless_uniform([*grid_shape, 2], keys[_TRANSFORM_KEY], -1.0, 1.0)
         low, high = ranges.max_displacement_range
         amplitude = (
-            tf.random.stateless_uniform([], keys[_AMPLITUDE_KEY], low, high) * amplitude_factor
+            tf.random.stateless_uniform([], keys[_AMPLITUDE_KEY], low, high)
+            * amplitude_factor
+            * curriculum.magnitude(step)
         )
         misalignment = smooth_field(noise, crop[0], crop[1], amplitude)
         crop_coords = identity_grid(1, crop[0], crop[1])[0] + misalignment
@@ -203,11 +230,26 @@ def _dataset(
     crops_per_image: int,
     epochs: int | None,
     start_batch: int,
+    extra_vis_channels: Sequence[np.ndarray] | None = None,
 ) -> tf.data.Dataset:
-    """The shared shuffle / repeat / map / batch / prefetch around a stage's ``example``."""
+    """The shared shuffle / repeat / map / batch / prefetch around a stage's ``example``.
+
+    ``extra_vis_channels`` (one ``(H, W, k)`` array per pair) are appended to the VIS
+    that ``example`` receives, so that they are cropped and warped with it.
+    """
     pairs = list(pairs)
     if not pairs:
         raise ValueError("no pairs to make a dataset from")
+    extra = 0
+    if extra_vis_channels is not None:
+        if len(extra_vis_channels) != len(pairs):
+            raise ValueError(
+                f"{len(extra_vis_channels)} extra VIS channel arrays for {len(pairs)} pairs"
+            )
+        for pair, channels in zip(pairs, extra_vis_channels):
+            if channels.ndim != 3 or channels.shape[:2] != pair.nir.shape[:2]:
+                raise ValueError(f"{pair.name}: extra VIS channels of shape {channels.shape}")
+        extra = extra_vis_channels[0].shape[-1]
     if batch_size < 1 or crops_per_image < 1:
         raise ValueError(
             f"batch_size and crops_per_image must be positive, got {batch_size}, {crops_per_image}"
@@ -221,6 +263,8 @@ def _dataset(
         # memory); an element copies only its own pair.
         pair = pairs[int(index)]
         vis = pair.vis if pair.vis.shape[-1] == 3 else np.repeat(pair.vis, 3, axis=-1)
+        if extra:
+            vis = np.concatenate([vis, extra_vis_channels[int(index)]], axis=-1)
         return vis.astype(np.float32, copy=False), pair.nir.astype(np.float32, copy=False)
 
     def epoch_elements(epoch):
@@ -233,12 +277,12 @@ def _dataset(
 
     def make_element(position, index):
         vis, nir = tf.numpy_function(fetch, [index], (tf.float32, tf.float32), stateful=False)
-        vis.set_shape([None, None, 3])
+        vis.set_shape([None, None, 3 + extra])
         nir.set_shape([None, None, 1])
         key = tf.random.experimental.stateless_fold_in(
             tf.random.experimental.stateless_fold_in(base_key, _ELEMENT_STREAM), position
         )
-        element = example(vis, nir, key)
+        element = example(vis, nir, key, position // batch_size)
         return {
             name: tf.ensure_shape(tf.cast(value, tf.float32), _element_shape(name, crop))
             for name, value in element.items()
@@ -271,6 +315,7 @@ def _element_shape(name: str, crop: tuple[int, int]) -> list[int]:
         "mask": [*crop, 1],
         "affine": [2, 3],
         "flow": [*crop, 2],
+        "translated": [*crop, 1],
     }[name]
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from absl import logging
 
+from rfnet_tf import misalignment_flags
 from rfnet_tf.data import DataError
 from rfnet_tf.data.demo import DEMO_IMAGES
-from rfnet_tf.data.synthetic import MISALIGNMENT_KINDS
+from rfnet_tf.data.synthetic import MISALIGNMENT_KINDS, AffineRanges, LocalFieldRanges
 from rfnet_tf.evaluation import sources
 from rfnet_tf.evaluation.inference import WeightsInfo, inspect_weights, load_predictor
 from rfnet_tf.evaluation.outputs import OutputError, check_out_dir
@@ -42,10 +43,15 @@ _SOURCE_FLAGS = {
     "nir_dir": ("data_dir",),
     "skip_bad": ("data_dir", "landmarks"),
     "exclude": ("data_dir",),
+    "pairs": ("data_dir",),
     "misalign": ("data_dir", "demo"),
     "seed": ("data_dir", "demo"),
     "num_landmarks": ("data_dir", "demo"),
     "demo_images": ("demo",),
+    **{
+        flag: ("data_dir", "demo")
+        for flag in misalignment_flags.AFFINE_FLAGS + misalignment_flags.LOCAL_FLAGS
+    },
 }
 _SOURCE_OPTIONS = {
     "pair": "--vis/--nir",
@@ -73,8 +79,11 @@ class Settings:
     nir_dir: str = "nir"
     skip_bad: bool = False
     exclude: tuple[str, ...] = ()
+    pairs: tuple[str, ...] = ()
     landmarks_dir: str | None = None
     misalign: str = "both"
+    affine_ranges: AffineRanges = AffineRanges()
+    field_ranges: LocalFieldRanges = LocalFieldRanges()
     seed: int = 0
     num_landmarks: int = 5
     demo_images: tuple[str, ...] = DEMO_IMAGES
@@ -140,6 +149,11 @@ def settings_from_flags(
         )
     if not values["out_dir"]:
         raise EvaluationError("--out_dir is empty")
+    try:
+        affine_ranges = misalignment_flags.affine_ranges_from(values)
+        field_ranges = misalignment_flags.local_ranges_from(values)
+    except ValueError as error:
+        raise EvaluationError(str(error)) from error
     return Settings(
         source=source,
         weights=Path(values["weights"]) if values["weights"] else default_weights,
@@ -155,8 +169,11 @@ def settings_from_flags(
         nir_dir=values["nir_dir"],
         skip_bad=values["skip_bad"],
         exclude=_names(values["exclude"]),
+        pairs=_names(values["pairs"]),
         landmarks_dir=values["landmarks_dir"],
         misalign=values["misalign"],
+        affine_ranges=affine_ranges,
+        field_ranges=field_ranges,
         seed=values["seed"],
         num_landmarks=values["num_landmarks"],
         demo_images=demo_images,
@@ -184,9 +201,17 @@ def load_dataset(settings: Settings) -> sources.EvaluationSet:
             settings.nir_dir,
             settings.skip_bad,
             settings.exclude,
+            settings.pairs,
+            settings.affine_ranges,
+            settings.field_ranges,
         )
     return sources.demo_set(
-        settings.misalign, settings.seed, settings.num_landmarks, settings.demo_images
+        settings.misalign,
+        settings.seed,
+        settings.num_landmarks,
+        settings.demo_images,
+        settings.affine_ranges,
+        settings.field_ranges,
     )
 
 

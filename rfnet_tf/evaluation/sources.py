@@ -33,7 +33,8 @@ from rfnet_tf.data import (
     read_pair,
 )
 from rfnet_tf.data.demo import DEMO_IMAGES
-from rfnet_tf.data.synthetic import MISALIGNMENT_KINDS
+from rfnet_tf.data.splits import select_pairs
+from rfnet_tf.data.synthetic import MISALIGNMENT_KINDS, AffineRanges, LocalFieldRanges
 
 FOLDER_LAYOUTS = ("auto", "pairs", "nirscene")
 # The generator of a folder pair's misalignment is keyed on (seed, crc32(name), this).
@@ -124,14 +125,28 @@ def misalignment_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode()), _MISALIGNMENT_STREAM])
 
 
-def misalign(pair: Pair, kind: str, seed: int, num_landmarks: int) -> Sample:
+def misalign(
+    pair: Pair,
+    kind: str,
+    seed: int,
+    num_landmarks: int,
+    affine_ranges: AffineRanges = AffineRanges(),
+    field_ranges: LocalFieldRanges = LocalFieldRanges(),
+) -> Sample:
     """A sample made from an aligned pair by a seeded synthetic misalignment.
 
     Raises:
       DataError: the image is too small to hold the landmarks (names the file).
     """
     try:
-        truth = make_misaligned_pair(pair, misalignment_rng(seed, pair.name), kind, num_landmarks)
+        truth = make_misaligned_pair(
+            pair,
+            misalignment_rng(seed, pair.name),
+            kind,
+            num_landmarks,
+            affine_ranges,
+            field_ranges,
+        )
     except ValueError as error:
         where = pair.vis_path or pair.name
         raise DataError(f"{where}: cannot be misaligned synthetically: {error}") from error
@@ -148,16 +163,20 @@ def synthetic_folder(
     nir_dir: str = "nir",
     skip_bad: bool = False,
     exclude: tuple[str, ...] = (),
+    only: tuple[str, ...] = (),
+    affine_ranges: AffineRanges = AffineRanges(),
+    field_ranges: LocalFieldRanges = LocalFieldRanges(),
 ) -> EvaluationSet:
     """A folder of aligned pairs (``"pairs"`` or ``"nirscene"`` layout), each misaligned
     by a seeded synthetic transform of ``kind`` (``"affine"``, ``"local"``, ``"both"``).
-    Pairs named in ``exclude`` are left out (e.g. pairs known not to be aligned, whose
-    own misalignment would corrupt the synthetic ground truth).
+    Only the pairs named in ``only`` (all if empty) are evaluated, and those named in
+    ``exclude`` are left out (e.g. pairs known not to be aligned, whose own misalignment
+    would corrupt the synthetic ground truth); split names (``rfnet_tf.data.splits``)
+    stand for their pairs.
 
     Raises:
-      DataError: bad input, an ``exclude`` name the folder does not hold, or a folder of
-        ``.mat`` landmark files (those are already misaligned: evaluate them as landmark
-        files).
+      DataError: bad input, a name the folder does not hold, or a folder of ``.mat``
+        landmark files (those are already misaligned: evaluate them as landmark files).
     """
     if layout not in FOLDER_LAYOUTS:
         raise ValueError(f"layout must be one of {FOLDER_LAYOUTS}, got {layout!r}")
@@ -170,14 +189,12 @@ def synthetic_folder(
                 f"{root}: holds .mat landmark files, which are already misaligned: "
                 "evaluate them with --landmarks_dir"
             )
-    pairs = read_dataset(root, layout, vis_dir, nir_dir, skip_bad)
-    unknown = sorted(set(exclude) - {pair.name for pair in pairs})
-    if unknown:
-        raise DataError(f"{root}: holds no pair named {', '.join(unknown)} (--exclude)")
-    pairs = [pair for pair in pairs if pair.name not in exclude]
-    if not pairs:
-        raise DataError(f"{root}: no pair left after --exclude")
-    samples = [misalign(pair, kind, seed, num_landmarks) for pair in pairs]
+    pairs = select_pairs(
+        read_dataset(root, layout, vis_dir, nir_dir, skip_bad), only, exclude, where=str(root)
+    )
+    samples = [
+        misalign(pair, kind, seed, num_landmarks, affine_ranges, field_ranges) for pair in pairs
+    ]
     return EvaluationSet(
         samples=samples,
         source="data_dir",
@@ -193,19 +210,38 @@ def synthetic_folder(
             "vis_dir": vis_dir,
             "nir_dir": nir_dir,
             "skip_bad": skip_bad,
+            "pairs": list(only),
             "exclude": list(exclude),
             "seed": seed,
             "num_landmarks": num_landmarks,
+            **misalignment_details(kind, affine_ranges, field_ranges),
         },
     )
 
 
+def misalignment_details(
+    kind: str, affine_ranges: AffineRanges, field_ranges: LocalFieldRanges
+) -> dict:
+    """The ranges of a synthetic misalignment of ``kind``, for results.json."""
+    details = {}
+    if kind in ("affine", "both"):
+        details["affine_ranges"] = dataclasses.asdict(affine_ranges)
+    if kind in ("local", "both"):
+        details["local_field_ranges"] = dataclasses.asdict(field_ranges)
+    return details
+
+
 def demo_set(
-    kind: str = "both", seed: int = 0, num_landmarks: int = 5, names: tuple[str, ...] = DEMO_IMAGES
+    kind: str = "both",
+    seed: int = 0,
+    num_landmarks: int = 5,
+    names: tuple[str, ...] = DEMO_IMAGES,
+    affine_ranges: AffineRanges = AffineRanges(),
+    field_ranges: LocalFieldRanges = LocalFieldRanges(),
 ) -> EvaluationSet:
     """The built-in demo set: scikit-image photographs and a *simulated* NIR, misaligned
     by a seeded synthetic transform (``rfnet_tf.data.demo_misaligned``)."""
-    truths = demo_misaligned(seed, kind, num_landmarks, names)
+    truths = demo_misaligned(seed, kind, num_landmarks, names, affine_ranges, field_ranges)
     return EvaluationSet(
         samples=[Sample(truth.pair, truth) for truth in truths],
         source="demo",
@@ -219,6 +255,7 @@ def demo_set(
             "images": list(names),
             "seed": seed,
             "num_landmarks": num_landmarks,
+            **misalignment_details(kind, affine_ranges, field_ranges),
             "note": "simulated NIR (rfnet_tf.data.simulate_nir), not real multi-modal data",
         },
     )

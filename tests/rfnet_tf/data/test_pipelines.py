@@ -17,7 +17,13 @@ from rfnet_tf.data.pipelines import (
     steps_per_epoch,
     transnet_dataset,
 )
-from rfnet_tf.data.synthetic import AffineRanges, LocalFieldRanges, flip_affine, flip_flow
+from rfnet_tf.data.synthetic import (
+    AffineRanges,
+    Curriculum,
+    LocalFieldRanges,
+    flip_affine,
+    flip_flow,
+)
 
 CROP = (32, 40)  # not square, so that height and width cannot be swapped unnoticed
 BATCH = 2
@@ -320,3 +326,45 @@ def test_a_folding_field_fails_loudly():
     dataset = f2m_dataset(PAIRS[:1], crop_size=CROP, batch_size=1, ranges=folding)
     with pytest.raises(tf.errors.InvalidArgumentError, match="did not converge"):
         take(dataset, 1)
+
+
+@pytest.mark.parametrize("stage", ["affinenet", "f2m"])
+def test_a_curriculum_grows_the_misalignment_from_nothing_to_the_full_stream(stage):
+    """From magnitude 0 at batch 0 to 1 at batch 2: batch 0 is unmisaligned, and from
+    batch 2 on the stream equals the stream without a curriculum (the same random keys)."""
+    curriculum = Curriculum(steps=2, start=0.0)
+    grown = take(DATASETS[stage](PAIRS, crop_size=CROP, batch_size=BATCH, seed=5,
+                                 curriculum=curriculum), 4)
+    full = take(DATASETS[stage](PAIRS, crop_size=CROP, batch_size=BATCH, seed=5), 4)
+    truth = "affine" if stage == "affinenet" else "flow"
+    identity = np.zeros_like(grown[0][truth]) if truth == "flow" else np.broadcast_to(
+        np.eye(2, 3, dtype=np.float32), grown[0][truth].shape
+    )
+    np.testing.assert_allclose(grown[0][truth], identity, atol=1e-5)
+    assert not np.allclose(full[0][truth], identity, atol=1e-3)
+    half = np.abs(grown[1][truth] - identity).max()
+    assert 0.2 * np.abs(full[1][truth] - identity).max() < half < np.abs(full[1][truth] - identity).max()
+    for later in (2, 3):
+        for key in full[later]:
+            np.testing.assert_allclose(grown[later][key], full[later][key], atol=1e-5)
+
+
+def test_a_translation_is_misaligned_cropped_and_flipped_exactly_like_the_vis():
+    """Given each pair's VIS channel 1 as its 'translation', every element's
+    ``translated`` equals its ``vis`` channel 1: one warp, one crop, one flip for both."""
+    translations = [pair.vis[..., 1:2] if pair.vis.shape[-1] == 3 else pair.vis for pair in PAIRS]
+    batches = take(affinenet_dataset(PAIRS, crop_size=CROP, batch_size=BATCH, seed=1,
+                                     translated=translations), 3)
+    plain = take(affinenet_dataset(PAIRS, crop_size=CROP, batch_size=BATCH, seed=1), 3)
+    for batch, reference in zip(batches, plain):
+        assert batch["translated"].shape == (BATCH, *CROP, 1)
+        np.testing.assert_allclose(batch["translated"][..., 0], batch["vis"][..., 1], atol=1e-6)
+        for key, value in reference.items():
+            np.testing.assert_allclose(batch[key], value, atol=1e-6, err_msg=key)
+
+
+def test_translations_must_match_the_pairs():
+    with pytest.raises(ValueError, match="2 extra VIS channel arrays for 4 pairs"):
+        affinenet_dataset(PAIRS, crop_size=CROP, translated=[np.zeros((4, 4, 1))] * 2)
+    with pytest.raises(ValueError, match="big: extra VIS channels of shape"):
+        affinenet_dataset(PAIRS, crop_size=CROP, translated=[np.zeros((4, 4, 1))] * 4)

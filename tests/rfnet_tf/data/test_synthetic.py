@@ -13,7 +13,9 @@ from layers import affine_grid, identity_grid, warp_affine, warp_flow
 from rfnet_tf.data.io import Pair
 from rfnet_tf.data.synthetic import (
     AffineRanges,
+    Curriculum,
     LocalFieldRanges,
+    affine_from_unit_samples,
     affine_matrix,
     flip_affine,
     flip_flow,
@@ -141,11 +143,12 @@ def test_random_affine_ranges_seeding_and_log_uniform_scale():
     ranges = AffineRanges()
     rotations = np.array([d.rotation_deg for d in draws])
     scales = np.array([d.scale for d in draws])
-    assert np.abs(rotations).max() <= ranges.max_rotation_deg and np.abs(rotations).max() > 9.0
+    assert 0.9 * ranges.max_rotation_deg < np.abs(rotations).max() <= ranges.max_rotation_deg
     assert scales.min() >= 0.8 and scales.max() <= 1.25
     assert abs(np.log(scales).mean()) < 0.035  # log-uniform on [0.8, 1/0.8] is centred at log 1
-    assert max(abs(d.shear) for d in draws) <= 0.15
-    assert max(max(abs(d.translation_y), abs(d.translation_x)) for d in draws) <= 0.1
+    assert max(abs(d.shear) for d in draws) <= ranges.max_shear
+    shifts = [max(abs(d.translation_y), abs(d.translation_x)) for d in draws]
+    assert 0.9 * ranges.max_translation < max(shifts) <= ranges.max_translation
     np.testing.assert_array_equal(
         random_affine(3, HEIGHT, WIDTH).misalignment, random_affine(3, HEIGHT, WIDTH).misalignment
     )
@@ -333,3 +336,59 @@ def test_flips_are_involutions(rng):
             np.testing.assert_array_equal(twice.numpy(), flow.numpy())
     identity = tf.constant([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     np.testing.assert_array_equal(flip_affine(identity, True, True).numpy(), identity.numpy())
+
+
+@pytest.mark.parametrize(
+    "ranges",
+    [
+        dict(max_rotation_deg=-1.0),
+        dict(scale_range=(1.2, 0.9)),
+        dict(scale_range=(0.0, 1.0)),
+        dict(max_shear=1.0),
+        dict(max_translation=0.6),
+    ],
+)
+def test_affine_ranges_that_cannot_be_drawn_are_refused(ranges):
+    with pytest.raises(ValueError):
+        AffineRanges(**ranges)
+
+
+def test_local_field_ranges_that_cannot_be_drawn_are_refused():
+    with pytest.raises(ValueError):
+        LocalFieldRanges(max_displacement_range=(5.0, 2.0))
+    with pytest.raises(ValueError):
+        LocalFieldRanges(control_spacing=0.0)
+
+
+def test_curriculum_magnitude_grows_linearly_to_one_and_stays():
+    curriculum = Curriculum(steps=100, start=0.2)
+    magnitudes = [float(curriculum.magnitude(step)) for step in (0, 50, 100, 1000)]
+    np.testing.assert_allclose(magnitudes, [0.2, 0.6, 1.0, 1.0], atol=1e-7)
+    assert float(Curriculum().magnitude(0)) == 1.0
+    with pytest.raises(ValueError):
+        Curriculum(steps=-1)
+
+
+def test_a_magnitude_scales_every_parameter_of_the_affine():
+    unit = tf.constant([0.9, 0.95, 0.1, 0.8, 0.3], tf.float64)
+    ranges = AffineRanges()
+    full = affine_from_unit_samples(unit, HEIGHT, WIDTH, ranges).numpy()
+    half = affine_from_unit_samples(unit, HEIGHT, WIDTH, ranges, magnitude=0.5).numpy()
+    rotation, log_scale, shear, shift_y, shift_x = (
+        (2 * 0.9 - 1) * ranges.max_rotation_deg,
+        np.log(0.8) + 0.95 * (np.log(1.25) - np.log(0.8)),
+        (2 * 0.1 - 1) * ranges.max_shear,
+        (2 * 0.8 - 1) * ranges.max_translation,
+        (2 * 0.3 - 1) * ranges.max_translation,
+    )
+    for factor, matrix in ((1.0, full), (0.5, half)):
+        expected = affine_matrix(
+            *(tf.constant(v, tf.float64) for v in (
+                factor * rotation, np.exp(factor * log_scale), factor * shear,
+                factor * shift_y, factor * shift_x,
+            )),
+            HEIGHT, WIDTH,
+        ).numpy()
+        np.testing.assert_allclose(matrix, expected, atol=1e-12)
+    zero = affine_from_unit_samples(unit, HEIGHT, WIDTH, ranges, magnitude=0.0).numpy()
+    np.testing.assert_allclose(zero, [[1, 0, 0], [0, 1, 0]], atol=1e-12)

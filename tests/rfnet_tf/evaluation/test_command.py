@@ -8,16 +8,19 @@ import pytest
 
 from rfnet_tf.data import DataError
 from rfnet_tf.data.demo import DEMO_IMAGES
+from rfnet_tf.data.synthetic import AffineRanges
 from rfnet_tf.evaluation import command
 from rfnet_tf.evaluation.methods import DEFAULT_METHODS
 from rfnet_tf.evaluation.pipeline import EvaluationError
 
 DEFAULTS = {
     "vis": None, "nir": None, "data_dir": None, "layout": "auto", "vis_dir": "vis",
-    "nir_dir": "nir", "skip_bad": False, "exclude": "", "landmarks_dir": None, "misalign": "both", "seed": 0,
+    "nir_dir": "nir", "skip_bad": False, "exclude": "", "pairs": "", "landmarks_dir": None, "misalign": "both", "seed": 0,
     "num_landmarks": 5, "demo_images": ",".join(DEMO_IMAGES), "weights": None,
     "methods": ",".join(DEFAULT_METHODS), "out_dir": "results", "paper_conventions": False,
-    "checkerboard_tiles": 8, "ecc_levels": 3,
+    "checkerboard_tiles": 8, "ecc_levels": 3, "max_rotation": 15.0, "scale_range": ["0.8", "1.25"],
+    "max_shear": 0.15, "max_translation": 0.15, "local_displacement": ["2.0", "10.0"],
+    "local_control_spacing": 64.0,
 }
 DEFAULT_WEIGHTS = Path("/nowhere/weights")
 
@@ -26,10 +29,12 @@ def settings(**given):
     return command.settings_from_flags({**DEFAULTS, **given}, set(given), DEFAULT_WEIGHTS)
 
 
-def test_exclude_is_a_data_dir_flag():
+def test_exclude_and_pairs_are_data_dir_flags():
     assert settings(data_dir="d", exclude="a, b").exclude == ("a", "b")
-    with pytest.raises(EvaluationError, match="--exclude applies only to --data_dir"):
-        settings(exclude="a")
+    assert settings(data_dir="d", pairs="c,country_validation").pairs == ("c", "country_validation")
+    for flag in ("exclude", "pairs"):
+        with pytest.raises(EvaluationError, match=f"--{flag} applies only to --data_dir"):
+            settings(**{flag: "a"})
 
 
 def test_no_input_flag_is_the_whole_demo_set_with_default_weights():
@@ -91,3 +96,14 @@ def test_one_line_messages():
     line = command.one_line(several)
     assert "\n" not in line and "x.png: corrupt; y.png: NaN" in line and "2 problems" in line
     assert command.one_line(EvaluationError("a\n  b")) == "a b"
+
+
+def test_misalignment_ranges_come_from_their_flags_and_apply_to_synthetic_sources():
+    result = settings(data_dir="d", max_rotation=5.0, local_displacement="1,3")
+    assert result.affine_ranges.max_rotation_deg == 5.0
+    assert result.field_ranges.max_displacement_range == (1.0, 3.0)
+    assert settings().affine_ranges == AffineRanges()
+    with pytest.raises(EvaluationError, match="--max_rotation applies only to --data_dir or the demo"):
+        settings(vis="a.png", nir="b.png", max_rotation=5.0)
+    with pytest.raises(EvaluationError, match="--scale_range=1.3,0.9"):
+        settings(scale_range="1.3,0.9")

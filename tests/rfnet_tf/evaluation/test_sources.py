@@ -56,6 +56,15 @@ def test_synthetic_folder_leaves_out_excluded_pairs(tmp_path, rng):
         sources.synthetic_folder(tmp_path, "affine", exclude=("a", "b", "c"))
 
 
+def test_synthetic_folder_evaluates_only_the_named_pairs(tmp_path, rng):
+    write_pairs(tmp_path, rng, ["a", "b", "c"])
+    kept = sources.synthetic_folder(tmp_path, "affine", only=("c", "a"), exclude=("c",))
+    assert [sample.name for sample in kept.samples] == ["a"]
+    assert kept.details["pairs"] == ["c", "a"]
+    with pytest.raises(DataError, match=r"holds no pair named d \(--pairs\)"):
+        sources.synthetic_folder(tmp_path, "affine", only=("d",))
+
+
 def test_synthetic_folder_refuses_landmark_files(tmp_path, rng):
     pair = make_pair(rng)
     scipy.io.savemat(

@@ -23,6 +23,7 @@ with native_stderr_silenced():
 
 from absl import app, flags
 
+from rfnet_tf import misalignment_flags
 from rfnet_tf.training import common_flags
 from rfnet_tf.training.common_flags import (
     FlagError,
@@ -54,11 +55,20 @@ flags.DEFINE_float(
     "Weight of a supervised term on the synthetic ground-truth affine (0: unsupervised, "
     "as in the paper).",
 )
+flags.DEFINE_bool(
+    "translation_cache", True,
+    "AffineNet stage: translate each training pair once with the frozen TransNet and "
+    "misalign the translation with the VIS in the input pipeline, instead of running "
+    "TransNet on every batch (over twice the steps per hour; see README, Performance).",
+)
 flags.DEFINE_string("transnet_dir", "", "TransNet weights for the AffineNet stage (default <model_dir>/transnet).")
 flags.DEFINE_bool("deformable", True, "Deformable convolutions in AffineNet (False: the paper's ablation ii).")
 define_common_flags(default_model_dir="runs/coarse", default_epochs=100)
+misalignment_flags.define_affine_flags()
+misalignment_flags.define_curriculum_flags()
 # The shared flags show in --helpshort too.
 flags.adopt_module_key_flags(common_flags)
+flags.adopt_module_key_flags(misalignment_flags)
 FLAGS = flags.FLAGS
 
 

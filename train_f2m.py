@@ -26,6 +26,7 @@ with native_stderr_silenced():
 
 from absl import app, flags
 
+from rfnet_tf import misalignment_flags
 from rfnet_tf.training import common_flags
 from rfnet_tf.training.common_flags import (
     FlagError,
@@ -50,8 +51,11 @@ flags.DEFINE_integer(
     "--crop_size). The deformation phase keeps the fusion weights' own.",
 )
 define_common_flags(default_model_dir="runs/f2m", default_epochs=30)
+misalignment_flags.define_local_flags()
+misalignment_flags.define_curriculum_flags()
 # The shared flags show in --helpshort too.
 flags.adopt_module_key_flags(common_flags)
+flags.adopt_module_key_flags(misalignment_flags)
 FLAGS = flags.FLAGS
 
 

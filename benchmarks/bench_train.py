@@ -5,6 +5,7 @@ Run from the repository root (``--help`` lists every option)::
     python -m benchmarks.bench_train                 # batch 4; crops 256, 384, 512
     python -m benchmarks.bench_train --quick         # batch 1; crops 64, 96, 128: a smoke test
     python -m benchmarks.bench_train --stages=fusion,deformation --repeats=5
+    python -m benchmarks.bench_train --affinenet_breakdown   # where AffineNet's step goes
 
 What is timed: one optimisation step of a stage as ``rfnet_tf.training.loop`` runs it
 on one replica: a ``tf.function`` with a ``GradientTape`` over ``Stage.compute``
@@ -22,6 +23,16 @@ first traces) the table gives the median over ``--repeats`` rounds of the step t
 the cost per pixel (step time over ``batch * crop^2``) and, per stage, the time and the
 per-pixel cost at each crop relative to the reference crop (the middle one, 384 by
 default), as medians of the per-round ratios (which cancels slow drifts of the load).
+
+``--affinenet_breakdown`` times instead the parts of the AffineNet stage at the coarse
+input size (``--breakdown_size``, 192 as the shipped weights; batch ``--batch``): one
+batch of its input pipeline, TransNet's forward pass, AffineNet's forward and backward
+pass (deformable and plain convolutions), the training step as the loop runs it (with
+TransNet in the step as before, with the translation cached by the pipeline, and with
+XLA), and the whole loop per step (pipeline, step and the loop's Python work), over
+synthetic 680 x 1024 pairs resized to the input size, interleaved in rounds. Its last
+lines give the steps per hour of the loop with TransNet in the step (the code before
+the translation cache) and with the cache, and their ratio (median of per-round ratios).
 
 On a GPU the script runs unchanged (TensorFlow places the steps on ``GPU:0``; the
 header names the device); fetching the loss synchronises. Pass a larger ``--batch``
@@ -51,7 +62,14 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from layers import warp_affine  # noqa: E402
+from losses import ncc  # noqa: E402
+from rfnet_tf.colour import luma  # noqa: E402
+from rfnet_tf.data import Pair, affinenet_dataset  # noqa: E402
 from rfnet_tf.networks import RFNet  # noqa: E402
+from rfnet_tf.networks.rfnet import resize_for_affine  # noqa: E402
+from rfnet_tf.training.loop import LoopConfig, _make_train_step, make_optimizer  # noqa: E402
+from rfnet_tf.training.scripts import translate_pairs  # noqa: E402
 from rfnet_tf.training.stages import STAGES, Stage  # noqa: E402
 
 # A small affine misalignment (normalised convention): the monitored ground truth.
@@ -73,6 +91,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--policy", default="float32",
                         help="Keras dtype policy, e.g. mixed_bfloat16 (CPU) or mixed_float16 (GPU)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--affinenet_breakdown", action="store_true",
+                        help="time the parts of the AffineNet stage instead (docstring)")
+    parser.add_argument("--breakdown_size", type=int, default=192,
+                        help="--affinenet_breakdown: the coarse input size")
+    parser.add_argument("--loop_steps", type=int, default=5,
+                        help="--affinenet_breakdown: steps per timed loop run")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in (args.sizes or ("64,96,128" if args.quick else "256,384,512")).split(",")]
     args.stages = args.stages.split(",")
@@ -129,10 +153,121 @@ def make_step(stage: Stage, batch: dict):
     return run
 
 
+def timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def synthetic_pairs(count: int, size: int, rng: np.random.Generator) -> list[Pair]:
+    """``count`` smooth random 680 x 1024 pairs resized to ``size`` x ``size``, as the
+    coarse stages resize their training pairs."""
+    pairs = []
+    for index in range(count):
+        noise = rng.uniform(0.0, 1.0, (1, 85, 128, 4)).astype(np.float32)
+        image = tf.image.resize(noise, (680, 1024), method="bicubic")
+        image = tf.clip_by_value(resize_for_affine(image, size), 0.0, 1.0)[0].numpy()
+        pairs.append(Pair(name=f"pair{index}", vis=image[..., :3], nir=image[..., 3:]))
+    return pairs
+
+
+def affinenet_breakdown(args) -> None:
+    """The table of ``--affinenet_breakdown`` (module docstring)."""
+    size, batch = args.breakdown_size, args.batch
+    rng = np.random.default_rng(args.seed)
+    pairs = synthetic_pairs(8, size, rng)
+    model = RFNet(affine_input_size=size)
+    stage = Stage("affinenet", model)
+    stage.freeze()
+    translations = translate_pairs(model, pairs)
+    strategy = tf.distribute.get_strategy()
+
+    def stream(cached: bool):
+        dataset = affinenet_dataset(pairs, crop_size=size, batch_size=batch, seed=args.seed,
+                                    crops_per_image=20,
+                                    translated=translations if cached else None)
+        return iter(dataset)
+
+    def loop_step(cached: bool, jit_compile: bool = False):
+        config = LoopConfig(stage_dir=Path("."), total_steps=1, steps_per_epoch=1, batch_size=batch)
+        optimizer = make_optimizer(config)
+        optimizer.build(stage.variables)
+        train_step = _make_train_step(stage, strategy, optimizer, stage.variables, jit_compile)
+        iterator = stream(cached)
+        batch_of = next(stream(cached))
+        fixed = iter(tf.data.Dataset.from_tensors(batch_of).repeat())
+        step_only = lambda: train_step(fixed)["total"].numpy()
+
+        def loop():  # as run_stage: next batch, step, every term to a Python float
+            for _ in range(args.loop_steps):
+                {name: float(value) for name, value in train_step(iterator).items()}
+
+        return step_only, loop
+
+    inputs = next(stream(False))
+    translated = model.transnet.translate_vis(luma(inputs["vis"]))
+    pair_input = tf.concat([translated, inputs["nir"]], axis=-1)
+    translate = tf.function(model.transnet.translate_vis)
+    plain = RFNet(deformable=False, affine_input_size=size).affinenet
+
+    def forward_backward(network):
+        @tf.function
+        def run():
+            with tf.GradientTape() as tape:
+                affine = network(pair_input, training=True)
+                warped, mask = warp_affine(translated, affine)
+                loss = -tf.reduce_mean(ncc(warped, inputs["nir"], mask))
+            return tape.gradient(loss, network.trainable_weights)[0]
+
+        return lambda: run().numpy()
+
+    today_step, today_loop = loop_step(cached=False)
+    cached_step, cached_loop = loop_step(cached=True)
+    xla_step, _ = loop_step(cached=True, jit_compile=True)
+    pipeline_today, pipeline_cached = stream(False), stream(True)
+    parts = {
+        "input pipeline, one batch (translation in the step)": lambda: next(pipeline_today),
+        "input pipeline, one batch (translation cached)": lambda: next(pipeline_cached),
+        "TransNet forward (translate_vis)": lambda: translate(luma(inputs["vis"])).numpy(),
+        "AffineNet forward + backward + Eq. 4, deformable": forward_backward(model.affinenet),
+        "AffineNet forward + backward + Eq. 4, plain 3x3": forward_backward(plain),
+        "training step, TransNet in the step (before)": today_step,
+        "training step, translation cached": cached_step,
+        "training step, translation cached, XLA": xla_step,
+        f"loop per step, TransNet in the step (before; {args.loop_steps} steps)": today_loop,
+        f"loop per step, translation cached ({args.loop_steps} steps)": cached_loop,
+    }
+    per_call = {name: (args.loop_steps if name.startswith("loop") else 1) for name in parts}
+    seconds = {name: [] for name in parts}
+    started = time.perf_counter()
+    for round_index in range(args.warmup + args.repeats):
+        print(f"round {round_index + 1}/{args.warmup + args.repeats} ...", file=sys.stderr, flush=True)
+        for name, function in parts.items():
+            elapsed = timed(function) / per_call[name]
+            if round_index >= args.warmup:
+                seconds[name].append(elapsed)
+    before, after = (seconds[name] for name in list(parts)[-2:])
+    print(f"tensorflow {tf.__version__}, keras {keras.__version__}, {os.cpu_count()} CPU cores; "
+          f"AffineNet stage at {size}x{size}, batch {batch}; warm-up {args.warmup}, median of "
+          f"{args.repeats} rounds; wall time {time.perf_counter() - started:.0f} s")
+    header = f"{'part':72s} {'ms':>8s} {'x loop before':>14s}"
+    print(header)
+    print("-" * len(header))
+    for name, times in seconds.items():
+        ratio = statistics.median(a / b for a, b in zip(times, before))
+        print(f"{name:72s} {statistics.median(times) * 1e3:8.0f} {ratio:14.2f}")
+    gain = statistics.median(b / a for a, b in zip(after, before))
+    print(f"steps per hour: {3600 / statistics.median(before):.0f} before, "
+          f"{3600 / statistics.median(after):.0f} with the translation cache ({gain:.2f}x)")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     keras.config.set_dtype_policy(args.policy)
     keras.utils.set_random_seed(args.seed)
+    if args.affinenet_breakdown:
+        affinenet_breakdown(args)
+        return
     rng = np.random.default_rng(args.seed)
     model = RFNet()
     batches = {size: make_batch(args.batch, size, rng) for size in args.sizes}

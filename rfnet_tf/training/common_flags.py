@@ -7,6 +7,7 @@ from pathlib import Path
 from absl import flags, logging
 
 from rfnet_tf.data import DataError, read_dataset
+from rfnet_tf.data.splits import select_pairs
 from rfnet_tf.training.runtime import STRATEGIES
 
 LAYOUTS = ("auto", "pairs", "nirscene", "landmarks")
@@ -22,7 +23,12 @@ def define_common_flags(default_model_dir: str, default_epochs: int) -> None:
     flags.DEFINE_string("vis_dir", "vis", "Sub-folder of the visible images (layout 'pairs').")
     flags.DEFINE_string("nir_dir", "nir", "Sub-folder of the NIR images (layout 'pairs'; 'ir' for RoadScene).")
     flags.DEFINE_bool("skip_bad", False, "Skip unreadable or mismatched pairs (listed) instead of failing.")
-    flags.DEFINE_list("exclude", [], "Pair names to leave out (e.g. pairs known not to be aligned).")
+    flags.DEFINE_list(
+        "exclude", [],
+        "Pair names to leave out (e.g. pairs known not to be aligned); split names of "
+        "rfnet_tf.data.splits stand for their pairs (country_validation, country_not_aligned, "
+        "vis_nir_not_aligned).",
+    )
     flags.DEFINE_integer("crop_size", 384, "Side of the random square training crops, pixels.")
     flags.DEFINE_integer("batch_size", 4, "Global batch size (split across replicas).")
     flags.DEFINE_integer("crops_per_image", 1, "Random crops of each pair per epoch.")
@@ -38,6 +44,19 @@ def define_common_flags(default_model_dir: str, default_epochs: int) -> None:
     flags.DEFINE_integer("cpu_devices", 1, "Logical CPU devices to create (mirrored training without GPUs).")
     flags.DEFINE_bool("mixed_precision", False, "mixed_float16 on GPUs, mixed_bfloat16 on CPUs.")
     flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA.")
+    flags.DEFINE_string(
+        "validation_data_dir", "",
+        "Aligned pairs that the run never trains on: the AffineNet and deformation stages "
+        "measure their landmark RMSE on them, misaligned synthetically, every "
+        "--validate_every steps (TensorBoard and <stage dir>/validation.jsonl).",
+    )
+    flags.DEFINE_list(
+        "validation_pairs", [],
+        "Pair names (or split names, e.g. country_validation) of --validation_data_dir "
+        "to validate on (default: all).",
+    )
+    flags.DEFINE_integer("validation_draws", 2, "Synthetic misalignments per validation pair.")
+    flags.DEFINE_integer("validate_every", 200, "Steps between validations.")
 
 
 def quiet_tensorflow_logs() -> None:
@@ -53,7 +72,8 @@ def validate_common_flags(values) -> None:
         raise FlagError("--data_dir is required: a folder of aligned VIS/NIR pairs")
     if not Path(values.data_dir).is_dir():
         raise FlagError(f"--data_dir {values.data_dir}: no such folder")
-    for name in ("crop_size", "batch_size", "crops_per_image", "epochs", "checkpoint_every", "log_every", "cpu_devices"):
+    for name in ("crop_size", "batch_size", "crops_per_image", "epochs", "checkpoint_every",
+                 "log_every", "cpu_devices", "validation_draws", "validate_every"):
         if getattr(values, name) < 1:
             raise FlagError(f"--{name} must be at least 1, got {getattr(values, name)}")
     if values.crop_size < 16:
@@ -66,6 +86,34 @@ def validate_common_flags(values) -> None:
         raise FlagError(f"--decay_rate must be in (0, 1], got {values.decay_rate}")
     if values.cpu_devices > 1 and values.strategy != "mirrored":
         raise FlagError("--cpu_devices > 1 only makes sense with --strategy=mirrored")
+    if values.validation_data_dir and not Path(values.validation_data_dir).is_dir():
+        raise FlagError(f"--validation_data_dir {values.validation_data_dir}: no such folder")
+    if values.validation_pairs and not values.validation_data_dir:
+        raise FlagError("--validation_pairs needs --validation_data_dir")
+
+
+def read_validation_pairs(values, training_pairs):
+    """The ``--validation_pairs`` of ``--validation_data_dir`` (none without it).
+
+    Raises:
+      FlagError: bad files, unknown names, or a validation pair that is also a training
+        pair (the same image files).
+    """
+    if not values.validation_data_dir:
+        return []
+    try:
+        pairs = select_pairs(
+            read_dataset(values.validation_data_dir, layout="auto"),
+            only=values.validation_pairs,
+            where=values.validation_data_dir,
+        )
+    except DataError as error:
+        raise FlagError(str(error)) from error
+    trained = {Path(pair.vis_path).resolve() for pair in training_pairs if pair.vis_path}
+    shared = [pair.name for pair in pairs if pair.vis_path and Path(pair.vis_path).resolve() in trained]
+    if shared:
+        raise FlagError(f"validation pairs that are also training pairs: {', '.join(shared)}")
+    return pairs
 
 
 def read_training_pairs(values):
@@ -78,12 +126,6 @@ def read_training_pairs(values):
             nir_dir=values.nir_dir,
             skip_bad=values.skip_bad,
         )
+        return select_pairs(pairs, exclude=values.exclude, where=values.data_dir)
     except DataError as error:
         raise FlagError(str(error)) from error
-    unknown = set(values.exclude) - {pair.name for pair in pairs}
-    if unknown:
-        raise FlagError(f"--exclude names pairs that {values.data_dir} does not hold: {sorted(unknown)}")
-    pairs = [pair for pair in pairs if pair.name not in set(values.exclude)]
-    if not pairs:
-        raise FlagError(f"no pairs left in {values.data_dir} after --exclude")
-    return pairs

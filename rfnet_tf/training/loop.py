@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import shutil
 import sys
@@ -19,6 +20,7 @@ import tensorflow as tf
 
 from rfnet_tf.training.runtime import is_chief, worker_name
 from rfnet_tf.training.stages import Stage
+from rfnet_tf.training.validation import VALIDATION_LOG
 from rfnet_tf.visualize import checkerboard
 from rfnet_tf.weights import EXPORT_SUBDIR, export_weights
 
@@ -47,6 +49,9 @@ class LoopConfig:
       carried_parts: frozen parts loaded from earlier stages, exported along.
       provenance: recorded in the export's ``rfnet.json``.
       max_to_keep: checkpoints kept.
+      validation: measures the stage's model on held-out data
+        (``rfnet_tf.training.validation.Validation``), or ``None``.
+      validate_every: steps between validations (also at the first and last step).
     """
 
     stage_dir: Path
@@ -61,6 +66,8 @@ class LoopConfig:
     carried_parts: tuple[str, ...] = ()
     provenance: dict = dataclasses.field(default_factory=dict)
     max_to_keep: int = 3
+    validation: Callable | None = None
+    validate_every: int = 200
 
 
 def weights_digest(variables) -> str:
@@ -146,6 +153,8 @@ def run_stage(
     terms: dict[str, float] = {}
     last_time, last_step = time.perf_counter(), start_step
     with writer.as_default():
+        if start_step == 0:
+            _validate(stage, config, chief, 0, out)
         for current in range(start_step + 1, config.total_steps + 1):
             reduced = train_step(iterator)
             terms = {name: float(value) for name, value in reduced.items()}
@@ -176,6 +185,8 @@ def run_stage(
             if current % config.checkpoint_every == 0 or current == config.total_steps:
                 manager.save(checkpoint_number=current)
                 _image_summaries(stage, preview, current)
+            if current % config.validate_every == 0 or current == config.total_steps:
+                _validate(stage, config, chief, current, out)
         writer.flush()
     _export(stage, config, chief, config.total_steps)
     if not chief:
@@ -218,6 +229,25 @@ def _make_train_step(stage, strategy, optimizer, variables, jit_compile):
         }
 
     return train_step
+
+
+def _validate(stage: Stage, config: LoopConfig, chief: bool, step: int, out: TextIO) -> None:
+    """Measures the model on the held-out pairs; logs, summarises and appends the result
+    to ``validation.jsonl`` (the chief only)."""
+    if config.validation is None or not chief:
+        return
+    start = time.perf_counter()
+    results = config.validation(stage.model)
+    print(
+        f"[{stage.name}] validation at step {step}: {_format_terms(results)} "
+        f"({time.perf_counter() - start:.1f} s)",
+        file=out,
+        flush=True,
+    )
+    for name, value in results.items():
+        tf.summary.scalar(f"validation/{name}", value, step=step)
+    with open(Path(config.stage_dir) / VALIDATION_LOG, "a", encoding="utf-8") as log:
+        log.write(json.dumps({"step": step, **results}) + "\n")
 
 
 def _image_summaries(stage: Stage, batch: dict, step: int) -> None:

@@ -11,10 +11,12 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
+from rfnet_tf import misalignment_flags
 from rfnet_tf.data import Pair, affinenet_dataset, f2m_dataset, steps_per_epoch, transnet_dataset
+from rfnet_tf.colour import luma
 from rfnet_tf.networks import RFNet
 from rfnet_tf.networks.rfnet import resize_for_affine
-from rfnet_tf.training.common_flags import FlagError, read_training_pairs
+from rfnet_tf.training.common_flags import FlagError, read_training_pairs, read_validation_pairs
 from rfnet_tf.training.loop import LoopConfig, run_stage
 from rfnet_tf.training.runtime import (
     configure_cpu_devices,
@@ -25,6 +27,7 @@ from rfnet_tf.training.runtime import (
     stage_directory,
 )
 from rfnet_tf.training.stages import LossWeights, Stage
+from rfnet_tf.training.validation import Validation
 from rfnet_tf.weights import (
     WeightsError,
     load_parts,
@@ -46,7 +49,8 @@ def effective_flags(script_file: str) -> dict:
     by_module = flags.FLAGS.flags_by_module_dict()
     names = set()
     for module, module_flags in by_module.items():
-        if module.endswith(("train_coarse.py", "train_f2m.py", "common_flags")) or module == script_file:
+        shared = ("train_coarse.py", "train_f2m.py", "common_flags", "misalignment_flags")
+        if module.endswith(shared) or module == script_file:
             names.update(flag.name for flag in module_flags)
     return {name: flags.FLAGS[name].value for name in sorted(names)}
 
@@ -116,7 +120,7 @@ def coarse_align(pairs: list[Pair], coarse: RFNet, crop_size: int) -> list[Pair]
     return aligned
 
 
-def _loop_config(values, stage_dir, pairs, carried, provenance) -> LoopConfig:
+def _loop_config(values, stage_dir, pairs, carried, provenance, validation) -> LoopConfig:
     per_epoch = steps_per_epoch(pairs, values.batch_size, values.crops_per_image)
     total = per_epoch * values.epochs
     if values.max_steps:
@@ -133,10 +137,25 @@ def _loop_config(values, stage_dir, pairs, carried, provenance) -> LoopConfig:
         jit_compile=values.jit_compile,
         carried_parts=carried,
         provenance=provenance,
+        validation=validation,
+        validate_every=values.validate_every,
     )
 
 
-def _train(values, script_file, strategy, name, pairs, model, carried, weights, **dataset_options):
+def translate_pairs(model: RFNet, pairs: list[Pair]) -> list[np.ndarray]:
+    """``(H, W, 1)`` TransNet translation of each pair's VIS luma (to the NIR domain)."""
+    translate = tf.function(model.transnet.translate_vis, reduce_retracing=True)
+    return [
+        translate(luma(tf.constant(pair.vis[None])))[0].numpy().astype(np.float32)
+        for pair in pairs
+    ]
+
+
+def _train(values, script_file, strategy, name, pairs, model, carried, weights,
+           validation=None, model_inputs=None, **dataset_options):
+    """Trains stage ``name``. ``model_inputs(model)``, if given, returns more dataset
+    arguments made from the model once its checkpoint is restored (e.g. translations
+    by the frozen TransNet)."""
     stage_dir = stage_directory(values.model_dir, name)
     flag_values = effective_flags(script_file)
     if is_chief(strategy):
@@ -148,7 +167,7 @@ def _train(values, script_file, strategy, name, pairs, model, carried, weights, 
         "dtype_policy": keras.config.dtype_policy().name,
         "replicas": strategy.num_replicas_in_sync,
     }
-    config = _loop_config(values, stage_dir, pairs, carried, provenance)
+    config = _loop_config(values, stage_dir, pairs, carried, provenance, validation)
     make = functools.partial(
         DATASETS[name],
         pairs,
@@ -164,7 +183,14 @@ def _train(values, script_file, strategy, name, pairs, model, carried, weights, 
         f"training to step {config.total_steps} in {stage_dir}",
         flush=True,
     )
-    run_stage(stage, strategy, lambda start: make(start_batch=start), config)
+    from_model = {}
+
+    def make_dataset(start):
+        if model_inputs is not None and not from_model:
+            from_model.update(model_inputs(model))
+        return make(start_batch=start, **from_model)
+
+    run_stage(stage, strategy, make_dataset, config)
 
 
 def _setup(values):
@@ -197,6 +223,27 @@ def _trained_attention_window(fusion_dir: Path, default: int | None) -> int | No
         return default
 
 
+def _misalignment_options(values, ranges_from, names) -> dict:
+    """The pipeline's ``ranges`` and ``curriculum`` from the misalignment flags."""
+    names = names + misalignment_flags.CURRICULUM_FLAGS
+    given = {name: getattr(values, name) for name in names}
+    try:
+        return {
+            "ranges": ranges_from(given),
+            "curriculum": misalignment_flags.curriculum_from(given),
+        }
+    except ValueError as error:
+        raise FlagError(str(error)) from error
+
+
+def _validation(values, stage: str, training_pairs, **ranges) -> Validation | None:
+    """The stage's validation on ``--validation_data_dir`` (``None`` without it)."""
+    pairs = read_validation_pairs(values, training_pairs)
+    if not pairs:
+        return None
+    return Validation(stage, pairs, values.validation_draws, **ranges)
+
+
 def run_coarse(values, script_file: str) -> None:
     """train_coarse.py: TransNet and/or AffineNet."""
     root = Path(values.model_dir)
@@ -205,9 +252,14 @@ def run_coarse(values, script_file: str) -> None:
     affinenet_dir = stage_directory(root, "affinenet")
     if values.stage == "affinenet" and not tf.train.latest_checkpoint(affinenet_dir):
         _require_weights(transnet_dir, ("transnet",), "--transnet_dir")
+    affine_options = _misalignment_options(
+        values, misalignment_flags.affine_ranges_from, misalignment_flags.AFFINE_FLAGS
+    )
     strategy = _setup(values)
     pairs = read_training_pairs(values)
-    affine_options = {}
+    validation = _validation(
+        values, "affinenet", pairs, affine_ranges=affine_options["ranges"]
+    )
     if not values.native_resolution:
         # Misalignments are drawn in the original images' frame (their median size).
         sizes = np.array([(pair.height, pair.width) for pair in pairs])
@@ -224,7 +276,11 @@ def run_coarse(values, script_file: str) -> None:
             if not tf.train.latest_checkpoint(affinenet_dir):
                 load_parts(model, transnet_dir, required=("transnet",))
             carried = ("transnet",)
-        options = affine_options if name == "affinenet" else {}
+        options = {}
+        if name == "affinenet":
+            options = dict(affine_options, validation=validation)
+            if values.translation_cache:
+                options["model_inputs"] = lambda model: {"translated": translate_pairs(model, pairs)}
         _train(values, script_file, strategy, name, pairs, model, carried, weights, **options)
 
 
@@ -239,8 +295,12 @@ def run_f2m(values, script_file: str) -> None:
         coarse_dir = _require_weights(Path(values.coarse_dir), ("transnet", "affinenet"), "--coarse_dir")
     if values.phase == "deformation" and not tf.train.latest_checkpoint(deformation_dir):
         _require_weights(fusion_dir, ("f2m",), "--fusion_dir")
+    local_options = _misalignment_options(
+        values, misalignment_flags.local_ranges_from, misalignment_flags.LOCAL_FLAGS
+    )
     strategy = _setup(values)
     pairs = read_training_pairs(values)
+    validation = _validation(values, "deformation", pairs, field_ranges=local_options["ranges"])
     if coarse_dir is not None:
         pairs = coarse_align(pairs, model_from_weights(coarse_dir, required=("transnet", "affinenet")),
                              values.crop_size)
@@ -268,4 +328,6 @@ def run_f2m(values, script_file: str) -> None:
             if name == "deformation":
                 load_parts(model, fusion_dir, required=("f2m",))
         phase_carried = carried + (("f2m",) if name == "deformation" else ())
-        _train(values, script_file, strategy, name, pairs, model, phase_carried, weights)
+        phase_validation = validation if name == "deformation" else None
+        _train(values, script_file, strategy, name, pairs, model, phase_carried, weights,
+               validation=phase_validation, **local_options)

@@ -11,7 +11,8 @@ and computes its loss terms from a batch of the matching ``rfnet_tf.data`` pipel
 
 Batches are dicts (``vis (B, h, w, 3)``, ``nir (B, h, w, 1)``, ``mask (B, h, w, 1)``,
 and ``affine (B, 2, 3)`` or ``flow (B, h, w, 2)`` ground truth that is only monitored,
-never used by a loss: training is unsupervised).
+never used by a loss: training is unsupervised; optionally ``translated (B, h, w, 1)``,
+TransNet's translation of ``vis`` made by the pipeline).
 """
 
 from __future__ import annotations
@@ -131,7 +132,13 @@ class Stage:
             return terms, images
 
         if self.name == "affinenet":
-            translated = tf.cast(self.model.transnet.translate_vis(vis_luma), tf.float32)
+            # The pipeline may carry the frozen TransNet's translation, made once per pair
+            # (``affinenet_dataset(translated=...)``); else it is made here.
+            translated = (
+                batch["translated"]
+                if "translated" in batch
+                else tf.cast(self.model.transnet.translate_vis(vis_luma), tf.float32)
+            )
             affine = tf.cast(
                 self.model.affinenet(tf.concat([translated, nir], axis=-1), training=training),
                 tf.float32,

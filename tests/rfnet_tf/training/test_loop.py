@@ -28,7 +28,7 @@ def fresh_model() -> RFNet:
     return RFNet(affine_input_size=CROP)
 
 
-def run(name, model, stage_dir, pairs, total_steps, checkpoint_every=2):
+def run(name, model, stage_dir, pairs, total_steps, checkpoint_every=2, **options):
     make = functools.partial(DATASETS[name], pairs, crop_size=CROP, batch_size=BATCH, seed=0)
     config = LoopConfig(
         stage_dir=stage_dir,
@@ -37,6 +37,7 @@ def run(name, model, stage_dir, pairs, total_steps, checkpoint_every=2):
         batch_size=BATCH,
         log_every=1,
         checkpoint_every=checkpoint_every,
+        **options,
     )
     out = io.StringIO()
     terms = run_stage(Stage(name, model), STRATEGY, lambda start: make(start_batch=start), config, out)
@@ -120,3 +121,28 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(training_pairs
     for name, _ in tf.train.list_variables(good):
         if "transnet" in name:
             assert np.all(np.isfinite(reader.get_tensor(name))), name
+
+
+def test_validation_runs_at_the_start_every_few_steps_and_at_the_end_and_is_logged(
+    training_pairs, tmp_path
+):
+    seen = []
+
+    def validation(model):
+        seen.append(model)
+        return {"rmse_mean": float(len(seen)), "rmse_median": 0.5}
+
+    model = fresh_model()
+    stage_dir = tmp_path / "affinenet"
+    _, log = run("affinenet", model, stage_dir, training_pairs, total_steps=5,
+                 validation=validation, validate_every=2)
+    assert all(seen_model is model for seen_model in seen)
+    records = [json.loads(line) for line in (stage_dir / "validation.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records] == [0, 2, 4, 5]
+    assert [record["rmse_mean"] for record in records] == [1.0, 2.0, 3.0, 4.0]
+    assert "validation at step 4: rmse_mean 3 rmse_median 0.5" in log
+    # A resumed run appends, without validating its starting step again.
+    run("affinenet", RFNet(affine_input_size=CROP), stage_dir, training_pairs, total_steps=6,
+        validation=validation, validate_every=2)
+    steps = [json.loads(line)["step"] for line in (stage_dir / "validation.jsonl").read_text().splitlines()]
+    assert steps == [0, 2, 4, 5, 6]

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from rfnet_tf.data import affinenet_dataset, f2m_dataset, transnet_dataset
 from rfnet_tf.data.synthetic import LocalFieldRanges
+from rfnet_tf.colour import luma
 from rfnet_tf.networks import RFNet
 from rfnet_tf.training.stages import STAGES, Stage, warped_mask
 
@@ -99,3 +100,20 @@ def test_warped_mask_is_valid_only_where_every_corner_was():
     expected[:, :2] = 0.0
     expected[:, 7] = 0.0
     np.testing.assert_array_equal(valid, expected)
+
+
+def test_a_translation_carried_by_the_batch_replaces_transnet_in_the_affinenet_stage(
+    training_pairs,
+):
+    model = RFNet(affine_input_size=32)
+    batch = first_batch("affinenet", training_pairs)
+    translated = model.transnet.translate_vis(luma(batch["vis"]))
+    stage = Stage("affinenet", model)
+    computed, _ = stage.compute(batch, training=False)
+    carried, images = stage.compute(dict(batch, translated=translated), training=False)
+    for name, value in computed.items():
+        np.testing.assert_allclose(carried[name], value, rtol=1e-6, err_msg=name)
+    # The batch's translation is the one used: another image gives another loss.
+    other, _ = stage.compute(dict(batch, translated=1.0 - translated), training=False)
+    assert not np.isclose(float(other["ncc"]), float(computed["ncc"]))
+    np.testing.assert_array_equal(images["vis_to_nir"], translated)

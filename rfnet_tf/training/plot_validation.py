@@ -1,0 +1,81 @@
+"""Draws a training run's learning curve: validation landmark RMSE against the step.
+
+    python -m rfnet_tf.training.plot_validation --stage_dir=RUN/affinenet \\
+        --out=docs/affinenet_validation.png
+
+Reads ``validation.jsonl`` (written by the training loop, ``rfnet_tf.training.validation``)
+of each ``--stage_dir`` and plots the mean and median landmark RMSE of the stage's
+registration on the held-out pairs, with the unregistered input's mean as a reference.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+from rfnet_tf.plots import line_plot
+from rfnet_tf.training.validation import VALIDATION_LOG
+
+flags.DEFINE_multi_string("stage_dir", None, "A training stage directory holding validation.jsonl.")
+flags.DEFINE_multi_string("label", None, "A label per --stage_dir (default: the directory's name).")
+flags.DEFINE_string("out", None, "The PNG to write.")
+flags.DEFINE_string("title", "Validation landmark RMSE", "Title of the plot.")
+FLAGS = flags.FLAGS
+
+
+def read_validation_log(stage_dir: str | Path) -> list[dict]:
+    """The records of ``<stage_dir>/validation.jsonl`` by step; a step logged again (a
+    resumed run) keeps its last record."""
+    path = Path(stage_dir) / VALIDATION_LOG
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no validation log (train with --validation_data_dir)")
+    records = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                record = json.loads(line)
+                records[int(record["step"])] = record
+            except (ValueError, KeyError) as error:
+                raise ValueError(f"{path}:{number}: not a validation record ({error})") from None
+    return [records[step] for step in sorted(records)]
+
+
+def learning_curve_series(records: list[dict], label: str = "") -> dict:
+    """``{name: (steps, values)}``: mean and median RMSE and the unregistered mean."""
+    steps = [record["step"] for record in records]
+    prefix = f"{label}: " if label else ""
+    return {
+        f"{prefix}mean": (steps, [record["rmse_mean"] for record in records]),
+        f"{prefix}median": (steps, [record["rmse_median"] for record in records]),
+        f"{prefix}unregistered (mean)": (steps, [record["identity_rmse_mean"] for record in records]),
+    }
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.stage_dir or not FLAGS.out:
+        raise app.UsageError("--stage_dir and --out are required")
+    labels = FLAGS.label or []
+    if labels and len(labels) != len(FLAGS.stage_dir):
+        raise app.UsageError("give one --label per --stage_dir, or none")
+    series = {}
+    try:
+        for index, stage_dir in enumerate(FLAGS.stage_dir):
+            label = labels[index] if labels else (Path(stage_dir).name if len(FLAGS.stage_dir) > 1 else "")
+            series.update(learning_curve_series(read_validation_log(stage_dir), label))
+    except (OSError, ValueError) as error:
+        print(f"plot_validation: {error}", file=sys.stderr)
+        return 2
+    highest = max(max(values) for _, values in series.values())
+    line_plot(series, FLAGS.out, FLAGS.title, "training step", "landmark RMSE (px)",
+              y_range=(0.0, highest))
+    print(f"wrote {FLAGS.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

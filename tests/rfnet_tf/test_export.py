@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from rfnet_tf import export
@@ -70,6 +71,12 @@ def exported(model, tmp_path_factory) -> tuple[Path, str]:
     return saved_model, cli.stdout
 
 
+@pytest.fixture(scope="module")
+def serve(exported):
+    """The SavedModel's ``serving_default``, loaded in this process."""
+    return export.load_serving_function(exported[0])
+
+
 def test_cli_writes_a_saved_model_and_prints_its_signature(exported):
     saved_model, stdout = exported
     assert "vis: float32 [None, None, None, 3]" in stdout
@@ -124,6 +131,12 @@ def test_evaluate_runs_the_saved_model(model, exported, tmp_path, rng):
     registration = results["per_image"][0]["registration"]
     assert registration["rfnet_coarse"]["rmse"] != registration["identity"]["rmse"]
     assert set(results["fusion"]) == {"rfnet", "average"}
+
+
+def test_serving_refuses_mismatched_inputs_naming_both_shapes(serve):
+    """The SavedModel carries RFNet's input check (tests/rfnet_tf/networks/test_rfnet.py)."""
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"vis shape \[2 20 24 3\] and nir shape \[1 20 22 1\]"):
+        serve(vis=tf.zeros((2, 20, 24, 3)), nir=tf.zeros((1, 20, 22, 1)))
 
 
 def test_export_refuses_to_replace_a_directory_that_is_not_a_saved_model(model, tmp_path):

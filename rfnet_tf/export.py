@@ -33,7 +33,7 @@ with native_stderr_silenced():  # TensorFlow's C++ start-up lines; see rfnet_tf.
 from absl import app, flags
 
 from rfnet_tf.networks import RFNet
-from rfnet_tf.staging import staged_directory
+from rfnet_tf.staging import DestinationError, check_destination, staged_directory
 from rfnet_tf.weights import PARTS, WeightsError, model_from_weights
 
 SIGNATURE_KEY = "serving_default"
@@ -43,7 +43,7 @@ NIR_SPEC = tf.TensorSpec([None, None, None, 1], tf.float32, name="nir")
 
 
 class ExportError(ValueError):
-    """The export cannot be written where it was asked to go."""
+    """The export's flags are missing or out of range."""
 
 
 class RFNetServing(tf.Module):
@@ -63,6 +63,22 @@ def is_saved_model(path: str | os.PathLike) -> bool:
     return (Path(path) / SAVED_MODEL_FILE).is_file()
 
 
+def check_export_dir(directory: str | os.PathLike) -> Path:
+    """``directory``, made absolute, if a SavedModel may take its place.
+
+    Raises:
+      DestinationError: as ``rfnet_tf.staging.check_destination``, or ``directory``
+        exists and is neither empty nor a SavedModel (it is replaced, so it must not hold
+        anything else).
+    """
+    directory = check_destination(directory)
+    if directory.exists() and not (is_saved_model(directory) or not any(directory.iterdir())):
+        raise DestinationError(
+            f"{directory}: exists and is not a SavedModel directory; refusing to replace it"
+        )
+    return directory
+
+
 def export_saved_model(model: RFNet, directory: str | os.PathLike) -> Path:
     """Writes ``model`` as a SavedModel (signature ``serving_default``) to ``directory``.
 
@@ -70,16 +86,9 @@ def export_saved_model(model: RFNet, directory: str | os.PathLike) -> Path:
     replaces ``directory``, so a reader never sees a half-written export.
 
     Raises:
-      ExportError: ``directory`` exists and is neither empty nor a SavedModel (it is
-        replaced, so it must not hold anything else).
+      DestinationError: see :func:`check_export_dir`.
     """
-    directory = Path(directory)
-    if directory.exists() and not (
-        directory.is_dir() and (is_saved_model(directory) or not any(directory.iterdir()))
-    ):
-        raise ExportError(
-            f"{directory}: exists and is not a SavedModel directory; refusing to replace it"
-        )
+    directory = check_export_dir(directory)
     with staged_directory(directory) as staging:
         module = RFNetServing(model)
         tf.saved_model.save(module, str(staging), signatures={SIGNATURE_KEY: module.serve})
@@ -130,7 +139,7 @@ def main(argv) -> int:
             overrides["coarse_refinement_steps"] = values.coarse_refinement_steps
         model = model_from_weights(values.weights, required=PARTS, overrides=overrides)
         directory = export_saved_model(model, values.out)
-    except (WeightsError, ExportError) as error:
+    except (WeightsError, ExportError, DestinationError) as error:
         print(f"rfnet_tf.export: error: {error}", file=sys.stderr)
         return 2
     print(f"SavedModel written to {directory}")

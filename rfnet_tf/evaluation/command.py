@@ -20,7 +20,7 @@ from rfnet_tf.data.demo import DEMO_IMAGES
 from rfnet_tf.data.synthetic import MISALIGNMENT_KINDS
 from rfnet_tf.evaluation import sources
 from rfnet_tf.evaluation.inference import WeightsInfo, inspect_weights, load_predictor
-from rfnet_tf.evaluation.outputs import OutputError, check_out_dir
+from rfnet_tf.evaluation.outputs import check_out_dir
 from rfnet_tf.evaluation.pipeline import (
     EvaluationError,
     Options,
@@ -30,9 +30,10 @@ from rfnet_tf.evaluation.pipeline import (
     run_evaluation,
 )
 from rfnet_tf.evaluation.sources import FOLDER_LAYOUTS
+from rfnet_tf.staging import DestinationError
 from rfnet_tf.weights import WeightsError
 
-INPUT_ERRORS = (DataError, WeightsError, EvaluationError, OutputError)
+INPUT_ERRORS = (DataError, WeightsError, EvaluationError, DestinationError)
 SOURCES = ("pair", "data_dir", "landmarks", "demo")
 # Flags that only mean something for some sources: using them elsewhere is an error
 # rather than silently ignored.

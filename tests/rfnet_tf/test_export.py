@@ -16,6 +16,7 @@ from PIL import Image
 
 from rfnet_tf import export
 from rfnet_tf.networks import RFNet
+from rfnet_tf.staging import DestinationError
 from rfnet_tf.weights import export_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -141,7 +142,7 @@ def test_serving_refuses_mismatched_inputs_naming_both_shapes(serve):
 
 def test_export_refuses_to_replace_a_directory_that_is_not_a_saved_model(model, tmp_path):
     (tmp_path / "keep.txt").write_text("precious")
-    with pytest.raises(export.ExportError, match="not a SavedModel"):
+    with pytest.raises(DestinationError, match="not a SavedModel"):
         export.export_saved_model(model, tmp_path)
     assert (tmp_path / "keep.txt").read_text() == "precious"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["keep.txt"]

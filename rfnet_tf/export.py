@@ -15,12 +15,13 @@ with every size left open (one trace serves any image size), and returns the
 A ``vis`` and ``nir`` that differ in batch size, height or width, or with a side under
 ``MIN_IMAGE_SIZE`` (5) pixels, raise ``InvalidArgumentError`` naming both shapes.
 Loading needs TensorFlow only: ``tf.saved_model.load(path).signatures["serving_default"]``.
+
+Exit codes and messages of the command line: ``rfnet_tf.cli``.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from rfnet_tf.startup import native_stderr_silenced
@@ -30,8 +31,9 @@ with native_stderr_silenced():  # TensorFlow's C++ start-up lines; see rfnet_tf.
 
     tf.config.list_physical_devices("GPU")
 
-from absl import app, flags
+from absl import flags
 
+from rfnet_tf import cli
 from rfnet_tf.networks import RFNet
 from rfnet_tf.staging import DestinationError, check_destination, staged_directory
 from rfnet_tf.weights import PARTS, WeightsError, model_from_weights
@@ -123,28 +125,22 @@ def describe_signature(function) -> str:
     )
 
 
-def main(argv) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main(argv) -> None:
     values = flags.FLAGS
-    try:
-        if not values.weights or not values.out:
-            raise ExportError("--weights and --out are both required")
-        if values.coarse_refinement_steps is not None and values.coarse_refinement_steps < 0:
-            raise ExportError(
-                f"--coarse_refinement_steps must be at least 0, got {values.coarse_refinement_steps}"
-            )
-        overrides = {}
-        if values.coarse_refinement_steps is not None:
-            overrides["coarse_refinement_steps"] = values.coarse_refinement_steps
-        model = model_from_weights(values.weights, required=PARTS, overrides=overrides)
-        directory = export_saved_model(model, values.out)
-    except (WeightsError, ExportError, DestinationError) as error:
-        print(f"rfnet_tf.export: error: {error}", file=sys.stderr)
-        return 2
+    if not values.weights or not values.out:
+        raise ExportError("--weights and --out are both required")
+    if values.coarse_refinement_steps is not None and values.coarse_refinement_steps < 0:
+        raise ExportError(
+            f"--coarse_refinement_steps must be at least 0, got {values.coarse_refinement_steps}"
+        )
+    check_export_dir(values.out)
+    overrides = {}
+    if values.coarse_refinement_steps is not None:
+        overrides["coarse_refinement_steps"] = values.coarse_refinement_steps
+    model = model_from_weights(values.weights, required=PARTS, overrides=overrides)
+    directory = export_saved_model(model, values.out)
     print(f"SavedModel written to {directory}")
     print(describe_signature(load_serving_function(directory)))
-    return 0
 
 
 def _define_flags() -> None:
@@ -165,4 +161,4 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli.run(main, "rfnet_tf.export", (WeightsError, ExportError, DestinationError))

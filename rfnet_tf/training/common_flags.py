@@ -6,14 +6,16 @@ from pathlib import Path
 
 from absl import flags, logging
 
-from rfnet_tf.data import DataError, read_dataset
+from rfnet_tf.data import read_dataset
+from rfnet_tf.staging import writable_ancestor
 from rfnet_tf.training.runtime import STRATEGIES
 
 LAYOUTS = ("auto", "pairs", "nirscene", "landmarks")
 
 
 class FlagError(ValueError):
-    """A flag value that cannot work; the script prints it on one line and exits 1."""
+    """A flag value that cannot work; the script prints it on one line and exits 2
+    (``rfnet_tf.cli``)."""
 
 
 def define_common_flags(default_model_dir: str, default_epochs: int) -> None:
@@ -48,7 +50,8 @@ def quiet_tensorflow_logs() -> None:
 
 
 def validate_common_flags(values) -> None:
-    """Raises ``FlagError`` for values that cannot work, before anything starts."""
+    """Raises ``FlagError`` for values that cannot work, before anything starts, and
+    ``DestinationError`` for a ``--model_dir`` that cannot be written."""
     if not values.data_dir:
         raise FlagError("--data_dir is required: a folder of aligned VIS/NIR pairs")
     if not Path(values.data_dir).is_dir():
@@ -66,20 +69,18 @@ def validate_common_flags(values) -> None:
         raise FlagError(f"--decay_rate must be in (0, 1], got {values.decay_rate}")
     if values.cpu_devices > 1 and values.strategy != "mirrored":
         raise FlagError("--cpu_devices > 1 only makes sense with --strategy=mirrored")
+    writable_ancestor(values.model_dir)
 
 
 def read_training_pairs(values):
     """The pairs of ``--data_dir`` but ``--exclude``; ``DataError`` messages name the bad files."""
-    try:
-        pairs = read_dataset(
-            values.data_dir,
-            layout=values.layout,
-            vis_dir=values.vis_dir,
-            nir_dir=values.nir_dir,
-            skip_bad=values.skip_bad,
-        )
-    except DataError as error:
-        raise FlagError(str(error)) from error
+    pairs = read_dataset(
+        values.data_dir,
+        layout=values.layout,
+        vis_dir=values.vis_dir,
+        nir_dir=values.nir_dir,
+        skip_bad=values.skip_bad,
+    )
     unknown = set(values.exclude) - {pair.name for pair in pairs}
     if unknown:
         raise FlagError(f"--exclude names pairs that {values.data_dir} does not hold: {sorted(unknown)}")

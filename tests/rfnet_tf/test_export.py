@@ -140,6 +140,20 @@ def test_serving_refuses_mismatched_inputs_naming_both_shapes(serve):
         serve(vis=tf.zeros((2, 20, 24, 3)), nir=tf.zeros((1, 20, 22, 1)))
 
 
+def test_cli_bad_weights_config_is_one_line_and_exit_2(model, tmp_path):
+    weights = export_weights(model, tmp_path / "weights", ("transnet", "affinenet", "f2m"))
+    config = json.loads((weights / "rfnet.json").read_text())
+    config["model"]["affine_input_size"] = "abc"
+    (weights / "rfnet.json").write_text(json.dumps(config))
+    cli = run([sys.executable, "-m", "rfnet_tf.export", f"--weights={weights}", f"--out={tmp_path / 'out'}"], REPO_ROOT)
+    assert cli.returncode == 2
+    assert cli.stderr.strip().splitlines() == [
+        f"rfnet_tf.export: error: {weights / 'rfnet.json'}: \"model.affine_input_size\" must be an integer "
+        ">= 8, got 'abc'"
+    ]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["weights"]
+
+
 def test_export_refuses_to_replace_a_directory_that_is_not_a_saved_model(model, tmp_path):
     (tmp_path / "keep.txt").write_text("precious")
     with pytest.raises(DestinationError, match="not a SavedModel"):

@@ -17,10 +17,12 @@ Writes to ``--out_dir`` (all or nothing: a staged directory replaces it at the e
 configuration), ``results.md`` (the two tables, best per row in bold, notes) and
 ``images/<pair>/`` (registered VIS, fused RGB, checkerboards before and after, RFNet's
 flow, a side-by-side panel); the tables are also printed, a progress bar goes to
-stderr. Bad input (a missing, corrupt or mismatched file, a .mat without the landmark
-keys, an empty folder), conflicting flags and missing weights exit with code 2 and a
-one-line message naming the problem, before any inference; a flag absl cannot parse
-(e.g. --misalign=foo) exits with absl's code 1.
+stderr. Bad input (a missing, corrupt, mismatched or too small file, a .mat without the
+landmark keys or with no landmarks, an empty folder), conflicting or unparsable flags,
+bad weights and an output location that cannot be written exit with code 2 and a
+one-line message naming the problem, before any inference; SIGINT / SIGTERM stop the run
+with one line and code 130 / 143, leaving nothing behind (``rfnet_tf.cli``; the README's
+table "What happens on bad input").
 """
 
 from __future__ import annotations
@@ -34,17 +36,12 @@ with native_stderr_silenced():
 
     tf.config.list_logical_devices()  # Device set-up logs its own lines; do it now.
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from rfnet_tf import misalignment_flags
+from rfnet_tf import cli
 from rfnet_tf.data.demo import DEMO_IMAGES
-from rfnet_tf.evaluation import (
-    INPUT_ERRORS,
-    default_weights_dir,
-    execute,
-    one_line,
-    settings_from_flags,
-)
+from rfnet_tf.evaluation import INPUT_ERRORS, default_weights_dir, execute, settings_from_flags
 from rfnet_tf.evaluation.methods import DEFAULT_METHODS
 
 flags.DEFINE_string("vis", None, "One real pair: the VIS (RGB or grey) image file. Needs --nir.")
@@ -126,24 +123,16 @@ FLAG_NAMES = misalignment_flags.AFFINE_FLAGS + misalignment_flags.LOCAL_FLAGS + 
 )
 
 
-def main(argv) -> int:
-    if len(argv) > 1:
-        print(f"evaluate.py: error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
-        return 2
+def main(argv) -> None:
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     values = {name: FLAGS[name].value for name in FLAG_NAMES}
     present = {name for name in FLAG_NAMES if FLAGS[name].present}
-    try:
-        settings = settings_from_flags(values, present, default_weights_dir(__file__))
-        report = execute(settings, extra_config={"command": sys.argv})
-    except INPUT_ERRORS as error:
-        print(f"evaluate.py: error: {one_line(error)}", file=sys.stderr)
-        return 2
+    settings = settings_from_flags(values, present, default_weights_dir(__file__))
+    report = execute(settings, extra_config={"command": sys.argv})
     print(report.terminal)
     print(f"\nresults written to {report.out_dir}/ (results.json, results.md, images/)")
-    return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, "evaluate.py", INPUT_ERRORS)

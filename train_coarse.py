@@ -6,6 +6,10 @@ Each stage keeps its checkpoints, flags, TensorBoard events and final weights ex
 ``<model_dir>/<stage>/``; a run started where a checkpoint exists resumes from it. The
 AffineNet stage reads TransNet from ``--transnet_dir`` (default
 ``<model_dir>/transnet``). ``train_f2m.py --coarse_dir=<model_dir>/affinenet`` continues.
+
+Bad flags, input or weights, a non-finite loss and a stage none of whose checkpoints
+restores end the run with one line and exit code 2; SIGINT / SIGTERM with one line and
+130 / 143 (``rfnet_tf.cli``).
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ with native_stderr_silenced():
     # unconfigured for --cpu_devices).
     tf.config.list_physical_devices("GPU")
 
-from absl import app, flags
+from absl import flags
 
-from rfnet_tf import misalignment_flags
+from rfnet_tf import cli, misalignment_flags
 from rfnet_tf.training import common_flags
 from rfnet_tf.training.common_flags import (
     FlagError,
@@ -31,7 +35,7 @@ from rfnet_tf.training.common_flags import (
     quiet_tensorflow_logs,
     validate_common_flags,
 )
-from rfnet_tf.training.scripts import run_coarse
+from rfnet_tf.training.scripts import TRAINING_ERRORS, run_coarse
 
 flags.DEFINE_enum("stage", "all", ["transnet", "affinenet", "all"], "Which coarse stage(s) to train.")
 flags.DEFINE_integer(
@@ -72,30 +76,23 @@ flags.adopt_module_key_flags(misalignment_flags)
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main(argv) -> None:
     quiet_tensorflow_logs()
-    try:
-        validate_common_flags(FLAGS)
-        if FLAGS.ncc_scales < 1 or FLAGS.affine_input_size < 2 ** (FLAGS.ncc_scales + 2):
-            raise FlagError(f"--ncc_scales {FLAGS.ncc_scales} needs --affine_input_size >= "
-                            f"{2 ** (FLAGS.ncc_scales + 2)} and is at least 1")
-        if FLAGS.affine_supervision < 0:
-            raise FlagError(f"--affine_supervision must be >= 0, got {FLAGS.affine_supervision}")
-        if FLAGS.affine_input_size < 32:
-            raise FlagError(f"--affine_input_size must be at least 32, got {FLAGS.affine_input_size}")
-        if not FLAGS.native_resolution and FLAGS.affine_input_size < FLAGS.crop_size:
-            raise FlagError(
-                f"--crop_size {FLAGS.crop_size} exceeds the resized pairs' --affine_input_size "
-                f"{FLAGS.affine_input_size}"
-            )
-        run_coarse(FLAGS, sys.modules[__name__].__file__)
-    except FlagError as error:
-        print(f"train_coarse.py: {error}", file=sys.stderr)
-        return 1
-    return 0
+    validate_common_flags(FLAGS)
+    if FLAGS.ncc_scales < 1 or FLAGS.affine_input_size < 2 ** (FLAGS.ncc_scales + 2):
+        raise FlagError(f"--ncc_scales {FLAGS.ncc_scales} needs --affine_input_size >= "
+                        f"{2 ** (FLAGS.ncc_scales + 2)} and is at least 1")
+    if FLAGS.affine_supervision < 0:
+        raise FlagError(f"--affine_supervision must be >= 0, got {FLAGS.affine_supervision}")
+    if FLAGS.affine_input_size < 32:
+        raise FlagError(f"--affine_input_size must be at least 32, got {FLAGS.affine_input_size}")
+    if not FLAGS.native_resolution and FLAGS.affine_input_size < FLAGS.crop_size:
+        raise FlagError(
+            f"--crop_size {FLAGS.crop_size} exceeds the resized pairs' --affine_input_size "
+            f"{FLAGS.affine_input_size}"
+        )
+    run_coarse(FLAGS, sys.modules[__name__].__file__)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, "train_coarse.py", TRAINING_ERRORS)

@@ -9,6 +9,10 @@ misalignment), and the export of the last phase is the complete RFNet. Each phas
 its checkpoints, flags, events and export in ``<model_dir>/<phase>/``; the deformation
 phase starts from ``<fusion_dir>/fusion`` (``--fusion_dir`` defaults to
 ``--model_dir``).
+
+Bad flags, input or weights, a non-finite loss and a stage none of whose checkpoints
+restores end the run with one line and exit code 2; SIGINT / SIGTERM with one line and
+130 / 143 (``rfnet_tf.cli``).
 """
 
 from __future__ import annotations
@@ -24,9 +28,9 @@ with native_stderr_silenced():
     # unconfigured for --cpu_devices).
     tf.config.list_physical_devices("GPU")
 
-from absl import app, flags
+from absl import flags
 
-from rfnet_tf import misalignment_flags
+from rfnet_tf import cli, misalignment_flags
 from rfnet_tf.training import common_flags
 from rfnet_tf.training.common_flags import (
     FlagError,
@@ -34,7 +38,7 @@ from rfnet_tf.training.common_flags import (
     quiet_tensorflow_logs,
     validate_common_flags,
 )
-from rfnet_tf.training.scripts import run_f2m
+from rfnet_tf.training.scripts import TRAINING_ERRORS, run_f2m
 
 flags.DEFINE_enum("phase", "all", ["fusion", "deformation", "all"], "Which F2M phase(s) to train.")
 flags.DEFINE_string("coarse_dir", "", "Coarse module weights that align the training pairs first ('' = pairs used as given).")
@@ -59,24 +63,17 @@ flags.adopt_module_key_flags(misalignment_flags)
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main(argv) -> None:
     quiet_tensorflow_logs()
-    try:
-        validate_common_flags(FLAGS)
-        if not 0.0 <= FLAGS.gamma <= 1.0:
-            raise FlagError(f"--gamma must be in [0, 1], got {FLAGS.gamma}")
-        if FLAGS.max_displacement <= 0:
-            raise FlagError(f"--max_displacement must be positive, got {FLAGS.max_displacement}")
-        if FLAGS.attention_window is not None and FLAGS.attention_window < 0:
-            raise FlagError(f"--attention_window must be >= 0, got {FLAGS.attention_window}")
-        run_f2m(FLAGS, sys.modules[__name__].__file__)
-    except FlagError as error:
-        print(f"train_f2m.py: {error}", file=sys.stderr)
-        return 1
-    return 0
+    validate_common_flags(FLAGS)
+    if not 0.0 <= FLAGS.gamma <= 1.0:
+        raise FlagError(f"--gamma must be in [0, 1], got {FLAGS.gamma}")
+    if FLAGS.max_displacement <= 0:
+        raise FlagError(f"--max_displacement must be positive, got {FLAGS.max_displacement}")
+    if FLAGS.attention_window is not None and FLAGS.attention_window < 0:
+        raise FlagError(f"--attention_window must be >= 0, got {FLAGS.attention_window}")
+    run_f2m(FLAGS, sys.modules[__name__].__file__)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, "train_f2m.py", TRAINING_ERRORS)

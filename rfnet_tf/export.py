@@ -12,13 +12,16 @@ The SavedModel holds one ``tf.Module`` wrapping the Keras ``RFNet``; its
 with every size left open (one trace serves any image size), and returns the
 ``RFNet`` output dict: ``registered_coarse``, ``registered``, ``fused``,
 ``fused_rgb``, ``affine``, ``flow``, ``mask`` (see ``rfnet_tf.networks.rfnet.RFNet``).
+A ``vis`` and ``nir`` that differ in batch size, height or width, or with a side under
+``MIN_IMAGE_SIZE`` (5) pixels, raise ``InvalidArgumentError`` naming both shapes.
 Loading needs TensorFlow only: ``tf.saved_model.load(path).signatures["serving_default"]``.
+
+Exit codes and messages of the command line: ``rfnet_tf.cli``.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from rfnet_tf.startup import native_stderr_silenced
@@ -28,10 +31,11 @@ with native_stderr_silenced():  # TensorFlow's C++ start-up lines; see rfnet_tf.
 
     tf.config.list_physical_devices("GPU")
 
-from absl import app, flags
+from absl import flags
 
+from rfnet_tf import cli
 from rfnet_tf.networks import RFNet
-from rfnet_tf.staging import staged_directory
+from rfnet_tf.staging import DestinationError, check_destination, staged_directory
 from rfnet_tf.weights import PARTS, WeightsError, model_from_weights
 
 SIGNATURE_KEY = "serving_default"
@@ -41,7 +45,7 @@ NIR_SPEC = tf.TensorSpec([None, None, None, 1], tf.float32, name="nir")
 
 
 class ExportError(ValueError):
-    """The export cannot be written where it was asked to go."""
+    """The export's flags are missing or out of range."""
 
 
 class RFNetServing(tf.Module):
@@ -61,6 +65,22 @@ def is_saved_model(path: str | os.PathLike) -> bool:
     return (Path(path) / SAVED_MODEL_FILE).is_file()
 
 
+def check_export_dir(directory: str | os.PathLike) -> Path:
+    """``directory``, made absolute, if a SavedModel may take its place.
+
+    Raises:
+      DestinationError: as ``rfnet_tf.staging.check_destination``, or ``directory``
+        exists and is neither empty nor a SavedModel (it is replaced, so it must not hold
+        anything else).
+    """
+    directory = check_destination(directory)
+    if directory.exists() and not (is_saved_model(directory) or not any(directory.iterdir())):
+        raise DestinationError(
+            f"{directory}: exists and is not a SavedModel directory; refusing to replace it"
+        )
+    return directory
+
+
 def export_saved_model(model: RFNet, directory: str | os.PathLike) -> Path:
     """Writes ``model`` as a SavedModel (signature ``serving_default``) to ``directory``.
 
@@ -68,16 +88,9 @@ def export_saved_model(model: RFNet, directory: str | os.PathLike) -> Path:
     replaces ``directory``, so a reader never sees a half-written export.
 
     Raises:
-      ExportError: ``directory`` exists and is neither empty nor a SavedModel (it is
-        replaced, so it must not hold anything else).
+      DestinationError: see :func:`check_export_dir`.
     """
-    directory = Path(directory)
-    if directory.exists() and not (
-        directory.is_dir() and (is_saved_model(directory) or not any(directory.iterdir()))
-    ):
-        raise ExportError(
-            f"{directory}: exists and is not a SavedModel directory; refusing to replace it"
-        )
+    directory = check_export_dir(directory)
     with staged_directory(directory) as staging:
         module = RFNetServing(model)
         tf.saved_model.save(module, str(staging), signatures={SIGNATURE_KEY: module.serve})
@@ -112,28 +125,22 @@ def describe_signature(function) -> str:
     )
 
 
-def main(argv) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main(argv) -> None:
     values = flags.FLAGS
-    try:
-        if not values.weights or not values.out:
-            raise ExportError("--weights and --out are both required")
-        if values.coarse_refinement_steps is not None and values.coarse_refinement_steps < 0:
-            raise ExportError(
-                f"--coarse_refinement_steps must be at least 0, got {values.coarse_refinement_steps}"
-            )
-        overrides = {}
-        if values.coarse_refinement_steps is not None:
-            overrides["coarse_refinement_steps"] = values.coarse_refinement_steps
-        model = model_from_weights(values.weights, required=PARTS, overrides=overrides)
-        directory = export_saved_model(model, values.out)
-    except (WeightsError, ExportError) as error:
-        print(f"rfnet_tf.export: error: {error}", file=sys.stderr)
-        return 2
+    if not values.weights or not values.out:
+        raise ExportError("--weights and --out are both required")
+    if values.coarse_refinement_steps is not None and values.coarse_refinement_steps < 0:
+        raise ExportError(
+            f"--coarse_refinement_steps must be at least 0, got {values.coarse_refinement_steps}"
+        )
+    check_export_dir(values.out)
+    overrides = {}
+    if values.coarse_refinement_steps is not None:
+        overrides["coarse_refinement_steps"] = values.coarse_refinement_steps
+    model = model_from_weights(values.weights, required=PARTS, overrides=overrides)
+    directory = export_saved_model(model, values.out)
     print(f"SavedModel written to {directory}")
     print(describe_signature(load_serving_function(directory)))
-    return 0
 
 
 def _define_flags() -> None:
@@ -154,4 +161,4 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli.run(main, "rfnet_tf.export", (WeightsError, ExportError, DestinationError))

@@ -7,12 +7,12 @@ be on the project's ``[0, 1]`` scale unless a ``data_range`` says otherwise.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from rfnet_tf.staging import write_atomically
 
 LABEL_HEIGHT_PX = 24
 LABEL_FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -106,10 +106,9 @@ def flow_to_rgb(flow, max_magnitude: float | None = None) -> np.ndarray:
 def save_png(path, image, data_range: float = 1.0) -> Path:
     """Write ``image`` as an 8-bit PNG atomically; returns the path.
 
-    The image goes through ``to_uint8(image, data_range)``, is encoded in memory,
-    written to a temporary file in the target folder and moved into place with
-    ``os.replace``, so a reader never sees a half-written file. Parent folders are
-    created.
+    The image goes through ``to_uint8(image, data_range)``, is encoded in memory and
+    written with ``rfnet_tf.staging.write_atomically`` (a reader never sees a
+    half-written file; parent folders are created; ordinary permissions).
     """
     path = Path(path)
     image = _squeeze_channel(to_uint8(image, data_range))
@@ -118,17 +117,7 @@ def save_png(path, image, data_range: float = 1.0) -> Path:
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
         raise OSError(f"PNG encoding failed for {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(encoded.tobytes())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-    return path
+    return write_atomically(path, encoded.tobytes())
 
 
 def _label_strip(text: str, width: int) -> np.ndarray:

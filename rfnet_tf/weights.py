@@ -9,25 +9,43 @@ the frozen parts it used, so the export of the last stage is the complete model.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
+
+from absl import logging
 
 from rfnet_tf.networks import RFNet
 from rfnet_tf.staging import staged_directory
 
 PARTS = ("transnet", "affinenet", "f2m")
 CONFIG_FILE = "rfnet.json"
-# The RFNet constructor arguments stored in rfnet.json (older files may lack the last three;
-# RFNet's defaults apply).
-MODEL_CONFIG_KEYS = (
-    "deformable",
-    "max_displacement",
-    "affine_input_size",
-    "coarse_refinement_steps",
-    "coarse_refinement_levels",
-    "attention_window",
-)
+CONFIG_KEYS = ("model", "parts", "provenance")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# The RFNet constructor arguments stored in rfnet.json's "model" (older files may lack the
+# last three; RFNet's defaults apply): which values each takes, as a check and its words.
+# An affine input of 4 px fails in TransNet's reflect padding; 8 runs.
+_MODEL_VALUES = {
+    "deformable": (lambda v: isinstance(v, bool), "true or false"),
+    "max_displacement": (
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+        "a number > 0",
+    ),
+    "affine_input_size": (lambda v: _is_int(v) and v >= 8, "an integer >= 8"),
+    "coarse_refinement_steps": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "coarse_refinement_levels": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "attention_window": (
+        lambda v: v is None or (_is_int(v) and v >= 1),
+        "null or an integer >= 1",
+    ),
+}
+MODEL_CONFIG_KEYS = tuple(_MODEL_VALUES)
 EXPORT_SUBDIR = "export"
 
 
@@ -55,12 +73,48 @@ def resolve_weights_dir(path: str | os.PathLike) -> Path:
 
 
 def read_config(directory: str | os.PathLike) -> dict:
-    """The parsed ``rfnet.json`` of a weights directory (``resolve_weights_dir`` rules)."""
+    """The parsed and checked ``rfnet.json`` of a weights directory (``resolve_weights_dir``
+    rules).
+
+    Unknown keys (decision): under ``"model"`` they are errors, since ignoring one would
+    build another network than the file describes; at the top level they are ignored with
+    a warning, since they cannot change the network (a later version may add some).
+
+    Raises:
+      WeightsError: the file is unreadable or not JSON, or a key holds a value of the
+        wrong type or range, or ``"model"`` holds an unknown key; the message names the
+        file and the key.
+    """
     path = resolve_weights_dir(directory) / CONFIG_FILE
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
         raise WeightsError(f"{path}: unreadable ({error})") from error
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise WeightsError(f'{path}: expected a JSON object with a "model" object')
+    unknown = tuple(sorted(set(config) - set(CONFIG_KEYS)))
+    if unknown:
+        _warn_unknown_keys(path, unknown)
+    parts = config.get("parts", [])
+    if not isinstance(parts, list) or not all(part in PARTS for part in parts):
+        raise WeightsError(f'{path}: "parts" must be a list of {", ".join(PARTS)}; got {parts!r}')
+    if not isinstance(config.get("provenance", {}), dict):
+        raise WeightsError(f'{path}: "provenance" must be an object')
+    for key, value in config["model"].items():
+        if key not in _MODEL_VALUES:
+            raise WeightsError(
+                f'{path}: unknown key "model.{key}"; known: {", ".join(MODEL_CONFIG_KEYS)}'
+            )
+        fits, expected = _MODEL_VALUES[key]
+        if not fits(value):
+            raise WeightsError(f'{path}: "model.{key}" must be {expected}, got {value!r}')
+    return config
+
+
+@functools.cache
+def _warn_unknown_keys(path: Path, keys: tuple[str, ...]) -> None:
+    """Logs the ignored top-level keys once per file, however often it is read."""
+    logging.warning("%s: ignoring unknown key(s) %s", path, ", ".join(keys))
 
 
 def model_config(model: RFNet) -> dict:

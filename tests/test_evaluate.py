@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +110,10 @@ def check_schema(results: dict, out_dir: Path, registration_metrics: set, num_pa
     assert (out_dir / "results.md").read_text().startswith("# RFNet evaluation: ")
     leftovers = [p.name for p in out_dir.parent.iterdir() if p.name.startswith(f".{out_dir.name}-")]
     assert leftovers == []
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [out_dir, *out_dir.rglob("*")]:  # ordinary permissions, as the umask gives
+        assert stat.S_IMODE(path.stat().st_mode) == (0o777 if path.is_dir() else 0o666) & ~umask, path
 
 
 @pytest.fixture(scope="module")
@@ -199,30 +206,85 @@ def test_demo_set_without_input_flags_is_labelled_simulated(workdir, weights):
 
 
 def test_bad_input_exits_2_with_one_line_naming_the_file(workdir, weights):
+    """Each case ends with one line naming the file (or flag) and exit code 2, before any
+    inference, and leaves no output or staging folder behind."""
     rng = np.random.default_rng(8)
     bad = workdir / "bad"
     write_pair(bad, "ok", rng)
     write_png(bad / "nir" / "wide.png", textured(rng, (SHAPE[0], SHAPE[1] + 16)))
+    write_pair(bad, "tiny", rng, shape=(4, 4))
     mats = bad / "mats"
     mats.mkdir()
     scipy.io.savemat(mats / "nokeys.mat", {"I_move": np.zeros((20, 20)), "I_fix": np.zeros((20, 20))})
+    empty = bad / "empty_mats"
+    empty.mkdir()
+    grey = np.round(textured(rng) * 255).astype(np.uint8)
+    scipy.io.savemat(
+        empty / "nolandmarks.mat",
+        {"I_move": grey, "I_fix": grey, "LMmove": np.zeros((0, 2)), "LMfix": np.zeros((0, 2))},
+    )
+    bad_config = bad / "weights"
+    bad_config.mkdir()
+    config = json.loads((weights / "rfnet.json").read_text())
+    config["model"]["affine_input_size"] = "abc"
+    (bad_config / "rfnet.json").write_text(json.dumps(config))
+    (bad / "a_file").write_text("not a folder")
+    earlier = workdir / "earlier_results"  # an earlier results folder, the cwd of its case
+    earlier.mkdir()
+    (earlier / "results.json").write_text("{}")
+    ok_pair = [f"--vis={bad / 'vis' / 'ok.png'}", f"--nir={bad / 'nir' / 'ok.png'}"]
     cases = {
         "missing": ([f"--vis={bad / 'vis' / 'gone.png'}", f"--nir={bad / 'nir' / 'ok.png'}"], "gone.png", "not found"),
         "sizes": ([f"--vis={bad / 'vis' / 'ok.png'}", f"--nir={bad / 'nir' / 'wide.png'}"], "wide.png", "sizes differ"),
         "mat": ([f"--landmarks_dir={mats}"], "nokeys.mat", "LMmove"),
+        "no_landmarks": ([f"--landmarks_dir={empty}"], "nolandmarks.mat", "LMmove holds no landmarks"),
+        "config": ([*ok_pair, f"--weights={bad_config}"], "rfnet.json", '"model.affine_input_size" must be'),
+        "tiny": ([f"--vis={bad / 'vis' / 'tiny.png'}", f"--nir={bad / 'nir' / 'tiny.png'}"], "tiny.png",
+                 "4x4 px (height x width); RFNet needs at least 5 px a side"),
+        "parent_file": ([*ok_pair, f"--out_dir={bad / 'a_file' / 'out'}"], "a_file", "is a file, not a folder"),
+        "dot": ([*ok_pair, "--out_dir=."], "earlier_results", "holds the current directory"),
+        "flag": (["--misalign=foo"], "--misalign=foo", "value should be one of"),
     }
+    if Path("/sys").is_dir():  # refuses writes even to root, unlike a folder's mode bits
+        cases["not_writable"] = ([*ok_pair, "--out_dir=/sys/rfnet_results"], "/sys", "cannot write in /sys")
     processes = {
-        case: evaluate(*flags, f"--weights={weights}", f"--out_dir={workdir / ('out_' + case)}", cwd=workdir)
+        case: evaluate(
+            f"--weights={weights}", f"--out_dir={workdir / ('out_' + case)}", *flags,
+            cwd=earlier if case == "dot" else workdir,
+        )
         for case, (flags, _, _) in cases.items()
     }
     for case, (_, file_name, problem) in cases.items():
         code, _, stderr = finish(processes[case])
-        assert code == 2, stderr
+        assert code == 2, (case, stderr)
         lines = stderr.strip().splitlines()
-        assert len(lines) == 1, stderr
+        assert len(lines) == 1, (case, stderr)
         assert lines[0].startswith("evaluate.py: error: ") and file_name in lines[0] and problem in lines[0]
         assert not (workdir / f"out_{case}").exists()
         assert not [p for p in workdir.iterdir() if p.name.startswith(f".out_{case}-")]
+    assert sorted(p.name for p in earlier.iterdir()) == ["results.json"]
+    assert (bad / "a_file").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_the_evaluation_ends_with_one_line_and_leaves_nothing(workdir, weights, number):
+    rng = np.random.default_rng(9)
+    data = workdir / f"signal_{number}"
+    for name in ("p1", "p2", "p3"):
+        write_pair(data, name, rng)
+    out = workdir / f"out_signal_{number}"
+    process = evaluate(f"--data_dir={data}", f"--weights={weights}", f"--out_dir={out}", cwd=workdir)
+    deadline = time.monotonic() + 300
+    while not any(p.name.startswith(f".{out.name}-staging-") for p in workdir.iterdir()):
+        assert process.poll() is None and time.monotonic() < deadline, "no staging folder appeared"
+        time.sleep(0.05)
+    process.send_signal(number)
+    code, _, stderr = finish(process)
+    assert code == 128 + number, stderr
+    assert stderr.splitlines()[-1] == f"evaluate.py: stopped by {signal.Signals(number).name}"
+    assert "Traceback" not in stderr
+    assert not out.exists()
+    assert not [p for p in workdir.iterdir() if p.name.startswith(f".{out.name}-")]
 
 
 def test_shipped_weights_register_a_demo_pair(workdir):

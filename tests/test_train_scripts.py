@@ -120,11 +120,25 @@ def test_a_rerun_resumes_instead_of_starting_over(trained):
     assert "already at step 2" in check(result)
 
 
+def write_corrupt_checkpoint(stage_dir: Path) -> Path:
+    """A stage directory whose one checkpoint was overwritten (it does not restore)."""
+    stage_dir.mkdir(parents=True)
+    (stage_dir / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\nall_model_checkpoint_paths: "ckpt-1"\n')
+    (stage_dir / "ckpt-1.index").write_bytes(b"overwritten")
+    (stage_dir / "ckpt-1.data-00000-of-00001").write_bytes(b"overwritten")
+    return stage_dir
+
+
+# A line of absl's or TensorFlow's C++ log (W1129 23:37:34.156 ..., E0000 00:00:...).
+LOG_LINE = re.compile(r"^[IWEF]\d{4} ")
+
+
 @pytest.mark.parametrize(
     "script,args,message",
     [
         ("train_coarse.py", ["--stage=fine"], "--stage=fine"),
         ("train_f2m.py", ["--phase=fine"], "--phase=fine"),
+        ("train_coarse.py", ["stray"], "unexpected arguments: stray"),
         ("train_coarse.py", [], "--data_dir is required"),
         ("train_coarse.py", ["--data_dir=/no/such/folder"], "/no/such/folder: no such folder"),
         ("train_coarse.py", ["--stage=affinenet", "--data_dir={data}", "--model_dir={empty}"],
@@ -133,18 +147,26 @@ def test_a_rerun_resumes_instead_of_starting_over(trained):
          "--fusion_dir"),
         ("train_f2m.py", ["--data_dir={data}", "--coarse_dir={empty}"], "--coarse_dir"),
         ("train_f2m.py", ["--data_dir={data}", "--attention_window=-1"], "--attention_window must be >= 0"),
+        ("train_f2m.py", ["--data_dir={data}", "--model_dir={data}/vis/p0.png/runs"], "is a file, not a folder"),
+        ("train_f2m.py", ["--data_dir={data}", "--phase=fusion", "--model_dir={corrupt}"],
+         "[fusion] none of the checkpoints in {corrupt}/fusion restores (ckpt-1: "),
+        ("train_f2m.py", ["--data_dir={data}", "--phase=fusion", "--crop_size=32", "--batch_size=1",
+                          "--max_steps=3", "--learning_rate=1e30", "--model_dir={empty}"],
+         "became non-finite"),
     ],
 )
-def test_bad_flags_exit_non_zero_with_one_line(script, args, message, tmp_path):
+def test_bad_flags_input_and_runs_that_cannot_go_on_exit_2_with_one_line(script, args, message, tmp_path):
     data = write_generated_pairs(tmp_path / "data", count=1)
     (tmp_path / "empty").mkdir()
-    args = [arg.format(data=data, empty=tmp_path / "empty") for arg in args]
+    write_corrupt_checkpoint(tmp_path / "corrupt" / "fusion")
+    names = {"data": data, "empty": tmp_path / "empty", "corrupt": tmp_path / "corrupt"}
+    args = [arg.format(**names) for arg in args]
     result = run_script(script, *args, timeout=300)
-    assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert any(message in line for line in lines), result.stderr
-    ours = [line for line in lines if not line.startswith("Pass --helpshort")]
-    assert len(ours) == 1, result.stderr
+    assert result.returncode == 2, result.stderr
+    ours = [line for line in result.stderr.splitlines() if line.strip() and not LOG_LINE.match(line)]
+    assert ours == [ours[0]] and ours[0].startswith(f"{script}: error: "), result.stderr
+    assert message.format(**names) in ours[0], result.stderr
+    assert (tmp_path / "corrupt" / "fusion" / "ckpt-1.index").read_bytes() == b"overwritten"
 
 
 def event_scalar(directory: Path, tag: str, step: int) -> float:

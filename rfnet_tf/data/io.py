@@ -47,6 +47,8 @@ NIRSCENE_SUFFIXES = {"_rgb": "vis", "_nir": "nir"}
 # Pillow decodes 16-bit colour PNGs to 8 bits without a word; their raw modes give
 # them away before decoding, and OpenCV reads them at full depth.
 _PILLOW_LOSSY_PNG_RAWMODES = ("RGB;16B", "RGBA;16B", "LA;16B")
+# Colour channels that differ by no more than this are one grey image stored as colour.
+_GREY_TOLERANCE = 3 / 255
 # Pillow modes that are not plain grey / RGB arrays, and what to convert them to.
 _PILLOW_CONVERSIONS = {"1": "L", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB"}
 
@@ -138,6 +140,12 @@ def read_image(path: str | Path, kind: str = "vis") -> np.ndarray:
     if kind not in IMAGE_KINDS:
         raise ValueError(f"kind must be one of {IMAGE_KINDS}, got {kind!r}")
     path = Path(path)
+    return _to_kind_channels(_read_samples(path), kind, path)
+
+
+def _read_samples(path: Path) -> np.ndarray:
+    """The file's samples as ``(H, W, C)`` ``float32`` in ``[0, 1]``, channels as stored
+    (:func:`read_image` without the channel rules)."""
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if not path.is_file():
@@ -154,19 +162,27 @@ def read_image(path: str | Path, kind: str = "vis") -> np.ndarray:
             f"{path}: cannot be decoded as an image (unreadable, truncated or not an "
             f"image file): {type(error).__name__}: {error}"
         ) from error
-    image = _to_unit_float(array, path)
-    return _to_kind_channels(image, kind, path)
+    return _to_unit_float(array, path)
 
 
 def read_pair(vis_path: str | Path, nir_path: str | Path, name: str | None = None) -> Pair:
     """Reads a VIS and a NIR file of the same size into a :class:`Pair`.
 
     ``name`` defaults to the VIS file's stem. Raises :class:`DataError` naming both
-    files and both sizes when the sizes differ.
+    files and both sizes when the sizes differ. Logs a warning when the VIS file holds no
+    colour (one channel, or three equal ones) and the NIR file does: the two are likely
+    swapped.
     """
     vis_path, nir_path = Path(vis_path), Path(nir_path)
-    vis = read_image(vis_path, "vis")
-    nir = read_image(nir_path, "nir")
+    vis, nir = _read_samples(vis_path), _read_samples(nir_path)
+    if _is_colourless(vis) and not _is_colourless(nir):
+        logging.warning(
+            "%s (the VIS) holds no colour but %s (the NIR) does: are the two swapped?",
+            vis_path,
+            nir_path,
+        )
+    vis = _to_kind_channels(vis, "vis", vis_path)
+    nir = _to_kind_channels(nir, "nir", nir_path)
     if vis.shape[:2] != nir.shape[:2]:
         raise DataError(
             f"{vis_path} and {nir_path}: sizes differ: VIS is {vis.shape[0]}x{vis.shape[1]}, "
@@ -301,6 +317,19 @@ def read_landmark_mat(path: str | Path) -> Pair:
     if len(vis_points) != len(nir_points):
         raise DataError(
             f"{path}: LMmove has {len(vis_points)} landmarks but LMfix has {len(nir_points)}"
+        )
+    outside = {
+        key: _count_outside(points, vis.shape[:2])
+        for key, points in (("LMmove", vis_points), ("LMfix", nir_points))
+    }
+    if any(outside.values()):
+        logging.warning(
+            "%s: landmarks outside the %dx%d image (more than half a pixel past the edge): "
+            "%s; are the columns [x, y], 1-based?",
+            path,
+            vis.shape[0],
+            vis.shape[1],
+            ", ".join(f"{count} of {len(vis_points)} in {key}" for key, count in outside.items()),
         )
     return Pair(
         name=path.stem,
@@ -473,6 +502,14 @@ def _to_unit_float(array: np.ndarray, path: Path) -> np.ndarray:
     )
 
 
+def _is_colourless(image: np.ndarray) -> bool:
+    """One channel, or colour channels (alpha aside) that differ by at most
+    :data:`_GREY_TOLERANCE` (JPEG's round-off of a grey image)."""
+    colour_channels = image[..., :3] if image.shape[-1] >= 3 else image[..., :1]
+    spread = colour_channels.max(axis=-1) - colour_channels.min(axis=-1)
+    return float(spread.max()) <= _GREY_TOLERANCE
+
+
 def _to_kind_channels(image: np.ndarray, kind: str, path: Path) -> np.ndarray:
     """Checks and fixes the channel count of an ``(H, W, C)`` image of the given kind."""
     channels = image.shape[-1]
@@ -503,17 +540,37 @@ def _matlab_landmarks(array: np.ndarray, path: Path, key: str) -> np.ndarray:
             f"{path}: {key} has shape {array.shape} and type {array.dtype}; "
             "expected N x 2 numbers [x, y]"
         )
+    if not len(array):
+        raise DataError(f"{path}: {key} holds no landmarks (0 rows); expected N x 2 with N >= 1")
     points = array.astype(np.float64)
     if not np.isfinite(points).all():
         raise DataError(f"{path}: {key} holds NaN or Inf coordinates")
     return points[:, ::-1] - 1.0
 
 
+def _count_outside(points: np.ndarray, shape: tuple[int, int]) -> int:
+    """How many ``(y, x)`` points lie more than half a pixel outside an image of ``shape``."""
+    limits = np.array(shape, np.float64) - 0.5
+    return int(np.sum(np.any((points < -0.5) | (points > limits), axis=1)))
+
+
 def _images_by_stem(folder: Path) -> tuple[dict[str, Path], list[str]]:
-    """Image files of ``folder`` keyed by stem, and a problem per stem used twice."""
+    """Image files of ``folder`` keyed by stem, and a problem per stem used twice.
+
+    Entries that are not image files are skipped; folders and broken links among them
+    (which look like pairs put in the wrong place) are logged in one warning with their
+    count and names. Other files (notes, thumbnails) are skipped silently.
+    """
     files: dict[str, Path] = {}
     problems = []
+    skipped = []
     for path in sorted(folder.iterdir()):
+        if path.is_dir():
+            skipped.append(f"{path.name}/ (a folder)")
+            continue
+        if not path.exists():
+            skipped.append(f"{path.name} (a broken link)")
+            continue
         if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         if path.stem in files:
@@ -523,6 +580,14 @@ def _images_by_stem(folder: Path) -> tuple[dict[str, Path], list[str]]:
             )
             continue
         files[path.stem] = path
+    if skipped:
+        logging.warning(
+            "%s: skipped %d entry(ies) that are not image files: %s (pairs in sub-folders "
+            "are not read)",
+            folder,
+            len(skipped),
+            ", ".join(skipped),
+        )
     return files, problems
 
 
@@ -536,19 +601,17 @@ def _nirscene_kind(path: Path) -> str | None:
 def _unmatched_problems(
     vis_files: dict[str, Path], nir_files: dict[str, Path], vis_folder: Path, nir_folder: Path
 ) -> list[str]:
-    """One problem per modality listing the names that have no partner; also logged."""
+    """One problem per modality listing the names that have no partner."""
     problems = []
     for names, folder, other_folder, other in (
         (sorted(vis_files.keys() - nir_files.keys()), vis_folder, nir_folder, "NIR"),
         (sorted(nir_files.keys() - vis_files.keys()), nir_folder, vis_folder, "VIS"),
     ):
         if names:
-            problem = (
+            problems.append(
                 f"{folder}: {len(names)} name(s) without a {other} partner in {other_folder}: "
                 f"{', '.join(names)}"
             )
-            logging.warning("%s", problem)
-            problems.append(problem)
     return problems
 
 

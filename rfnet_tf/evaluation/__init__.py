@@ -17,7 +17,6 @@ from rfnet_tf.evaluation.command import (
     Settings,
     default_weights_dir,
     execute,
-    one_line,
     settings_from_flags,
 )
 from rfnet_tf.evaluation.inference import Predictor, WeightsInfo, inspect_weights, load_predictor
@@ -50,7 +49,6 @@ __all__ = [
     "execute",
     "inspect_weights",
     "load_predictor",
-    "one_line",
     "plan_methods",
     "run_evaluation",
     "settings_from_flags",

@@ -1,9 +1,10 @@
 """evaluate.py's logic: validated settings from its flags, then the whole run.
 
 Order (everything that can fail on bad input fails before any inference): flags, the
-output directory, the methods and what the weights hold, every input read (and
-misaligned), the model loaded, then the evaluation. Errors a user can fix are
-``INPUT_ERRORS``; :func:`one_line` turns each into a one-line message.
+output directory (including a trial write beside it), the methods and what the weights
+hold (``rfnet.json`` checked key by key), every input read (and misaligned, and its
+size checked), the model loaded, then the evaluation. Errors a user can fix are
+``INPUT_ERRORS``; ``rfnet_tf.cli`` turns each into one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from rfnet_tf.data.demo import DEMO_IMAGES
 from rfnet_tf.data.synthetic import MISALIGNMENT_KINDS, AffineRanges, LocalFieldRanges
 from rfnet_tf.evaluation import sources
 from rfnet_tf.evaluation.inference import WeightsInfo, inspect_weights, load_predictor
-from rfnet_tf.evaluation.outputs import OutputError, check_out_dir
+from rfnet_tf.evaluation.outputs import check_out_dir
 from rfnet_tf.evaluation.pipeline import (
     EvaluationError,
     Options,
@@ -31,9 +32,10 @@ from rfnet_tf.evaluation.pipeline import (
     run_evaluation,
 )
 from rfnet_tf.evaluation.sources import FOLDER_LAYOUTS
+from rfnet_tf.staging import DestinationError
 from rfnet_tf.weights import WeightsError
 
-INPUT_ERRORS = (DataError, WeightsError, EvaluationError, OutputError)
+INPUT_ERRORS = (DataError, WeightsError, EvaluationError, DestinationError)
 SOURCES = ("pair", "data_dir", "landmarks", "demo")
 # Flags that only mean something for some sources: using them elsewhere is an error
 # rather than silently ignored.
@@ -250,19 +252,6 @@ def execute(settings: Settings, extra_config: dict | None = None) -> Report:
         progress=settings.progress,
     )
     return run_evaluation(dataset, predictor, plan, options, settings.out_dir, extra_config)
-
-
-def one_line(error: BaseException) -> str:
-    """A one-line message for ``error``: a multi-problem ``DataError`` lists its problems
-    separated by ``;``."""
-    if isinstance(error, DataError) and len(error.problems) > 1:
-        text = f"{len(error.problems)} problems in the input: " + "; ".join(error.problems)
-        text += " (--skip_bad skips bad pairs)"
-    elif isinstance(error, DataError) and error.problems:
-        text = error.problems[0]
-    else:
-        text = str(error)
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def default_weights_dir(script_file: str | os.PathLike) -> Path:

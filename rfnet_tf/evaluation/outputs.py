@@ -2,11 +2,12 @@
 output directory.
 
 Nothing half-written (decision): every output is written into a temporary directory
-next to ``--out_dir``; only when all of it is written does that directory take
-``--out_dir``'s place (the previous results, if any, are moved aside and deleted). On
-any error the temporary directory is removed and ``--out_dir`` is left as it was. An
-existing ``--out_dir`` is replaced only if it is empty or holds earlier results (a
-``results.json``), so a mistyped ``--out_dir`` never deletes unrelated files.
+next to ``--out_dir`` (``rfnet_tf.staging.staged_directory``); only when all of it is
+written does that directory take ``--out_dir``'s place (the previous results, if any,
+are moved aside and deleted). On any error or signal the temporary directory is removed
+and ``--out_dir`` is left as it was. An existing ``--out_dir`` is replaced only if it is
+empty or holds earlier results (a ``results.json``), so a mistyped ``--out_dir`` never
+deletes unrelated files; it must not be (or hold) the current directory.
 """
 
 from __future__ import annotations
@@ -14,15 +15,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from rfnet_tf import visualize
+from rfnet_tf import staging, visualize
 from rfnet_tf.evaluation.methods import luma_255
+from rfnet_tf.staging import DestinationError, check_destination
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -30,10 +30,6 @@ IMAGES_DIR = "images"
 PANEL_TILE_WIDTH = 480
 PANEL_COLUMNS = 4
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-class OutputError(ValueError):
-    """The output directory cannot be used."""
 
 
 def safe_folder_name(name: str) -> str:
@@ -64,48 +60,28 @@ def unique_folder_names(names: Sequence[str]) -> list[str]:
 
 
 def check_out_dir(out_dir: str | os.PathLike) -> Path:
-    """``out_dir`` if it may be (re)placed by a new results directory.
+    """``out_dir``, made absolute, if a new results directory may take its place.
 
     Raises:
-      OutputError: it exists and is a file, or a non-empty directory without
-        ``results.json`` (not an earlier results directory).
+      DestinationError: as ``rfnet_tf.staging.check_destination`` (a file, the current
+        directory or one holding it, a parent that cannot be written), or ``out_dir`` is
+        a non-empty directory without ``results.json`` (not an earlier results
+        directory).
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise OutputError(f"{out_dir}: exists and is not a directory")
-        if any(out_dir.iterdir()) and not (out_dir / RESULTS_JSON).is_file():
-            raise OutputError(
-                f"{out_dir}: exists, is not empty and holds no {RESULTS_JSON} (not an earlier "
-                "results directory); refusing to replace it: choose another --out_dir"
-            )
+    out_dir = check_destination(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / RESULTS_JSON).is_file():
+        raise DestinationError(
+            f"{out_dir}: exists, is not empty and holds no {RESULTS_JSON} (not an earlier "
+            "results directory); refusing to replace it: choose another --out_dir"
+        )
     return out_dir
 
 
 @contextlib.contextmanager
 def staged_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
-    """Yields a temporary directory next to ``out_dir`` that replaces it on success.
-
-    On an exception (including KeyboardInterrupt) the temporary directory is deleted and
-    ``out_dir`` is untouched.
-    """
-    out_dir = check_out_dir(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-staging-", dir=out_dir.parent))
-    try:
-        yield staging
-        # Results are readable to others as any normal output folder (mkdtemp makes 0700).
-        staging.chmod(0o755)
-        if out_dir.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-old-", dir=out_dir.parent))
-            os.replace(out_dir, retired / out_dir.name)
-            os.replace(staging, out_dir)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+    """``rfnet_tf.staging.staged_directory`` for a results directory (:func:`check_out_dir`)."""
+    with staging.staged_directory(check_out_dir(out_dir)) as directory:
+        yield directory
 
 
 def _tile_shape(height: int, width: int) -> tuple[int, int]:

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from rfnet_tf.evaluation.methods import LOWER_IS_BETTER
+from rfnet_tf.staging import write_atomically
 
 PRECISION = 3
 MISSING_CELL = "n/a"
@@ -194,16 +194,5 @@ def write_json(path: str | os.PathLike, results: dict) -> Path:
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Writes a UTF-8 text file atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-    return path
+    """Writes a UTF-8 text file atomically (``rfnet_tf.staging.write_atomically``)."""
+    return write_atomically(path, text.encode("utf-8"))

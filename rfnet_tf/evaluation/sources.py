@@ -35,6 +35,7 @@ from rfnet_tf.data import (
 from rfnet_tf.data.demo import DEMO_IMAGES
 from rfnet_tf.data.splits import select_pairs
 from rfnet_tf.data.synthetic import MISALIGNMENT_KINDS, AffineRanges, LocalFieldRanges
+from rfnet_tf.networks.f2m import MIN_IMAGE_SIZE
 
 FOLDER_LAYOUTS = ("auto", "pairs", "nirscene")
 # The generator of a folder pair's misalignment is keyed on (seed, crc32(name), this).
@@ -83,6 +84,17 @@ class EvaluationSet:
     simulated: bool
     misalignment: str | None
     details: dict
+
+    def __post_init__(self):
+        """Refuses pairs smaller than the networks accept (``MIN_IMAGE_SIZE`` a side)."""
+        problems = [
+            f"{sample.pair.vis_path or sample.name}: {sample.pair.height}x{sample.pair.width} "
+            f"px (height x width); RFNet needs at least {MIN_IMAGE_SIZE} px a side"
+            for sample in self.samples
+            if min(sample.pair.height, sample.pair.width) < MIN_IMAGE_SIZE
+        ]
+        if problems:
+            raise DataError("; ".join(problems))
 
     @property
     def has_landmarks(self) -> bool:

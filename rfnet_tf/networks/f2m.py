@@ -10,6 +10,10 @@ from rfnet_tf.networks.padding import crop_to, pad_to_multiple
 
 # Two max-pools in the deformation U-Net; 8 leaves room for one more level.
 PAD_MULTIPLE = 8
+# The smallest height and width F2M accepts: reflect padding needs a side longer than the
+# padding it gets, (-side) % PAD_MULTIPLE, which holds from PAD_MULTIPLE // 2 + 1 on
+# (sides of 1-4 px fail at 8).
+MIN_IMAGE_SIZE = PAD_MULTIPLE // 2 + 1
 
 
 def _conv(filters: int, name: str, **kwargs) -> keras.layers.Conv2D:
@@ -125,7 +129,8 @@ class F2M(keras.Model):
     5. Gradient channel attention on the two 32-channel maps; the attended maps are
        concatenated; conv 3x3 -> 32, -> 16 (LeakyReLU), -> 1 with sigmoid: ``I_f``.
 
-    Inputs are reflect-padded to a multiple of 8 and cropped back, so any size works.
+    Inputs are reflect-padded to a multiple of 8 and cropped back, so any size of at least
+    ``MIN_IMAGE_SIZE`` (5) pixels a side works.
 
     Args:
       max_displacement: bound of the flow in pixels.

@@ -9,7 +9,7 @@ from layers import affine_grid, identity_grid, resample
 from layers.resampler import inside_mask
 from rfnet_tf.colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
 from rfnet_tf.networks.affinenet import AffineNet
-from rfnet_tf.networks.f2m import F2M
+from rfnet_tf.networks.f2m import F2M, MIN_IMAGE_SIZE
 from rfnet_tf.networks.refine import refine_affine
 from rfnet_tf.networks.transnet import TransNet
 
@@ -25,6 +25,24 @@ def resize_for_affine(image: tf.Tensor, size: int = AFFINE_INPUT_SIZE) -> tf.Ten
     return tf.image.resize(image, [size, size], method="bilinear", antialias=True)
 
 
+def checked_inputs(vis: tf.Tensor, nir: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """``vis, nir``, to be used only if they share batch size, height and width and both
+    sides are at least ``MIN_IMAGE_SIZE`` pixels; otherwise ``tf.errors.InvalidArgumentError``
+    naming both shapes (also inside a ``tf.function`` or a SavedModel)."""
+    vis_shape, nir_shape = tf.shape(vis), tf.shape(nir)
+    fits = tf.reduce_all(tf.equal(vis_shape[:3], nir_shape[:3])) & tf.reduce_all(
+        nir_shape[1:3] >= MIN_IMAGE_SIZE
+    )
+    message = tf.strings.format(
+        "RFNet needs a VIS and a NIR of the same batch size, height and width, each side at "
+        f"least {MIN_IMAGE_SIZE} px; got vis shape {{}} and nir shape {{}}",
+        [vis_shape, nir_shape],
+    )
+    check = tf.debugging.Assert(fits, [message])
+    with tf.control_dependencies([check]):
+        return tf.identity(vis), tf.identity(nir)
+
+
 def chroma(rgb: tf.Tensor) -> tf.Tensor:
     """``(B, H, W, 2)`` Cb, Cr of an RGB image (0.5 = no colour)."""
     return rgb_to_ycbcr(rgb)[..., 1:]
@@ -35,7 +53,8 @@ class RFNet(keras.Model):
     """The whole RFNet pipeline for inference.
 
     Called as ``model([vis, nir])`` with ``vis (B, H, W, 3)`` RGB (or ``(B, H, W, 1)``
-    grey) and ``nir (B, H, W, 1)``, floats in ``[0, 1]``, any size. Steps:
+    grey) and ``nir (B, H, W, 1)``, floats in ``[0, 1]``, any size of at least
+    ``MIN_IMAGE_SIZE`` (5) pixels a side (:func:`checked_inputs`). Steps:
 
     1. TransNet translates the VIS luma to the NIR domain on a 384x384 resized copy.
     2. AffineNet predicts the normalised backward affine ``A`` from
@@ -116,6 +135,7 @@ class RFNet(keras.Model):
 
     def coarse(self, vis: tf.Tensor, nir: tf.Tensor) -> dict:
         """The coarse module alone: ``{"affine", "registered", "mask"}``."""
+        vis, nir = checked_inputs(vis, nir)
         affine = self.predict_affine(vis, nir)
         shape = tf.shape(vis)
         coords = affine_grid(affine, shape[1], shape[2])
@@ -123,7 +143,7 @@ class RFNet(keras.Model):
         return {"affine": affine, "registered": registered, "mask": mask}
 
     def call(self, inputs, training=None):
-        vis, nir = inputs
+        vis, nir = checked_inputs(*inputs)
         shape = tf.shape(vis)
         batch, height, width = shape[0], shape[1], shape[2]
         affine = self.predict_affine(vis, nir)

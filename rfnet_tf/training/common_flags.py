@@ -6,15 +6,17 @@ from pathlib import Path
 
 from absl import flags, logging
 
-from rfnet_tf.data import DataError, read_dataset
+from rfnet_tf.data import read_dataset
 from rfnet_tf.data.splits import select_pairs
+from rfnet_tf.staging import writable_ancestor
 from rfnet_tf.training.runtime import STRATEGIES
 
 LAYOUTS = ("auto", "pairs", "nirscene", "landmarks")
 
 
 class FlagError(ValueError):
-    """A flag value that cannot work; the script prints it on one line and exits 1."""
+    """A flag value that cannot work; the script prints it on one line and exits 2
+    (``rfnet_tf.cli``)."""
 
 
 def define_common_flags(default_model_dir: str, default_epochs: int) -> None:
@@ -67,7 +69,8 @@ def quiet_tensorflow_logs() -> None:
 
 
 def validate_common_flags(values) -> None:
-    """Raises ``FlagError`` for values that cannot work, before anything starts."""
+    """Raises ``FlagError`` for values that cannot work, before anything starts, and
+    ``DestinationError`` for a ``--model_dir`` that cannot be written."""
     if not values.data_dir:
         raise FlagError("--data_dir is required: a folder of aligned VIS/NIR pairs")
     if not Path(values.data_dir).is_dir():
@@ -90,25 +93,23 @@ def validate_common_flags(values) -> None:
         raise FlagError(f"--validation_data_dir {values.validation_data_dir}: no such folder")
     if values.validation_pairs and not values.validation_data_dir:
         raise FlagError("--validation_pairs needs --validation_data_dir")
+    writable_ancestor(values.model_dir)
 
 
 def read_validation_pairs(values, training_pairs):
     """The ``--validation_pairs`` of ``--validation_data_dir`` (none without it).
 
     Raises:
-      FlagError: bad files, unknown names, or a validation pair that is also a training
-        pair (the same image files).
+      DataError: bad files or unknown names.
+      FlagError: a validation pair that is also a training pair (the same image files).
     """
     if not values.validation_data_dir:
         return []
-    try:
-        pairs = select_pairs(
-            read_dataset(values.validation_data_dir, layout="auto"),
-            only=values.validation_pairs,
-            where=values.validation_data_dir,
-        )
-    except DataError as error:
-        raise FlagError(str(error)) from error
+    pairs = select_pairs(
+        read_dataset(values.validation_data_dir, layout="auto"),
+        only=values.validation_pairs,
+        where=values.validation_data_dir,
+    )
     trained = {Path(pair.vis_path).resolve() for pair in training_pairs if pair.vis_path}
     shared = [pair.name for pair in pairs if pair.vis_path and Path(pair.vis_path).resolve() in trained]
     if shared:
@@ -118,14 +119,11 @@ def read_validation_pairs(values, training_pairs):
 
 def read_training_pairs(values):
     """The pairs of ``--data_dir`` but ``--exclude``; ``DataError`` messages name the bad files."""
-    try:
-        pairs = read_dataset(
-            values.data_dir,
-            layout=values.layout,
-            vis_dir=values.vis_dir,
-            nir_dir=values.nir_dir,
-            skip_bad=values.skip_bad,
-        )
-        return select_pairs(pairs, exclude=values.exclude, where=values.data_dir)
-    except DataError as error:
-        raise FlagError(str(error)) from error
+    pairs = read_dataset(
+        values.data_dir,
+        layout=values.layout,
+        vis_dir=values.vis_dir,
+        nir_dir=values.nir_dir,
+        skip_bad=values.skip_bad,
+    )
+    return select_pairs(pairs, exclude=values.exclude, where=values.data_dir)

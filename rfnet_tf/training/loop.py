@@ -17,6 +17,7 @@ from typing import TextIO
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from rfnet_tf.training.runtime import is_chief, worker_name
 from rfnet_tf.training.stages import Stage
@@ -30,6 +31,10 @@ _SUMMARY_IMAGES = 3
 
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or infinite; the run stops without saving."""
+
+
+class CheckpointError(RuntimeError):
+    """A stage directory holds checkpoints, but none of them restores."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,8 +112,9 @@ def run_stage(
     The stage's model must have been created under ``strategy.scope()``. A checkpoint
     in ``stage_dir`` is restored (model, optimizer, step) and the data stream resumes at
     the same position: ``make_dataset(start_step)`` must return the global-batch stream
-    from batch ``start_step`` on. A non-finite loss term raises ``NonFiniteLossError``
-    before anything of that step is saved.
+    from batch ``start_step`` on; a checkpoint that does not restore is skipped for the
+    one before it (:func:`restore_newest`). A non-finite loss term raises
+    ``NonFiniteLossError`` before anything of that step is saved.
 
     Returns:
       The loss terms of the last step (empty if nothing was left to train).
@@ -128,10 +134,9 @@ def run_stage(
         step=step, optimizer=optimizer, model=stage.model, random_states=stage.model.random_states
     )
     manager = tf.train.CheckpointManager(checkpoint, save_dir, max_to_keep=config.max_to_keep)
-    latest = tf.train.latest_checkpoint(stage_dir)
-    if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-        print(f"[{stage.name}] resumed from {latest} at step {int(step.numpy())}", file=out, flush=True)
+    restored = restore_newest(checkpoint, stage_dir, stage.name)
+    if restored:
+        print(f"[{stage.name}] resumed from {restored} at step {int(step.numpy())}", file=out, flush=True)
     start_step = int(step.numpy())
     if start_step >= config.total_steps:
         print(f"[{stage.name}] already at step {start_step} >= {config.total_steps}", file=out, flush=True)
@@ -196,6 +201,37 @@ def run_stage(
     elif worker_name(strategy) != "local":
         print(f"[{stage.name}] chief weights sha256 {weights_digest(variables)}", file=out, flush=True)
     return terms
+
+
+def restore_newest(checkpoint: tf.train.Checkpoint, stage_dir: Path, name: str) -> str | None:
+    """Restores the newest checkpoint of ``stage_dir`` that restores; returns its path
+    (``None``: the directory holds no checkpoint).
+
+    Checkpoints newer than that one, which do not restore (a corrupt or truncated file,
+    another model's), are named in a logged warning each; they stay where they are.
+
+    Raises:
+      CheckpointError: the directory lists checkpoints, but none of them restores.
+    """
+    state = tf.train.get_checkpoint_state(stage_dir)
+    failures = []
+    for path in reversed(list(state.all_model_checkpoint_paths) if state else []):
+        try:
+            checkpoint.restore(path).assert_existing_objects_matched()
+        except Exception as error:  # TensorFlow raises many types for an unusable checkpoint.
+            reason = " ".join(str(error).split())[:200]
+            failures.append(f"{Path(path).name}: {type(error).__name__}: {reason}")
+            continue
+        for failure in failures:
+            logging.warning("[%s] skipped a checkpoint that does not restore, left in %s: %s",
+                            name, stage_dir, failure)
+        return path
+    if failures:
+        raise CheckpointError(
+            f"[{name}] none of the checkpoints in {stage_dir} restores ({'; '.join(failures)}); "
+            "move them away to start the stage over"
+        )
+    return None
 
 
 def _make_train_step(stage, strategy, optimizer, variables, jit_compile):

@@ -12,12 +12,20 @@ import tensorflow as tf
 from absl import flags
 
 from rfnet_tf import misalignment_flags
-from rfnet_tf.data import Pair, affinenet_dataset, f2m_dataset, steps_per_epoch, transnet_dataset
 from rfnet_tf.colour import luma
+from rfnet_tf.data import (
+    DataError,
+    Pair,
+    affinenet_dataset,
+    f2m_dataset,
+    steps_per_epoch,
+    transnet_dataset,
+)
 from rfnet_tf.networks import RFNet
 from rfnet_tf.networks.rfnet import resize_for_affine
+from rfnet_tf.staging import DestinationError
 from rfnet_tf.training.common_flags import FlagError, read_training_pairs, read_validation_pairs
-from rfnet_tf.training.loop import LoopConfig, run_stage
+from rfnet_tf.training.loop import CheckpointError, LoopConfig, NonFiniteLossError, run_stage
 from rfnet_tf.training.runtime import (
     configure_cpu_devices,
     configure_mixed_precision,
@@ -36,6 +44,16 @@ from rfnet_tf.weights import (
     resolve_weights_dir,
 )
 
+# What the training scripts report in one line with exit code 2 (rfnet_tf.cli): problems
+# the user can fix, and a run that cannot go on.
+TRAINING_ERRORS = (
+    FlagError,
+    DataError,
+    WeightsError,
+    DestinationError,
+    NonFiniteLossError,
+    CheckpointError,
+)
 DATASETS = {
     "transnet": transnet_dataset,
     "affinenet": affinenet_dataset,

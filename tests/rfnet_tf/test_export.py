@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from rfnet_tf import export
 from rfnet_tf.networks import RFNet
+from rfnet_tf.staging import DestinationError
 from rfnet_tf.weights import export_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -68,6 +70,12 @@ def exported(model, tmp_path_factory) -> tuple[Path, str]:
     cli = run([sys.executable, "-m", "rfnet_tf.export", f"--weights={weights}", f"--out={saved_model}"], REPO_ROOT)
     assert cli.returncode == 0, cli.stderr
     return saved_model, cli.stdout
+
+
+@pytest.fixture(scope="module")
+def serve(exported):
+    """The SavedModel's ``serving_default``, loaded in this process."""
+    return export.load_serving_function(exported[0])
 
 
 def test_cli_writes_a_saved_model_and_prints_its_signature(exported):
@@ -126,9 +134,29 @@ def test_evaluate_runs_the_saved_model(model, exported, tmp_path, rng):
     assert set(results["fusion"]) == {"rfnet", "average"}
 
 
+def test_serving_refuses_mismatched_inputs_naming_both_shapes(serve):
+    """The SavedModel carries RFNet's input check (tests/rfnet_tf/networks/test_rfnet.py)."""
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"vis shape \[2 20 24 3\] and nir shape \[1 20 22 1\]"):
+        serve(vis=tf.zeros((2, 20, 24, 3)), nir=tf.zeros((1, 20, 22, 1)))
+
+
+def test_cli_bad_weights_config_is_one_line_and_exit_2(model, tmp_path):
+    weights = export_weights(model, tmp_path / "weights", ("transnet", "affinenet", "f2m"))
+    config = json.loads((weights / "rfnet.json").read_text())
+    config["model"]["affine_input_size"] = "abc"
+    (weights / "rfnet.json").write_text(json.dumps(config))
+    cli = run([sys.executable, "-m", "rfnet_tf.export", f"--weights={weights}", f"--out={tmp_path / 'out'}"], REPO_ROOT)
+    assert cli.returncode == 2
+    assert cli.stderr.strip().splitlines() == [
+        f"rfnet_tf.export: error: {weights / 'rfnet.json'}: \"model.affine_input_size\" must be an integer "
+        ">= 8, got 'abc'"
+    ]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["weights"]
+
+
 def test_export_refuses_to_replace_a_directory_that_is_not_a_saved_model(model, tmp_path):
     (tmp_path / "keep.txt").write_text("precious")
-    with pytest.raises(export.ExportError, match="not a SavedModel"):
+    with pytest.raises(DestinationError, match="not a SavedModel"):
         export.export_saved_model(model, tmp_path)
     assert (tmp_path / "keep.txt").read_text() == "precious"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["keep.txt"]

@@ -209,6 +209,25 @@ def test_read_landmark_mat_converts_one_based_xy_to_zero_based_yx(tmp_path, rng)
     assert pair.nir[y, x, 0] == np.float32(contents["I_fix"][11, 16]) / np.float32(255)
 
 
+def test_landmarks_outside_the_image_are_counted_in_a_warning(tmp_path, rng, caplog):
+    # 1-based [x, y]: the image spans x in [0.5, WIDTH + 0.5], y in [0.5, HEIGHT + 0.5].
+    corners = [[0.5, 0.5], [WIDTH + 0.5, HEIGHT + 0.5], [WIDTH / 2, HEIGHT / 2]]
+    path = tmp_path / "inside.mat"
+    write_landmark_mat(path, rng, corners, corners)
+    with caplog.at_level(logging.WARNING):
+        read_landmark_mat(path)
+    assert "outside" not in caplog.text
+    path = tmp_path / "outside.mat"
+    write_landmark_mat(
+        path, rng, [[WIDTH + 0.6, 1.0], [1.0, 1.0], [5.0, 5.0]],
+        [[-40.0, 1.0], [1.0, HEIGHT + 9.0], [5.0, 5.0]],
+    )
+    with caplog.at_level(logging.WARNING):
+        pair = read_landmark_mat(path)
+    assert pair.vis_points.shape == (3, 2)
+    assert "outside.mat" in caplog.text and "1 of 3 in LMmove, 2 of 3 in LMfix" in caplog.text
+
+
 def test_read_landmark_folder_and_auto_layout(tmp_path, rng):
     for name in ("b", "a"):
         write_landmark_mat(tmp_path / f"{name}.mat", rng, [[1.0, 1.0]], [[2.0, 2.0]])
@@ -373,7 +392,7 @@ def test_empty_and_missing_folders(tmp_path):
     assert_data_error(read_dataset, tmp_path / "absent", names=["absent"], match="folder not found")
 
 
-def test_unmatched_stems_are_listed(tmp_path, rng, caplog):
+def test_unmatched_stems_are_listed_once(tmp_path, rng, caplog):
     write_pair_files(tmp_path, "vis", "nir", ["a", "b", "only_vis_1", "only_vis_2"], rng)
     (tmp_path / "nir" / "only_vis_1.png").unlink()
     (tmp_path / "nir" / "only_vis_2.png").unlink()
@@ -383,9 +402,42 @@ def test_unmatched_stems_are_listed(tmp_path, rng, caplog):
             read_pair_folder, tmp_path, names=["only_vis_1, only_vis_2", "only_nir"]
         )
     assert len(error.problems) == 2
-    assert "only_vis_1" in caplog.text and "only_nir" in caplog.text
-    pairs = read_pair_folder(tmp_path, skip_bad=True)
+    assert "only_vis_1" not in caplog.text  # the error says it; a warning would repeat it
+    with caplog.at_level(logging.WARNING):
+        pairs = read_pair_folder(tmp_path, skip_bad=True)
     assert [pair.name for pair in pairs] == ["a", "b"]
+    assert caplog.text.count("only_vis_1") == 1 and caplog.text.count("only_nir") == 1
+
+
+def test_folders_and_broken_links_in_the_pair_folders_are_reported(tmp_path, rng, caplog):
+    write_pair_files(tmp_path, "vis", "nir", ["a"], rng)
+    write_pair_files(tmp_path / "vis", "sub", "nir_sub", ["nested"], rng)
+    (tmp_path / "vis" / "gone.png").symlink_to(tmp_path / "absent.png")
+    (tmp_path / "vis" / "notes.txt").write_text("not an image: skipped silently")
+    with caplog.at_level(logging.WARNING):
+        pairs = read_pair_folder(tmp_path)
+    assert [pair.name for pair in pairs] == ["a"]
+    warnings = [record.getMessage() for record in caplog.records if "skipped" in record.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "skipped 3 entry(ies)" in warnings[0]
+    assert "gone.png (a broken link)" in warnings[0]
+    assert "nir_sub/ (a folder)" in warnings[0] and "sub/ (a folder)" in warnings[0]
+    assert "notes.txt" not in warnings[0]
+
+
+def test_a_colourless_vis_with_a_colour_nir_is_warned_as_swapped(tmp_path, rng, caplog):
+    grey = random_uint(rng, (HEIGHT, WIDTH))
+    colour = random_uint(rng, (HEIGHT, WIDTH, 3))
+    grey_as_rgb = write_png(tmp_path / "grey_as_rgb.png", np.repeat(grey[..., None], 3, axis=-1))
+    rgb = write_png(tmp_path / "rgb.png", colour)
+    with caplog.at_level(logging.WARNING):
+        read_pair(rgb, write_png(tmp_path / "grey.png", grey))
+    assert "swapped" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        pair = read_pair(grey_as_rgb, rgb)
+    assert pair.vis.shape == (HEIGHT, WIDTH, 3) and pair.nir.shape == (HEIGHT, WIDTH, 1)
+    swapped = [record.getMessage() for record in caplog.records if "swapped" in record.getMessage()]
+    assert len(swapped) == 1 and "grey_as_rgb.png" in swapped[0] and "rgb.png" in swapped[0]
 
 
 def test_nirscene_unmatched_names(tmp_path, rng):
@@ -440,6 +492,9 @@ def test_bad_landmark_files(tmp_path, rng):
     assert_data_error(
         read_landmark_mat, path, names=["count.mat"], match="2 landmarks but LMfix has 1"
     )
+    path = tmp_path / "empty.mat"
+    write_landmark_mat(path, rng, np.zeros((0, 2)), np.zeros((0, 2)))
+    assert_data_error(read_landmark_mat, path, names=["empty.mat", "LMmove"], match="no landmarks")
     path = tmp_path / "garbage.mat"
     path.write_text("not a MATLAB file")
     assert_data_error(read_landmark_mat, path, names=["garbage.mat"], match="cannot be read")

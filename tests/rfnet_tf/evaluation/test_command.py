@@ -1,4 +1,4 @@
-"""Command: evaluate.py's flag combinations, default weights, one-line errors."""
+"""Command: evaluate.py's flag combinations and default weights."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from rfnet_tf.data import DataError
 from rfnet_tf.data.demo import DEMO_IMAGES
 from rfnet_tf.data.synthetic import AffineRanges
 from rfnet_tf.evaluation import command
@@ -88,14 +87,6 @@ def test_default_weights_are_next_to_the_script_not_the_cwd(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert command.default_weights_dir("/repo/evaluate.py") == Path("/repo/weights")
 
-
-def test_one_line_messages():
-    single = DataError.from_problems("root: bad input data", ["root/vis/a.png: file not found"])
-    assert command.one_line(single) == "root/vis/a.png: file not found"
-    several = DataError.from_problems("root: bad", ["x.png: corrupt", "y.png: NaN"])
-    line = command.one_line(several)
-    assert "\n" not in line and "x.png: corrupt; y.png: NaN" in line and "2 problems" in line
-    assert command.one_line(EvaluationError("a\n  b")) == "a b"
 
 
 def test_misalignment_ranges_come_from_their_flags_and_apply_to_synthetic_sources():

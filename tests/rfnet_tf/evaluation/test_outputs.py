@@ -64,15 +64,27 @@ def test_staged_directory_leaves_everything_as_it_was_on_error(tmp_path):
 
 def test_an_unrelated_directory_is_never_replaced(tmp_path):
     (tmp_path / "notes.txt").write_text("precious")
-    with pytest.raises(outputs.OutputError, match="refusing"):
+    with pytest.raises(outputs.DestinationError, match="refusing"):
         with outputs.staged_directory(tmp_path):
             pass
     assert (tmp_path / "notes.txt").read_text() == "precious"
-    with pytest.raises(outputs.OutputError, match="not a directory"):
+    with pytest.raises(outputs.DestinationError, match="not a directory"):
         outputs.check_out_dir(tmp_path / "notes.txt")
     empty = tmp_path / "empty"
     empty.mkdir()
     assert outputs.check_out_dir(empty) == empty
+
+
+def test_out_dir_dot_inside_earlier_results_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    earlier = tmp_path / "results"
+    earlier.mkdir()
+    (earlier / outputs.RESULTS_JSON).write_text("{}")
+    monkeypatch.chdir(earlier)
+    with pytest.raises(outputs.DestinationError, match="holds the current directory"):
+        with outputs.staged_directory("."):
+            pass
+    assert sorted(p.name for p in earlier.iterdir()) == [outputs.RESULTS_JSON]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
 
 
 def test_save_pair_images(tmp_path, rng):

@@ -81,6 +81,14 @@ def test_an_image_too_small_for_landmarks_is_bad_input_naming_the_file(tmp_path,
         sources.synthetic_folder(tmp_path)
 
 
+def test_a_pair_smaller_than_rfnet_accepts_is_refused_naming_the_file(tmp_path, rng):
+    write_pairs(tmp_path, rng, ["small", "least"], shape=(4, 30))
+    write_pairs(tmp_path, rng, ["least"], shape=(5, 5))
+    with pytest.raises(DataError, match=r"small.png: 4x30 px \(height x width\); RFNet needs at least 5 px"):
+        sources.single_pair(tmp_path / "vis" / "small.png", tmp_path / "nir" / "small.png")
+    assert sources.single_pair(tmp_path / "vis" / "least.png", tmp_path / "nir" / "least.png")
+
+
 def test_single_pair_is_real_and_has_no_ground_truth(tmp_path, rng):
     write_pairs(tmp_path, rng, ["p"])
     dataset = sources.single_pair(tmp_path / "vis" / "p.png", tmp_path / "nir" / "p.png")

@@ -8,6 +8,7 @@ from scipy.ndimage import map_coordinates
 import rfnet_tf
 from layers import warp_affine
 from rfnet_tf.colour import rgb_to_ycbcr
+from rfnet_tf.networks.f2m import MIN_IMAGE_SIZE
 from rfnet_tf.networks.rfnet import RFNet
 
 KEYS = {"registered_coarse", "registered", "fused", "fused_rgb", "affine", "flow", "mask"}
@@ -86,6 +87,30 @@ def test_registered_samples_the_composed_transform():
         [map_coordinates(coarse_np[..., c], [yy, xx], order=1) for c in range(3)], axis=-1
     )
     np.testing.assert_allclose(registered[interior], resampled[interior], atol=1e-4)
+
+
+def test_min_image_size_is_the_smallest_side_f2m_accepts(model):
+    side = MIN_IMAGE_SIZE
+    out = model.f2m([tf.random.uniform((1, side, side + 3, 1)), tf.random.uniform((1, side, side + 3, 1))])
+    assert out["fused"].shape == (1, side, side + 3, 1)
+    with pytest.raises(tf.errors.InvalidArgumentError):  # F2M's reflect padding, unchecked
+        model.f2m([tf.random.uniform((1, side - 1, 16, 1)), tf.random.uniform((1, side - 1, 16, 1))])
+
+
+@pytest.mark.parametrize(
+    "vis_shape,nir_shape",
+    [((1, 4, 4, 3), (1, 4, 4, 1)), ((1, 20, 24, 3), (1, 20, 22, 1)), ((2, 20, 24, 3), (1, 20, 24, 1))],
+)
+def test_small_or_mismatched_inputs_are_refused_naming_both_shapes(model, vis_shape, nir_shape):
+    expected = (
+        rf"at least {MIN_IMAGE_SIZE} px; got vis shape \[{' '.join(map(str, vis_shape))}\] "
+        rf"and nir shape \[{' '.join(map(str, nir_shape))}\]"
+    )
+    vis, nir = tf.zeros(vis_shape), tf.zeros(nir_shape)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=expected):
+        model([vis, nir])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=expected):
+        model.coarse(vis, nir)
 
 
 def test_none_dimensions_in_tf_function(model):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import logging
 
 import keras
 import numpy as np
@@ -13,7 +14,13 @@ import tensorflow as tf
 
 from rfnet_tf.data import affinenet_dataset, transnet_dataset
 from rfnet_tf.networks import RFNet
-from rfnet_tf.training.loop import LoopConfig, NonFiniteLossError, run_stage, weights_digest
+from rfnet_tf.training.loop import (
+    CheckpointError,
+    LoopConfig,
+    NonFiniteLossError,
+    run_stage,
+    weights_digest,
+)
 from rfnet_tf.training.stages import Stage
 from rfnet_tf.weights import model_from_weights
 
@@ -68,6 +75,23 @@ def test_resumed_run_equals_an_uninterrupted_one(training_pairs, tmp_path):
     for a, b in zip(straight.weights, second_half.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
     assert weights_digest(straight.weights) != weights_digest(fresh_model().weights)
+
+
+def test_a_corrupt_newest_checkpoint_is_skipped_named_and_left_in_place(training_pairs, tmp_path, caplog):
+    stage_dir = tmp_path / "affinenet"
+    run("affinenet", fresh_model(), stage_dir, training_pairs, total_steps=4)  # ckpt-2, ckpt-4
+    (stage_dir / "ckpt-4.index").write_bytes(b"overwritten")
+    # A run to step 2 restores and only exports: no training step is traced.
+    with caplog.at_level(logging.WARNING):
+        _, log = run("affinenet", fresh_model(), stage_dir, training_pairs, total_steps=2)
+    assert f"resumed from {stage_dir / 'ckpt-2'} at step 2" in log
+    assert "skipped a checkpoint that does not restore" in caplog.text and "ckpt-4" in caplog.text
+    assert (stage_dir / "ckpt-4.index").read_bytes() == b"overwritten"
+
+    (stage_dir / "ckpt-2.index").write_bytes(b"overwritten too")
+    with pytest.raises(CheckpointError, match=r"none of the checkpoints in .* restores \(ckpt-4: .*; ckpt-2: "):
+        run("affinenet", fresh_model(), stage_dir, training_pairs, total_steps=2)
+    assert sorted(path.name for path in stage_dir.glob("ckpt-*.index")) == ["ckpt-2.index", "ckpt-4.index"]
 
 
 def test_checkpoints_events_an_export_the_next_stage_loads_and_a_rerun_only_exports(

@@ -1,0 +1,94 @@
+"""The command-line handler: exit codes, one-line messages, signals.
+
+The scripts' own runs (subprocesses) are in tests/test_evaluate.py,
+tests/test_train_scripts.py and tests/rfnet_tf/test_export.py; here ``guarded`` runs
+in-process on small ``main`` functions.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from rfnet_tf import cli
+from rfnet_tf.data import DataError
+
+
+class KnownError(ValueError):
+    pass
+
+
+def run_guarded(main, capsys, argv=("prog",)):
+    code = cli.guarded(main, "prog", (KnownError,), list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_success_is_exit_0_and_silent(capsys):
+    assert run_guarded(lambda argv: None, capsys) == (0, "")
+
+
+def test_a_known_error_is_one_line_and_exit_2(capsys):
+    def main(argv):
+        raise KnownError("bad.png: not\n  an image")
+
+    assert run_guarded(main, capsys) == (2, "prog: error: bad.png: not an image\n")
+
+
+def test_positional_arguments_are_a_known_error(capsys):
+    code, err = run_guarded(lambda argv: None, capsys, argv=("prog", "stray"))
+    assert code == 2 and err == "prog: error: unexpected arguments: stray (flags take --name=value)\n"
+
+
+def test_an_internal_error_is_one_line_and_exit_1_with_the_traceback_only_under_debug(capsys):
+    def main(argv):
+        raise RuntimeError("a bug")
+
+    code, err = run_guarded(main, capsys)
+    assert code == 1
+    assert err == "prog: internal error: RuntimeError: a bug (--debug shows the traceback)\n"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli.flags.FLAGS["debug"], "value", True)
+        code, err = run_guarded(main, capsys)
+    assert code == 1
+    assert err.startswith("Traceback (most recent call last):") and "in main" in err
+    assert err.splitlines()[-1] == "prog: internal error: RuntimeError: a bug"
+
+
+@pytest.mark.parametrize("number,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_the_run_with_one_line_and_runs_every_finally(number, code, capsys):
+    cleaned = []
+
+    def main(argv):
+        try:
+            os.kill(os.getpid(), number)
+            raise AssertionError("the signal did not interrupt main")
+        finally:
+            cleaned.append(True)
+
+    before = signal.getsignal(number)
+    assert run_guarded(main, capsys) == (code, f"prog: stopped by {signal.Signals(number).name}\n")
+    assert cleaned == [True]
+    assert signal.getsignal(number) is before
+
+
+def test_a_signal_turned_into_another_exception_still_counts_as_the_stop(capsys):
+    """TensorFlow re-raises an exception raised while it traces as its own (a TypeError)."""
+
+    def main(argv):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except BaseException as error:
+            raise TypeError("Failed to convert elements to Tensor") from error
+
+    assert run_guarded(main, capsys) == (143, "prog: stopped by SIGTERM\n")
+
+
+def test_one_line_messages():
+    single = DataError.from_problems("root: bad input data", ["root/vis/a.png: file not found"])
+    assert cli.one_line(single) == "root/vis/a.png: file not found"
+    several = DataError.from_problems("root: bad", ["x.png: corrupt", "y.png: NaN"])
+    line = cli.one_line(several)
+    assert "\n" not in line and "x.png: corrupt; y.png: NaN" in line and "2 problems" in line
+    assert cli.one_line(ValueError("a\n  b")) == "a b"

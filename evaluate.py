@@ -2,19 +2,25 @@
 
     python evaluate.py                                  # the SIMULATED demo set
     python evaluate.py --data_dir=../shared/data/vis_nir --misalign=both
+    python evaluate.py --data_dir=BENCHMARK             # pairs with known affines (.npy)
+    python evaluate.py --data_dir=MY_PAIRS --misalign=none   # register and fuse, unscored
     python evaluate.py --landmarks_dir=DIR              # .mat files with landmarks
     python evaluate.py --vis=a_rgb.png --nir=a_nir.png  # one real pair
     python evaluate.py --weights=exported/rfnet         # a SavedModel (rfnet_tf.export)
 
 Inputs (exactly one): ``--vis``/``--nir`` (one real pair, misalignment unknown: PSNR and
 SSIM only); ``--data_dir`` (aligned pairs, misaligned here by a seeded synthetic
-transform with exact ground truth: landmark errors and end-point error too);
-``--landmarks_dir`` (real misalignment, landmarks from .mat files); none: the built-in
-demo set, scikit-image photographs with a *simulated* NIR (labelled so everywhere).
+transform with exact ground truth: landmark errors and end-point error too; pairs whose
+NIR was warped by a stored affine, the known_affine layout, scored against it as they
+are; or, with ``--misalign=none``, real pairs registered and fused as they are, PSNR
+and SSIM only); ``--landmarks_dir`` (real misalignment, landmarks from .mat files);
+none: the built-in demo set, scikit-image photographs with a *simulated* NIR (labelled
+so everywhere).
 
 Writes to ``--out_dir`` (all or nothing: a staged directory replaces it at the end):
 ``results.json`` (mean ± std per method and metric, every pair's values, the
-configuration), ``results.md`` (the two tables, best per row in bold, notes) and
+configuration), ``results.md`` (the two tables, best per row in bold, notes),
+``registration_success.png`` (with landmarks: the share of pairs within each error) and
 ``images/<pair>/`` (registered VIS, fused RGB, checkerboards before and after, RFNet's
 flow, a side-by-side panel); the tables are also printed, a progress bar goes to
 stderr. Bad input (a missing, corrupt, mismatched or too small file, a .mat without the
@@ -43,15 +49,21 @@ from rfnet_tf import cli
 from rfnet_tf.data.demo import DEMO_IMAGES
 from rfnet_tf.evaluation import INPUT_ERRORS, default_weights_dir, execute, settings_from_flags
 from rfnet_tf.evaluation.methods import DEFAULT_METHODS
+from rfnet_tf.evaluation.sources import FOLDER_LAYOUTS, FOLDER_MISALIGNMENTS
 
 flags.DEFINE_string("vis", None, "One real pair: the VIS (RGB or grey) image file. Needs --nir.")
 flags.DEFINE_string("nir", None, "One real pair: the NIR image file, same size as --vis.")
 flags.DEFINE_string(
     "data_dir", None,
     "A folder of aligned pairs (vis/ + nir/ folders, or the RGB-NIR Scene layout), "
-    "evaluated under a seeded synthetic misalignment (--misalign, --seed).",
+    "evaluated under a seeded synthetic misalignment (--misalign, --seed); or of pairs with "
+    "known affines (RGB-NIR Scene layout plus NNNN_nir.npy), evaluated as they are.",
 )
-flags.DEFINE_enum("layout", "auto", ["auto", "pairs", "nirscene"], "Layout of --data_dir.")
+flags.DEFINE_enum(
+    "layout", "auto", list(FOLDER_LAYOUTS),
+    "Layout of --data_dir (auto: detected; known_affine: NNNN_rgb / NNNN_nir images and an "
+    "NNNN_nir.npy affine in category folders).",
+)
 flags.DEFINE_string("vis_dir", "vis", "--data_dir 'pairs' layout: the VIS folder's name.")
 flags.DEFINE_string(
     "nir_dir", "nir", "--data_dir 'pairs' layout: the NIR folder's name (RoadScene: ir)."
@@ -75,9 +87,10 @@ flags.DEFINE_string(
     "errors from the files.",
 )
 flags.DEFINE_enum(
-    "misalign", "both", ["affine", "local", "both"],
+    "misalign", "both", list(FOLDER_MISALIGNMENTS),
     "Synthetic misalignment for --data_dir and the demo set: a global affine, a smooth "
-    "local field, or both (affine, then local; RFNet's coarse-to-fine case).",
+    "local field, or both (affine, then local; RFNet's coarse-to-fine case); none (--data_dir "
+    "only): the pairs as they are, registered and fused without scores.",
 )
 flags.DEFINE_integer(
     "seed", 0, "Seed of the synthetic misalignment (and of the demo's simulated NIR noise)."
@@ -97,8 +110,9 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "methods", ",".join(DEFAULT_METHODS),
     "Comma-separated methods. Registration: rfnet (affine + flow), rfnet_coarse (affine "
-    "only), identity (unaligned), ecc (OpenCV ECC affine). Fusion: rfnet (F2M), average "
-    "(mean of NIR and the VIS registered by rfnet, else by the first registration method).",
+    "only), identity (unaligned), ecc (OpenCV ECC affine), sift (SIFT matches, RANSAC "
+    "affine). Fusion of the NIR and the VIS registered by rfnet, else by the first "
+    "registration method: rfnet (F2M), average (their mean), laplacian (Laplacian pyramids).",
 )
 flags.DEFINE_string("out_dir", "results", "Output directory (replaced as a whole at the end).")
 flags.DEFINE_bool(
@@ -131,7 +145,9 @@ def main(argv) -> None:
     settings = settings_from_flags(values, present, default_weights_dir(__file__))
     report = execute(settings, extra_config={"command": sys.argv})
     print(report.terminal)
-    print(f"\nresults written to {report.out_dir}/ (results.json, results.md, images/)")
+    plot = report.results["config"]["success_plot"]
+    written = ", ".join(["results.json", "results.md", *([plot] if plot else []), "images/"])
+    print(f"\nresults written to {report.out_dir}/ ({written})")
 
 
 if __name__ == "__main__":

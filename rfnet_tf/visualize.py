@@ -1,4 +1,5 @@
-"""Result visualisation (numpy / OpenCV): checkerboards, flow colours, labelled panels, PNGs.
+"""Result visualisation (numpy / OpenCV): checkerboards, flow colours, labelled panels,
+cumulative plots, PNGs.
 
 Images are ``(H, W)`` grey or ``(H, W, 3)`` RGB (channel order RGB everywhere; the
 conversion to OpenCV's BGR happens only inside ``save_png``). Float images are taken to
@@ -7,6 +8,8 @@ be on the project's ``[0, 1]`` scale unless a ``data_range`` says otherwise.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -16,6 +19,16 @@ from rfnet_tf.staging import write_atomically
 
 LABEL_HEIGHT_PX = 24
 LABEL_FONT = cv2.FONT_HERSHEY_SIMPLEX
+# Series colours of plots (RGB): matplotlib's "tab10" cycle, distinct and colour-blind aware.
+PLOT_COLOURS = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+)
+# Cumulative plot layout (px): the plot area's margins, the legend to its right.
+_PLOT_MARGINS = {"left": 56, "right": 200, "top": 40, "bottom": 52}
+_PLOT_TEXT = (40, 40, 40)
+_PLOT_GRID = (225, 225, 225)
+_PLOT_MARK = (150, 150, 150)
 
 
 def to_uint8(image, data_range: float = 1.0) -> np.ndarray:
@@ -170,3 +183,96 @@ def result_panel(
         panel[top : top + LABEL_HEIGHT_PX, left : left + width] = _label_strip(name, width)
         panel[top + LABEL_HEIGHT_PX : top + cell_height, left : left + width] = tile
     return panel
+
+
+def _log_ticks(low: float, high: float) -> list[float]:
+    """1, 2 and 5 times the powers of ten in ``[low, high]``."""
+    ticks = []
+    for exponent in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1):
+        for mantissa in (1.0, 2.0, 5.0):
+            value = mantissa * 10.0**exponent
+            if low * (1 - 1e-9) <= value <= high * (1 + 1e-9):
+                ticks.append(value)
+    return ticks
+
+
+def cumulative_share_plot(
+    series: dict[str, Sequence[float]],
+    x_label: str,
+    x_range: tuple[float, float] = (0.1, 100.0),
+    marks: Sequence[float] = (2.0, 5.0, 10.0),
+    shape: tuple[int, int] = (420, 860),
+) -> np.ndarray:
+    """A plot of each series' cumulative share: the fraction of its values at most ``x``.
+
+    ``x`` runs over ``x_range`` on a logarithmic axis (ticks at 1, 2 and 5 times the
+    powers of ten; grey verticals at ``marks``), the share from 0 % (bottom) to 100 %
+    (top), linearly. Each series is a step line in its colour (:data:`PLOT_COLOURS`,
+    in order), drawn without anti-aliasing so that its pixels carry exactly that colour;
+    the legend is to the right of the plot. Values below ``x_range[0]`` count from the
+    left edge on, values above ``x_range[1]`` never; an empty series is a flat 0 %.
+
+    Args:
+      series: ``{label: values}``, e.g. per method the pairs' landmark RMSE in px.
+      x_label: the x axis' label.
+      x_range: ``(low, high)``, both positive.
+      marks: values to mark with a vertical line (e.g. success thresholds).
+      shape: ``(H, W)`` of the image.
+
+    Returns:
+      ``(H, W, 3)`` uint8 RGB on white.
+    """
+    low, high = x_range
+    if not 0 < low < high:
+        raise ValueError(f"x_range must be two increasing positive values, got {x_range}")
+    if len(series) > len(PLOT_COLOURS):
+        raise ValueError(f"at most {len(PLOT_COLOURS)} series, got {len(series)}")
+    height, width = shape
+    left, top = _PLOT_MARGINS["left"], _PLOT_MARGINS["top"]
+    right = width - _PLOT_MARGINS["right"]
+    bottom = height - _PLOT_MARGINS["bottom"]
+    image = np.full((height, width, 3), 255, np.uint8)
+    span = math.log10(high) - math.log10(low)
+
+    def column(value: float) -> int:
+        return round(left + (math.log10(value) - math.log10(low)) / span * (right - left))
+
+    def row(share: float) -> int:
+        return round(bottom - share * (bottom - top))
+
+    def text(words: str, origin: tuple[int, int], scale: float = 0.45) -> None:
+        cv2.putText(image, words, origin, LABEL_FONT, scale, _PLOT_TEXT, 1, cv2.LINE_AA)
+
+    for share in np.linspace(0.0, 1.0, 6):
+        cv2.line(image, (left, row(share)), (right, row(share)), _PLOT_GRID, 1)
+        text(f"{100 * share:.0f}%", (6, row(share) + 5))
+    for tick in _log_ticks(low, high):
+        cv2.line(image, (column(tick), top), (column(tick), bottom), _PLOT_GRID, 1)
+        text(f"{tick:g}", (column(tick) - 8, bottom + 18))
+    for mark in marks:
+        if low <= mark <= high:
+            cv2.line(image, (column(mark), top), (column(mark), bottom), _PLOT_MARK, 1)
+    cv2.rectangle(image, (left, top), (right, bottom), _PLOT_TEXT, 1)
+    text(x_label, ((left + right) // 2 - 60, height - 10), 0.5)
+    text("share of pairs within x", (left, top - 12), 0.5)
+
+    columns = np.arange(left, right + 1)
+    thresholds = 10.0 ** (math.log10(low) + (columns - left) / (right - left) * span)
+    for index, (label, values) in enumerate(series.items()):
+        colour = PLOT_COLOURS[index]
+        values = np.asarray(values, dtype=np.float64)
+        shares = (
+            (values[:, None] <= thresholds[None, :]).mean(axis=0)
+            if values.size
+            else np.zeros(len(columns))
+        )
+        rows = np.array([row(share) for share in shares])
+        # A step line: at each column, first the previous level, then the new one.
+        points = np.stack(
+            [np.repeat(columns, 2), np.stack([np.roll(rows, 1), rows], axis=1).ravel()], axis=1
+        )[1:]
+        cv2.polylines(image, [points.astype(np.int32).reshape(-1, 1, 2)], False, colour, 2)
+        legend_top = top + 22 * index
+        cv2.line(image, (right + 14, legend_top + 6), (right + 40, legend_top + 6), colour, 2)
+        text(label, (right + 46, legend_top + 11))
+    return image

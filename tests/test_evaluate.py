@@ -30,9 +30,12 @@ from rfnet_tf.weights import PARTS, export_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "evaluate.py"
-REGISTRATION_METHODS = ["rfnet", "rfnet_coarse", "identity", "ecc"]
-FUSION_METHODS = ["rfnet", "average"]
+REGISTRATION_METHODS = ["rfnet", "rfnet_coarse", "identity", "ecc", "sift"]
+FUSION_METHODS = ["rfnet", "average", "laplacian"]
 FUSION_METRICS = {"en", "std", "ag", "sf", "psnr", "mi", "ssim", "qabf"}
+LANDMARK_METRICS = {"rmse", "mae", "mee", "success_2px", "success_5px", "success_10px"}
+# What a classic method reports besides its metrics.
+OUTCOME_KEYS = {"failed", "reason", "correlation", "matches", "inliers"}
 ALIGNED_SCENES = ("scene_105", "scene_401", "scene_201")  # truly aligned pairs of vis_nir
 SHAPE = (64, 80)
 
@@ -79,7 +82,7 @@ def write_pair(root: Path, name: str, rng: np.random.Generator, shape=SHAPE) -> 
 
 def check_schema(results: dict, out_dir: Path, registration_metrics: set, num_pairs: int) -> None:
     """results.json has the documented keys and types, and every listed file exists."""
-    assert set(results) == {"registration", "fusion", "per_image", "config"}
+    assert set(results) == {"registration", "registration_by_category", "fusion", "per_image", "config"}
     assert list(results["registration"]) == REGISTRATION_METHODS
     assert list(results["fusion"]) == FUSION_METHODS
     for section, metrics in (("registration", registration_metrics), ("fusion", FUSION_METRICS)):
@@ -93,9 +96,10 @@ def check_schema(results: dict, out_dir: Path, registration_metrics: set, num_pa
     for record in results["per_image"]:
         assert isinstance(record["name"], str) and isinstance(record["height"], int)
         for method in REGISTRATION_METHODS:
-            assert set(record["registration"][method]) - {"failed", "reason", "correlation"} == registration_metrics
-        ecc = record["registration"]["ecc"]
-        assert isinstance(ecc["failed"], bool) and isinstance(ecc["reason"], str)
+            assert set(record["registration"][method]) - OUTCOME_KEYS == registration_metrics
+        for method in ("ecc", "sift"):
+            outcome = record["registration"][method]
+            assert isinstance(outcome["failed"], bool) and isinstance(outcome["reason"], str)
         for method in FUSION_METHODS:
             assert set(record["fusion"][method]) == FUSION_METRICS
         assert all(isinstance(value, float) for value in record["seconds"].values())
@@ -105,7 +109,7 @@ def check_schema(results: dict, out_dir: Path, registration_metrics: set, num_pa
         for name in record["files"].values():
             assert (out_dir / record["folder"] / name).is_file()
     config = results["config"]
-    assert set(config) >= {"data", "weights", "methods", "metrics", "ecc", "images", "notes"}
+    assert set(config) >= {"data", "weights", "methods", "metrics", "ecc", "sift", "images", "notes"}
     assert set(config["metrics"]["registration"]) == registration_metrics
     assert (out_dir / "results.md").read_text().startswith("# RFNet evaluation: ")
     leftovers = [p.name for p in out_dir.parent.iterdir() if p.name.startswith(f".{out_dir.name}-")]
@@ -149,7 +153,7 @@ def test_landmark_files(workdir, weights):
         )
     out = workdir / "out_mats"
     results, stdout = run_ok(f"--landmarks_dir={data}", f"--weights={weights}", f"--out_dir={out}", cwd=workdir)
-    check_schema(results, out, {"rmse", "mae", "mee", "psnr", "ssim"}, 2)
+    check_schema(results, out, {*LANDMARK_METRICS, "psnr", "ssim"}, 2)
     assert [r["name"] for r in results["per_image"]] == ["a", "b"]
     for record in results["per_image"]:
         distances = landmarks[record["name"]]
@@ -173,7 +177,7 @@ def test_folder_of_generated_pairs(workdir, weights):
         f"--data_dir={data}", "--misalign=affine", "--seed=2", f"--weights={weights}",
         f"--out_dir={out}", "--paper_conventions", cwd=workdir,
     )
-    check_schema(results, out, {"rmse", "mae", "mee", "psnr", "ssim", "epe"}, 2)
+    check_schema(results, out, {*LANDMARK_METRICS, "psnr", "ssim", "epe"}, 2)
     config = results["config"]
     assert config["weights"]["format"] == "weights"
     assert config["data"]["misalignment"] == "affine" and config["data"]["seed"] == 2
@@ -191,15 +195,67 @@ def test_vis_nir_subset(workdir, weights, vis_nir_dir):
                 small.save(data / kind / f"{scene}.png")
     out = workdir / "out_vis_nir"
     results, _ = run_ok(f"--data_dir={data}", f"--weights={weights}", f"--out_dir={out}", cwd=workdir)
-    check_schema(results, out, {"rmse", "mae", "mee", "psnr", "ssim", "epe"}, 3)
+    check_schema(results, out, {*LANDMARK_METRICS, "psnr", "ssim", "epe"}, 3)
     assert results["config"]["data"]["misalignment"] == "both"
     assert not results["config"]["data"]["simulated"]
+
+
+def test_pairs_with_known_affines(workdir, weights, known_affine_dir):
+    """The issue's run: Table 1 with success rates and per-category rows, and the plot;
+    identity's RMSE is the grid metric computed here by hand."""
+    out = workdir / "out_known_affine"
+    results, stdout = run_ok(
+        f"--data_dir={known_affine_dir}", "--methods=rfnet_coarse,identity,ecc,sift",
+        f"--weights={weights}", f"--out_dir={out}", cwd=workdir,
+    )
+    assert list(results["registration"]) == ["rfnet_coarse", "identity", "ecc", "sift"]
+    assert results["config"]["data"]["source"] == "known_affine"
+    table_1 = stdout[stdout.index("Registration (paper Table 1)"):stdout.index("note:")]
+    for row in ("pairs < 2 px", "pairs < 5 px", "pairs < 10 px", "EPE (px)"):
+        assert row in table_1
+    assert "Registration by category" in table_1
+    assert "field (n=2): RMSE (px)" in table_1 and "forest (n=1): pairs < 10 px" in table_1
+    assert set(results["registration_by_category"]) == {"field", "forest"}
+    assert (out / "registration_success.png").is_file()
+    assert "](registration_success.png)" in (out / "results.md").read_text()
+    assert "registration_success.png" in stdout.splitlines()[-1]
+    for record in results["per_image"]:
+        matrix = np.load(known_affine_dir / f"{record['name']}_nir.npy")
+        height, width = record["height"], record["width"]
+        ys, xs = np.meshgrid(np.linspace(0, height - 1, 9), np.linspace(0, width - 1, 9), indexing="ij")
+        grid = np.stack([xs.ravel(), ys.ravel()])
+        inverse = np.linalg.inv(np.vstack([matrix, [0.0, 0.0, 1.0]]))
+        source = inverse[:2, :2] @ grid + inverse[:2, 2:]
+        kept = (source[0] >= 0) & (source[0] <= width - 1) & (source[1] >= 0) & (source[1] <= height - 1)
+        rmse = np.sqrt(np.mean(np.sum((grid - source)[:, kept] ** 2, axis=0)))
+        assert record["registration"]["identity"]["rmse"] == pytest.approx(rmse, abs=0.01)
+
+
+def test_a_folder_as_it_is_is_registered_and_fused_without_scores(workdir):
+    rng = np.random.default_rng(9)
+    data = workdir / "as_they_are"
+    for name in ("q1", "q2"):
+        write_pair(data, name, rng, shape=(96, 128))
+    out = workdir / "out_as_they_are"
+    results, stdout = run_ok(
+        f"--data_dir={data}", "--misalign=none", "--methods=identity,sift,laplacian,average",
+        f"--out_dir={out}", cwd=workdir,
+    )
+    assert results["config"]["data"]["misalignment"] == "real"
+    assert set(results["registration"]["sift"]) == {"psnr", "ssim"}
+    assert list(results["fusion"]) == ["laplacian", "average"]
+    assert results["registration_by_category"] == {} and results["config"]["success_plot"] is None
+    for record in results["per_image"]:
+        assert {"registered_vis", "fused_rgb", "panel"} <= set(record["files"])
+        for name in record["files"].values():
+            assert (out / record["folder"] / name).is_file()
+    assert "as they are" in stdout.splitlines()[0]
 
 
 def test_demo_set_without_input_flags_is_labelled_simulated(workdir, weights):
     out = workdir / "out_demo"
     results, stdout = run_ok(f"--weights={weights}", f"--out_dir={out}", "--demo_images=chelsea", cwd=workdir)
-    check_schema(results, out, {"rmse", "mae", "mee", "psnr", "ssim", "epe"}, 1)
+    check_schema(results, out, {*LANDMARK_METRICS, "psnr", "ssim", "epe"}, 1)
     assert results["config"]["data"]["source"] == "demo" and results["config"]["data"]["simulated"]
     assert "SIMULATED" in (out / "results.md").read_text().splitlines()[0]
     assert "SIMULATED" in stdout.splitlines()[0]
@@ -233,6 +289,10 @@ def test_bad_input_exits_2_with_one_line_naming_the_file(workdir, weights):
     earlier.mkdir()
     (earlier / "results.json").write_text("{}")
     ok_pair = [f"--vis={bad / 'vis' / 'ok.png'}", f"--nir={bad / 'nir' / 'ok.png'}"]
+    known = bad / "known" / "urban"
+    write_png(known / "0001_rgb.png", np.stack([textured(rng)] * 3, axis=-1))
+    write_png(known / "0001_nir.png", textured(rng))
+    np.save(known / "0001_nir.npy", np.array([[1.0, 2.0, 0.0], [2.0, 4.0, 0.0]]))
     cases = {
         "missing": ([f"--vis={bad / 'vis' / 'gone.png'}", f"--nir={bad / 'nir' / 'ok.png'}"], "gone.png", "not found"),
         "sizes": ([f"--vis={bad / 'vis' / 'ok.png'}", f"--nir={bad / 'nir' / 'wide.png'}"], "wide.png", "sizes differ"),
@@ -244,6 +304,7 @@ def test_bad_input_exits_2_with_one_line_naming_the_file(workdir, weights):
         "parent_file": ([*ok_pair, f"--out_dir={bad / 'a_file' / 'out'}"], "a_file", "is a file, not a folder"),
         "dot": ([*ok_pair, "--out_dir=."], "earlier_results", "holds the current directory"),
         "flag": (["--misalign=foo"], "--misalign=foo", "value should be one of"),
+        "affine": ([f"--data_dir={bad / 'known'}"], "0001_nir.npy", "singular"),
     }
     if Path("/sys").is_dir():  # refuses writes even to root, unlike a folder's mode bits
         cases["not_writable"] = ([*ok_pair, "--out_dir=/sys/rfnet_results"], "/sys", "cannot write in /sys")

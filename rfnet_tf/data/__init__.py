@@ -1,7 +1,7 @@
 """Data: readers for real VIS / NIR pairs, synthetic misalignment, tf.data pipelines, demo set.
 
 * :mod:`~rfnet_tf.data.io`: :class:`Pair` and readers for the ``"pairs"``,
-  ``"nirscene"`` and ``"landmarks"`` layouts (:func:`read_dataset`).
+  ``"nirscene"``, ``"known_affine"`` and ``"landmarks"`` layouts (:func:`read_dataset`).
 * :mod:`~rfnet_tf.data.synthetic`: random affine and smooth local misalignments with
   exact ground truth in both directions, and misaligned pairs with landmarks.
 * :mod:`~rfnet_tf.data.pipelines`: seeded, deterministic ``tf.data`` pipelines for
@@ -19,6 +19,7 @@ from rfnet_tf.data.io import (
     detect_layout,
     read_dataset,
     read_image,
+    read_known_affine,
     read_landmark_folder,
     read_landmark_mat,
     read_nirscene,
@@ -77,6 +78,7 @@ __all__ = [
     "random_local_field",
     "read_dataset",
     "read_image",
+    "read_known_affine",
     "read_landmark_folder",
     "read_landmark_mat",
     "read_nirscene",

@@ -13,6 +13,9 @@ Layouts (see :func:`read_dataset`):
 * ``"nirscene"``: the RGB-NIR Scene data set's own layout, category folders (e.g.
   ``country/``, ``field/``) holding ``NNNN_rgb.tiff`` and ``NNNN_nir.tiff``; the pair
   is named ``"category/NNNN"``.
+* ``"known_affine"``: the VIS-NIR registration benchmark built on RGB-NIR Scene: the
+  ``"nirscene"`` layout whose NIR images were warped by a known affine, stored beside
+  each as ``NNNN_nir.npy`` (:func:`read_known_affine`).
 * ``"landmarks"``: a folder of MATLAB ``.mat`` files, each holding one pair with
   landmarks (keys ``I_move``, ``I_fix``, ``LMmove``, ``LMfix``).
 
@@ -40,9 +43,13 @@ from rfnet_tf.data.errors import DataError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
 IMAGE_KINDS = ("vis", "nir")
-LAYOUTS = ("auto", "pairs", "nirscene", "landmarks")
+LAYOUTS = ("auto", "pairs", "nirscene", "known_affine", "landmarks")
 LANDMARK_KEYS = ("I_move", "I_fix", "LMmove", "LMfix")
 NIRSCENE_SUFFIXES = {"_rgb": "vis", "_nir": "nir"}
+KNOWN_AFFINE_SUFFIX = ".npy"
+# A known affine whose 2x2 part has a smaller determinant cannot be inverted usefully
+# (the benchmark's scales are 0.9-1.1, determinants about 0.8-1.2).
+MIN_AFFINE_DETERMINANT = 1e-6
 
 # Pillow decodes 16-bit colour PNGs to 8 bits without a word; their raw modes give
 # them away before decoding, and OpenCV reads them at full depth.
@@ -66,6 +73,9 @@ class Pair:
         ``None`` for images made in memory).
       vis_points, nir_points: optional ``(N, 2)`` float landmarks, ``(y, x)``
         zero-based pixel coordinates; row ``i`` of each marks the same scene point.
+      known_affine: the ``"known_affine"`` layout's ``(2, 3)`` float64 matrix ``M``,
+        OpenCV's forward pixel convention on ``[x, y, 1]``, from the VIS to the NIR:
+        ``cv2.warpAffine(vis, M, (W, H))`` lays the VIS onto the NIR; else ``None``.
     """
 
     name: str
@@ -75,6 +85,7 @@ class Pair:
     nir_path: Path | None = None
     vis_points: np.ndarray | None = None
     nir_points: np.ndarray | None = None
+    known_affine: np.ndarray | None = None
 
     def __post_init__(self):
         where = f"pair {self.name!r}" + (
@@ -239,6 +250,69 @@ def read_nirscene(root: str | Path, skip_bad: bool = False) -> list[Pair]:
     category folders whose stem does not end in ``_rgb`` or ``_nir`` are ignored.
     Errors as in :func:`read_pair_folder`.
     """
+    vis_files, nir_files, problems = _nirscene_files(root)
+    jobs = [
+        (lambda name=name: read_pair(vis_files[name], nir_files[name], name=name))
+        for name in sorted(vis_files.keys() & nir_files.keys())
+    ]
+    return _read_all(jobs, problems, skip_bad, Path(root))
+
+
+def read_known_affine(root: str | Path, skip_bad: bool = False) -> list[Pair]:
+    """Reads the known-affine layout: :func:`read_nirscene`'s pairs, each with its matrix.
+
+    ``root/<category>/NNNN_rgb.*`` is the moving VIS, ``NNNN_nir.*`` the fixed NIR
+    (possibly stored as 3 identical channels) and ``NNNN_nir.npy`` the ``(2, 3)``
+    matrix ``M`` (:func:`read_known_affine_matrix`) that laid the VIS onto the NIR,
+    kept in :attr:`Pair.known_affine`. Other files are ignored. Errors as in
+    :func:`read_pair_folder`, and a missing or bad ``.npy`` file.
+    """
+    vis_files, nir_files, problems = _nirscene_files(root)
+
+    def read(name: str) -> Pair:
+        pair = read_pair(vis_files[name], nir_files[name], name=name)
+        pair.known_affine = read_known_affine_matrix(
+            nir_files[name].with_suffix(KNOWN_AFFINE_SUFFIX)
+        )
+        return pair
+
+    jobs = [(lambda name=name: read(name)) for name in sorted(vis_files.keys() & nir_files.keys())]
+    return _read_all(jobs, problems, skip_bad, Path(root))
+
+
+def read_known_affine_matrix(path: str | Path) -> np.ndarray:
+    """Reads a known-affine ``.npy`` file: a real ``(2, 3)`` matrix, finite, invertible.
+
+    Returns:
+      ``(2, 3)`` float64 ``M`` on ``[x, y, 1]`` pixels (see :attr:`Pair.known_affine`).
+
+    Raises:
+      DataError: the file is missing or not a numpy array file, or the matrix has
+        another shape, is not real numbers, holds NaN / Inf, or its 2x2 part has a
+        determinant below :data:`MIN_AFFINE_DETERMINANT` in magnitude (singular).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (each NIR image needs its affine matrix)")
+    try:
+        matrix = np.load(path, allow_pickle=False)
+    except Exception as error:  # numpy raises several types for a file it cannot parse.
+        raise DataError(
+            f"{path}: cannot be read as a numpy .npy array: {type(error).__name__}: {error}"
+        ) from error
+    matrix = _finite_numbers(matrix, matrix.shape == (2, 3), path, "the array", "a 2x3 matrix")
+    determinant = float(np.linalg.det(matrix[:, :2]))
+    if abs(determinant) < MIN_AFFINE_DETERMINANT:
+        raise DataError(
+            f"{path}: the affine matrix is singular (determinant of its 2x2 part "
+            f"{determinant:.3g}): {matrix.tolist()}"
+        )
+    return matrix
+
+
+def _nirscene_files(root: str | Path) -> tuple[dict[str, Path], dict[str, Path], list[str]]:
+    """The RGB-NIR Scene layout's VIS and NIR files keyed by pair name, and the problems
+    found (a name with two files of one kind, names without a partner)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: folder not found")
@@ -262,11 +336,7 @@ def read_nirscene(root: str | Path, skip_bad: bool = False) -> list[Pair]:
     if not vis_files and not nir_files:
         raise DataError(f"{root}: no category folder holds NNNN_rgb / NNNN_nir image files")
     problems += _unmatched_problems(vis_files, nir_files, root, root)
-    jobs = [
-        (lambda name=name: read_pair(vis_files[name], nir_files[name], name=name))
-        for name in sorted(vis_files.keys() & nir_files.keys())
-    ]
-    return _read_all(jobs, problems, skip_bad, root)
+    return vis_files, nir_files, problems
 
 
 def read_landmark_mat(path: str | Path) -> Pair:
@@ -360,10 +430,12 @@ def read_landmark_folder(root: str | Path, skip_bad: bool = False) -> list[Pair]
 
 
 def detect_layout(root: str | Path, vis_dir: str = "vis", nir_dir: str = "nir") -> str:
-    """The layout of ``root``: ``"pairs"``, ``"landmarks"`` or ``"nirscene"``.
+    """The layout of ``root``: ``"pairs"``, ``"landmarks"``, ``"known_affine"`` or
+    ``"nirscene"``.
 
     Checked in that order: ``root/vis_dir`` and ``root/nir_dir`` both exist; ``root``
-    holds ``.mat`` files; a sub-folder of ``root`` holds ``*_rgb`` / ``*_nir`` images.
+    holds ``.mat`` files; a sub-folder of ``root`` holds ``*_nir.npy`` matrices; a
+    sub-folder holds ``*_rgb`` / ``*_nir`` images.
     """
     root = Path(root)
     if not root.is_dir():
@@ -372,13 +444,16 @@ def detect_layout(root: str | Path, vis_dir: str = "vis", nir_dir: str = "nir") 
         return "pairs"
     if any(path.suffix.lower() == ".mat" for path in root.iterdir()):
         return "landmarks"
-    for category in (path for path in root.iterdir() if path.is_dir()):
+    categories = [path for path in root.iterdir() if path.is_dir()]
+    if any(_is_known_affine_matrix(path) for folder in categories for path in folder.iterdir()):
+        return "known_affine"
+    for category in categories:
         if any(_nirscene_kind(path) is not None for path in category.iterdir()):
             return "nirscene"
     raise DataError(
         f"{root}: unknown data layout: expected folders {vis_dir}/ and {nir_dir}/ (pass nir_dir= "
         "if the NIR folder has another name, e.g. 'ir' for RoadScene), .mat landmark files, "
-        "or category folders holding NNNN_rgb / NNNN_nir images"
+        "or category folders holding NNNN_rgb / NNNN_nir images (and NNNN_nir.npy affines)"
     )
 
 
@@ -393,8 +468,8 @@ def read_dataset(
 
     Args:
       root: the data folder.
-      layout: ``"pairs"``, ``"nirscene"``, ``"landmarks"`` or ``"auto"`` (see
-        :func:`detect_layout`).
+      layout: ``"pairs"``, ``"nirscene"``, ``"known_affine"``, ``"landmarks"`` or
+        ``"auto"`` (see :func:`detect_layout`).
       vis_dir, nir_dir: folder names of the ``"pairs"`` layout.
       skip_bad: skip (and log) bad pairs instead of raising.
 
@@ -409,6 +484,8 @@ def read_dataset(
         return read_pair_folder(root, vis_dir, nir_dir, skip_bad)
     if layout == "nirscene":
         return read_nirscene(root, skip_bad)
+    if layout == "known_affine":
+        return read_known_affine(root, skip_bad)
     return read_landmark_folder(root, skip_bad)
 
 
@@ -524,6 +601,9 @@ def _to_kind_channels(image: np.ndarray, kind: str, path: Path) -> np.ndarray:
         )
     if channels == 1:
         return image
+    if channels == 3 and (image == image[..., :1]).all():
+        # A grey image stored as RGB (as the known-affine benchmark stores its NIR).
+        return np.ascontiguousarray(image[..., :1])
     if channels == 3:
         logging.warning("%s: the NIR image has 3 channels; using its BT.601 luma", path)
         return colour.luma(image).numpy().astype(np.float32)
@@ -535,17 +615,26 @@ def _to_kind_channels(image: np.ndarray, kind: str, path: Path) -> np.ndarray:
 def _matlab_landmarks(array: np.ndarray, path: Path, key: str) -> np.ndarray:
     """MATLAB ``N x 2`` 1-based ``[x, y]`` -> ``(N, 2)`` zero-based ``(y, x)`` float64."""
     array = np.asarray(array)
-    if array.ndim != 2 or array.shape[1] != 2 or not np.issubdtype(array.dtype, np.number):
-        raise DataError(
-            f"{path}: {key} has shape {array.shape} and type {array.dtype}; "
-            "expected N x 2 numbers [x, y]"
-        )
-    if not len(array):
+    shape_ok = array.ndim == 2 and array.shape[1] == 2
+    points = _finite_numbers(array, shape_ok, path, key, "N x 2 numbers [x, y]")
+    if not len(points):
         raise DataError(f"{path}: {key} holds no landmarks (0 rows); expected N x 2 with N >= 1")
-    points = array.astype(np.float64)
-    if not np.isfinite(points).all():
-        raise DataError(f"{path}: {key} holds NaN or Inf coordinates")
     return points[:, ::-1] - 1.0
+
+
+def _finite_numbers(
+    array: np.ndarray, shape_ok: bool, path: Path, what: str, expected: str
+) -> np.ndarray:
+    """``array`` as float64 once checked: of the expected shape (``shape_ok``), numbers,
+    all finite; else a DataError naming the file, ``what`` and ``expected``."""
+    if not shape_ok or not np.issubdtype(array.dtype, np.number):
+        raise DataError(
+            f"{path}: {what} has shape {array.shape} and type {array.dtype}; expected {expected}"
+        )
+    values = array.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise DataError(f"{path}: {what} holds NaN or Inf")
+    return values
 
 
 def _count_outside(points: np.ndarray, shape: tuple[int, int]) -> int:
@@ -589,6 +678,11 @@ def _images_by_stem(folder: Path) -> tuple[dict[str, Path], list[str]]:
             ", ".join(skipped),
         )
     return files, problems
+
+
+def _is_known_affine_matrix(path: Path) -> bool:
+    """Whether ``path`` is named as a known-affine matrix, ``NNNN_nir.npy``."""
+    return path.suffix.lower() == KNOWN_AFFINE_SUFFIX and path.stem[-4:].lower() == "_nir"
 
 
 def _nirscene_kind(path: Path) -> str | None:

@@ -31,7 +31,7 @@ from rfnet_tf.evaluation.pipeline import (
     plan_methods,
     run_evaluation,
 )
-from rfnet_tf.evaluation.sources import FOLDER_LAYOUTS
+from rfnet_tf.evaluation.sources import FOLDER_LAYOUTS, FOLDER_MISALIGNMENTS
 from rfnet_tf.staging import DestinationError
 from rfnet_tf.weights import WeightsError
 
@@ -55,6 +55,11 @@ _SOURCE_FLAGS = {
         for flag in misalignment_flags.AFFINE_FLAGS + misalignment_flags.LOCAL_FLAGS
     },
 }
+# Flags of a synthetic misalignment: they do not apply to pairs that carry their own.
+_SYNTHETIC_FLAGS = (
+    "misalign", "seed", "num_landmarks",
+    *misalignment_flags.AFFINE_FLAGS, *misalignment_flags.LOCAL_FLAGS,
+)
 _SOURCE_OPTIONS = {
     "pair": "--vis/--nir",
     "data_dir": "--data_dir",
@@ -77,6 +82,7 @@ class Settings:
     nir: str | None = None
     data_dir: str | None = None
     layout: str = "auto"
+    synthetic_flags_given: tuple[str, ...] = ()
     vis_dir: str = "vis"
     nir_dir: str = "nir"
     skip_bad: bool = False
@@ -133,8 +139,17 @@ def settings_from_flags(
             raise EvaluationError(f"--{flag} applies only to {options}")
     if values["layout"] not in FOLDER_LAYOUTS:
         raise EvaluationError(f"--layout must be one of {', '.join(FOLDER_LAYOUTS)}")
-    if values["misalign"] not in MISALIGNMENT_KINDS:
-        raise EvaluationError(f"--misalign must be one of {', '.join(MISALIGNMENT_KINDS)}")
+    if values["misalign"] not in FOLDER_MISALIGNMENTS:
+        raise EvaluationError(f"--misalign must be one of {', '.join(FOLDER_MISALIGNMENTS)}")
+    synthetic_flags_given = tuple(flag for flag in _SYNTHETIC_FLAGS if flag in present)
+    if values["misalign"] == "none":
+        if source != "data_dir":
+            raise EvaluationError("--misalign=none applies only to --data_dir")
+        extra = [f"--{flag}" for flag in synthetic_flags_given if flag != "misalign"]
+        if extra:
+            raise EvaluationError(
+                f"--misalign=none adds no misalignment, so {' and '.join(extra)} cannot apply"
+            )
     minimums = (("num_landmarks", 1), ("checkerboard_tiles", 1), ("ecc_levels", 1), ("seed", 0))
     for flag, minimum in minimums:
         if values[flag] < minimum:
@@ -167,6 +182,7 @@ def settings_from_flags(
         nir=values["nir"],
         data_dir=values["data_dir"],
         layout=values["layout"],
+        synthetic_flags_given=synthetic_flags_given,
         vis_dir=values["vis_dir"],
         nir_dir=values["nir_dir"],
         skip_bad=values["skip_bad"],
@@ -187,18 +203,47 @@ def settings_from_flags(
 
 
 def load_dataset(settings: Settings) -> sources.EvaluationSet:
-    """Reads (and for synthetic sources misaligns) every input pair."""
+    """Reads (and for synthetic sources misaligns) every input pair.
+
+    Raises:
+      EvaluationError: a flag of a synthetic misalignment given for a folder of the
+        known-affine layout, whose pairs carry their own.
+    """
     if settings.source == "pair":
         return sources.single_pair(settings.vis, settings.nir)
     if settings.source == "landmarks":
         return sources.landmark_folder(settings.landmarks_dir, settings.skip_bad)
     if settings.source == "data_dir":
+        layout = sources.folder_layout(
+            settings.data_dir, settings.layout, settings.vis_dir, settings.nir_dir
+        )
+        if layout == "known_affine":
+            if settings.synthetic_flags_given:
+                flags = " and ".join(f"--{flag}" for flag in settings.synthetic_flags_given)
+                raise EvaluationError(
+                    f"{flags} cannot apply to {settings.data_dir}: its pairs (known_affine "
+                    "layout) carry their own misalignment and its ground truth (to register "
+                    "and fuse them unscored, pass --layout=nirscene --misalign=none)"
+                )
+            return sources.known_affine_folder(
+                settings.data_dir, settings.skip_bad, settings.exclude, settings.pairs
+            )
+        if settings.misalign == "none":
+            return sources.unaligned_folder(
+                settings.data_dir,
+                layout,
+                settings.vis_dir,
+                settings.nir_dir,
+                settings.skip_bad,
+                settings.exclude,
+                settings.pairs,
+            )
         return sources.synthetic_folder(
             settings.data_dir,
             settings.misalign,
             settings.seed,
             settings.num_landmarks,
-            settings.layout,
+            layout,
             settings.vis_dir,
             settings.nir_dir,
             settings.skip_bad,

@@ -7,8 +7,11 @@ frame into the moving VIS, ``T(p) = T_theta(p + phi(p))`` (ARCHITECTURE section 
 * ``rfnet``: the full model, RFNet's affine then its dense flow;
 * ``rfnet_coarse``: the coarse module alone, the affine of the same call;
 * ``identity``: the unaligned VIS ("unaligned VIS" in Table 1);
-* ``ecc``: OpenCV's ECC affine, coarse to fine (``rfnet_tf.baselines.ecc_affine``). A
-  failed run is reported (``failed``, ``reason``) and registers with the identity.
+* ``ecc``: OpenCV's ECC affine, coarse to fine (``rfnet_tf.baselines.ecc_affine``);
+* ``sift``: SIFT keypoints, ratio test, RANSAC affine (``rfnet_tf.baselines.sift_affine``).
+
+The classic methods (:data:`FALLIBLE_METHODS`) can fail: a failed run is reported
+(``failed``, ``reason`` and the method's own ``details``) and registers with the identity.
 
 Every method's registered VIS is made by the same numpy warp of the moving VIS at its
 ``T(p)`` (for RFNet this reproduces the model's own composed single interpolation), so
@@ -19,7 +22,8 @@ Fusion methods (Table 2) fuse the NIR with the VIS registered by *one* registrat
 method requested), so they compare fusion rules on equal footing:
 
 * ``rfnet``: F2M's fused luma;
-* ``average``: the mean of that registered VIS luma and the NIR.
+* ``average``: the mean of that registered VIS luma and the NIR;
+* ``laplacian``: Laplacian-pyramid fusion of the two (``rfnet_tf.baselines.laplacian_fusion``).
 
 Validity. PSNR and SSIM use the fixed pixels whose sample point lies inside the moving
 image and, for a synthetic misalignment, on its content (the black border a synthetic
@@ -44,25 +48,45 @@ from rfnet_tf.metrics import (
     fusion_metrics,
     landmark_errors,
     landmark_summary,
+    map_fixed_to_moving,
     map_moving_to_fixed,
     sampling_coordinates,
     warp_image,
 )
 from rfnet_tf.metrics.registration import endpoint_error, registration_psnr, registration_ssim
 
-REGISTRATION_METHODS = ("rfnet", "rfnet_coarse", "identity", "ecc")
-FUSION_METHODS = ("rfnet", "average")
-METHODS = ("rfnet", "rfnet_coarse", "identity", "ecc", "average")
+REGISTRATION_METHODS = ("rfnet", "rfnet_coarse", "identity", "ecc", "sift")
+FUSION_METHODS = ("rfnet", "average", "laplacian")
+# What each fusion method computes, for the notes under the tables.
+FUSION_RULES = {
+    "rfnet": "F2M's fused luma",
+    "average": "(registered VIS luma + NIR) / 2",
+    "laplacian": (
+        f"Laplacian pyramids of both ({baselines.LAPLACIAN_LEVELS} detail levels), the larger "
+        "absolute detail at each pixel and level, the mean of the bases"
+    ),
+}
+METHODS = ("rfnet", "rfnet_coarse", "identity", "ecc", "sift", "average", "laplacian")
 DEFAULT_METHODS = METHODS
 # Methods that need the RFNet model, and which part of it.
 FULL_MODEL_METHODS = ("rfnet",)
 COARSE_MODEL_METHODS = ("rfnet_coarse",)
+# Registration methods that may fail (reported, then registered with the identity) and
+# are timed on their own, with what their success means.
+FALLIBLE_METHODS = ("ecc", "sift")
+SUCCESS_MEANS = {
+    "ecc": "converged",
+    "sift": f"found an affine with at least {baselines.SIFT_MIN_INLIERS} RANSAC inliers",
+}
 
 LANDMARK_METRICS = ("rmse", "mae", "mee")
-REGISTRATION_METRICS = ("rmse", "mae", "mee", "psnr", "ssim", "epe")
+# A pair counts as registered within t px when its landmark RMSE is below t.
+SUCCESS_THRESHOLDS_PX = (2, 5, 10)
+SUCCESS_METRICS = tuple(f"success_{threshold}px" for threshold in SUCCESS_THRESHOLDS_PX)
+REGISTRATION_METRICS = ("rmse", "mae", "mee", *SUCCESS_METRICS, "psnr", "ssim", "epe")
 FUSION_METRICS = ("en", "std", "ag", "sf", "psnr", "mi", "ssim", "qabf")
-# Registration errors are better low; every other metric (registration PSNR / SSIM and
-# every fusion metric) is better high.
+# Registration errors are better low; every other metric (success rates, registration
+# PSNR / SSIM and every fusion metric) is better high.
 LOWER_IS_BETTER = {"registration": frozenset({"rmse", "mae", "mee", "epe"}), "fusion": frozenset()}
 
 # A warped validity mask counts a pixel as content only if (almost) all of its bilinear
@@ -79,8 +103,9 @@ class Registration:
       method: the method name.
       theta: ``(2, 3)`` normalised backward affine, or ``None`` (identity).
       flow: ``(H, W, 2)`` backward flow ``(dy, dx)`` px after the affine, or ``None``.
-      failed, reason, correlation: ECC's outcome (``correlation`` is ``None`` for the
-        other methods).
+      failed, reason: the outcome of a method of :data:`FALLIBLE_METHODS`.
+      details: what such a method reports besides (ECC: ``correlation``; SIFT:
+        ``matches``, ``inliers``), for results.json.
       seconds: the method's own run time (the shared RFNet call is timed separately).
     """
 
@@ -89,7 +114,7 @@ class Registration:
     flow: np.ndarray | None = None
     failed: bool = False
     reason: str = ""
-    correlation: float | None = None
+    details: dict = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
 
     def coordinates(self, shape) -> np.ndarray:
@@ -145,23 +170,41 @@ def register(
             theta=np.asarray(prediction["affine"], np.float64),
             flow=np.asarray(prediction["flow"], np.float64),
         )
+    if method not in FALLIBLE_METHODS:
+        raise ValueError(
+            f"unknown registration method {method!r}; methods are {REGISTRATION_METHODS}"
+        )
+    start = time.perf_counter()
+    moving = luma_255(sample.pair.vis)
+    fixed = sample.pair.nir[..., 0].astype(np.float64) * PEAK
     if method == "ecc":
-        start = time.perf_counter()
         result = baselines.ecc_affine(
-            luma_255(sample.pair.vis),
-            sample.pair.nir[..., 0].astype(np.float64) * PEAK,
-            levels=ecc_levels,
-            moving_mask=sample.moving_mask,
+            moving, fixed, levels=ecc_levels, moving_mask=sample.moving_mask
         )
-        return Registration(
-            method,
-            theta=None if result.failed else result.theta,
-            failed=result.failed,
-            reason=result.reason,
-            correlation=None if result.failed else result.correlation,
-            seconds=time.perf_counter() - start,
-        )
-    raise ValueError(f"unknown registration method {method!r}; methods are {REGISTRATION_METHODS}")
+        details = {"correlation": None if result.failed else result.correlation}
+    else:
+        result = baselines.sift_affine(moving, fixed, moving_mask=sample.moving_mask)
+        details = {"matches": result.matches, "inliers": result.inliers}
+    return Registration(
+        method,
+        theta=None if result.failed else result.theta,
+        failed=result.failed,
+        reason=result.reason,
+        details=details,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def method_settings(method: str, ecc_levels: int) -> dict:
+    """The settings a method of :data:`FALLIBLE_METHODS` runs with, for results.json."""
+    if method == "ecc":
+        return {"levels": ecc_levels}
+    return {
+        "representation": baselines.SIFT_REPRESENTATION,
+        "ratio": baselines.SIFT_RATIO,
+        "ransac_threshold_px": baselines.SIFT_RANSAC_THRESHOLD_PX,
+        "min_inliers": baselines.SIFT_MIN_INLIERS,
+    }
 
 
 def finite_or_none(value: float) -> float | None:
@@ -172,10 +215,11 @@ def finite_or_none(value: float) -> float | None:
 
 @dataclasses.dataclass(eq=False)
 class GroundTruth:
-    """A synthetic sample's true registration, computed once per sample.
+    """A sample's true registration, computed once per sample.
 
     Attributes:
-      coordinates: ``(H, W, 2)`` true ``T*(p)`` (``MisalignedPair.registration_coordinates``).
+      coordinates: ``(H, W, 2)`` true ``T*(p)`` (``registration_coordinates()`` of the
+        sample's truth).
       region: ``(H, W)`` bool, the fixed pixels whose true correspondence lies on the
         moving image's content: where the end-point error is measured.
     """
@@ -198,23 +242,31 @@ def registration_metrics(
 ) -> dict[str, float | None]:
     """Paper Table 1 metrics of one registered sample.
 
-    Keys: ``rmse, mae, mee`` (landmark errors in fixed px, :mod:`rfnet_tf.metrics`)
-    only when the sample has landmarks; ``psnr, ssim`` always; ``epe`` (mean end-point
-    error of ``T`` against the true registration over ``truth.region``, px) only with a
-    synthetic ground truth. A value that cannot be computed (e.g. a landmark whose
-    carried position does not converge under a steep flow, or an empty valid region)
-    is ``None``.
+    Keys, only when the sample has landmarks: ``rmse, mae, mee`` (landmark errors in px,
+    :mod:`rfnet_tf.metrics`, in the frame ``sample.landmark_frame`` names) and
+    ``success_2px, success_5px, success_10px`` (whether ``rmse`` is below 2, 5, 10 px;
+    their mean over pairs is the share of pairs registered within that error); always:
+    ``psnr, ssim``; with a ground truth: ``epe`` (mean end-point error of ``T`` against
+    the true registration over ``truth.region``, px). A value that cannot be computed
+    (e.g. a landmark whose carried position does not converge under a steep flow, or
+    an empty valid region) is ``None``.
     """
     pair = sample.pair
     registration = registered.registration
     nir = pair.nir[..., 0].astype(np.float64) * PEAK
-    metrics: dict[str, float | None] = {}
+    metrics: dict[str, float | bool | None] = {}
     if pair.has_landmarks:
-        carried = map_moving_to_fixed(
-            pair.vis_points, pair.nir.shape, theta=registration.theta, flow=registration.flow
-        )
-        summary = landmark_summary(landmark_errors(carried, pair.nir_points))
+        transform = {"theta": registration.theta, "flow": registration.flow}
+        if sample.landmark_frame == "moving":
+            carried = map_fixed_to_moving(pair.nir_points, pair.nir.shape, **transform)
+            distances = landmark_errors(carried, pair.vis_points)
+        else:
+            carried = map_moving_to_fixed(pair.vis_points, pair.nir.shape, **transform)
+            distances = landmark_errors(carried, pair.nir_points)
+        summary = landmark_summary(distances)
         metrics.update({key: finite_or_none(summary[key]) for key in LANDMARK_METRICS})
+        for threshold, key in zip(SUCCESS_THRESHOLDS_PX, SUCCESS_METRICS):
+            metrics[key] = None if metrics["rmse"] is None else metrics["rmse"] < threshold
     metrics["psnr"] = finite_or_none(registration_psnr(registered.vis_luma, nir, registered.valid))
     metrics["ssim"] = finite_or_none(registration_ssim(registered.vis_luma, nir, registered.valid))
     if truth is not None:
@@ -250,7 +302,8 @@ def fuse(method: str, registered: Registered, nir: np.ndarray, prediction) -> np
 
     Args:
       method: one of :data:`FUSION_METHODS`.
-      registered: the fusion registration's result (``average`` fuses its VIS luma).
+      registered: the fusion registration's result (``average`` and ``laplacian``
+        fuse its VIS luma).
       nir: ``(H, W, 1)`` NIR in ``[0, 1]``.
       prediction: the RFNet outputs (``rfnet`` takes ``fused``).
     """
@@ -258,6 +311,10 @@ def fuse(method: str, registered: Registered, nir: np.ndarray, prediction) -> np
         return np.asarray(prediction["fused"], np.float64)[..., 0] * PEAK
     if method == "average":
         return baselines.average_fusion(registered.vis_luma, nir[..., 0].astype(np.float64) * PEAK)
+    if method == "laplacian":
+        return baselines.laplacian_fusion(
+            registered.vis_luma, nir[..., 0].astype(np.float64) * PEAK
+        )
     raise ValueError(f"unknown fusion method {method!r}; methods are {FUSION_METHODS}")
 
 

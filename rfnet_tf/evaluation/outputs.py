@@ -26,6 +26,8 @@ from rfnet_tf.staging import DestinationError, check_destination
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
+# The cumulative share of pairs registered within each landmark RMSE, per method.
+SUCCESS_PLOT = "registration_success.png"
 IMAGES_DIR = "images"
 PANEL_TILE_WIDTH = 480
 PANEL_COLUMNS = 4

@@ -22,8 +22,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from rfnet_tf import visualize
 from rfnet_tf.evaluation import methods as methods_lib
-from rfnet_tf.evaluation import outputs, report
+from rfnet_tf.evaluation import outputs, report, sources
 from rfnet_tf.evaluation.inference import COARSE_PARTS, Predictor, WeightsInfo
 from rfnet_tf.evaluation.sources import EvaluationSet, Sample
 from rfnet_tf.weights import PARTS
@@ -176,15 +177,12 @@ def evaluate_sample(
     registration_record = {}
     for method in plan.registration:
         registration = methods_lib.register(method, sample, prediction, options.ecc_levels)
-        if method == "ecc":
-            seconds["ecc"] = registration.seconds
         registered[method] = methods_lib.apply_registration(sample, registration, truth)
         registration_record[method] = dict(registered[method].metrics)
-        if method == "ecc":
+        if method in methods_lib.FALLIBLE_METHODS:
+            seconds[method] = registration.seconds
             registration_record[method].update(
-                failed=registration.failed,
-                reason=registration.reason,
-                correlation=registration.correlation,
+                failed=registration.failed, reason=registration.reason, **registration.details
             )
     fusion_record = {}
     fused_images = {}
@@ -196,7 +194,8 @@ def evaluate_sample(
             fusion_record[method] = methods_lib.fusion_scores(
                 base, pair.nir, fused, options.paper_conventions
             )
-    seconds["metrics"] = time.perf_counter() - start - seconds.get("ecc", 0.0)
+    baseline_seconds = sum(seconds.get(method, 0.0) for method in methods_lib.FALLIBLE_METHODS)
+    seconds["metrics"] = time.perf_counter() - start - baseline_seconds
 
     shown = plan.fusion_registration or plan.registration[0]
     images = {
@@ -218,6 +217,7 @@ def evaluate_sample(
         )
     record = {
         "name": pair.name,
+        "category": sample.category,
         "height": pair.height,
         "width": pair.width,
         "registration": registration_record,
@@ -237,7 +237,17 @@ def _notes(
             "SIMULATED data: the NIR images are simulated from RGB photographs "
             "(rfnet_tf.data.simulate_nir); the numbers say nothing about real VIS-NIR data."
         )
-    if dataset.misalignment is not None:
+    if dataset.source == "known_affine":
+        side = sources.GRID_POINTS_PER_SIDE
+        notes.append(
+            "Real pairs whose NIR was warped by a stored affine M (known-affine layout): "
+            f"landmark errors over a {side}x{side} grid of NIR pixels spanning the image corner "
+            "to corner, keeping the points q whose true source M^-1 q lies inside the VIS; the "
+            "error of a point is |T(q) - M^-1 q| in VIS px for the method's backward map T "
+            "(RMSE, MAE = max, MEE = median over each pair's points); EPE, the mean of that "
+            "error over every NIR pixel whose true source lies inside the VIS."
+        )
+    elif dataset.misalignment is not None:
         notes.append(
             f"Synthetic {dataset.misalignment} misalignment with exact ground truth: landmark "
             "errors (RMSE, MAE = max, MEE = median over each pair's landmarks, fixed-frame px) "
@@ -259,28 +269,42 @@ def _notes(
         "moving-image content; fusion metrics are computed on the whole fused image "
         "(0-255 luma)."
     )
+    if dataset.has_landmarks:
+        thresholds = ", ".join(str(t) for t in methods_lib.SUCCESS_THRESHOLDS_PX)
+        notes.append(
+            f"Success rates: the share of pairs whose landmark RMSE is below {thresholds} px "
+            f"(pairs with an RMSE); {outputs.SUCCESS_PLOT} plots the share within every "
+            "error, one line per method."
+        )
     for method, reason in plan.not_evaluated.items():
         notes.append(f"{method} not evaluated: {reason}.")
-    if "ecc" in plan.registration:
-        failures = [r for r in per_image if r["registration"]["ecc"]["failed"]]
+    for method in methods_lib.FALLIBLE_METHODS:
+        if method not in plan.registration:
+            continue
+        label = report.METHOD_LABELS[method]
+        failures = [r for r in per_image if r["registration"][method]["failed"]]
         if failures:
             listing = "; ".join(
-                f"{r['name']} ({r['registration']['ecc']['reason']})" for r in failures
+                f"{r['name']} ({r['registration'][method]['reason']})" for r in failures
             )
             notes.append(
-                f"ECC failed on {len(failures)} of {len(per_image)} pair(s); those pairs are "
-                f"registered with the identity and counted in the ECC column: {listing}."
+                f"{label} failed on {len(failures)} of {len(per_image)} pair(s); those pairs "
+                f"are registered with the identity and counted in the {label} column: "
+                f"{listing}."
             )
         else:
-            notes.append(f"ECC converged on all {len(per_image)} pair(s).")
+            notes.append(
+                f"{label} {methods_lib.SUCCESS_MEANS[method]} on all {len(per_image)} pair(s)."
+            )
     if plan.fusion:
         if plan.fusion_registration == "rfnet":
             same = "the same registration as RFNet's fusion"
         else:
             same = "rfnet is not evaluated, so the first registration method requested"
+        rules = "; ".join(f"{name} = {methods_lib.FUSION_RULES[name]}" for name in plan.fusion)
         notes.append(
             f"Every fusion method fuses the NIR with the VIS registered by "
-            f"{plan.fusion_registration} ({same}); average = (registered VIS luma + NIR) / 2."
+            f"{plan.fusion_registration} ({same}); {rules}."
         )
     for section in ("registration", "fusion"):
         for method, metrics in summary[section].items():
@@ -297,10 +321,11 @@ def _notes(
 def _metric_config(dataset: EvaluationSet, paper_conventions: bool) -> dict:
     applicable = ["psnr", "ssim"]
     not_applicable = {}
+    landmark_metrics = methods_lib.LANDMARK_METRICS + methods_lib.SUCCESS_METRICS
     if dataset.has_landmarks:
-        applicable = ["rmse", "mae", "mee", *applicable]
+        applicable = [*landmark_metrics, *applicable]
     else:
-        for metric in methods_lib.LANDMARK_METRICS:
+        for metric in landmark_metrics:
             not_applicable[metric] = "no landmarks (real pair, misalignment unknown)"
     if dataset.has_ground_truth:
         applicable.append("epe")
@@ -315,8 +340,48 @@ def _metric_config(dataset: EvaluationSet, paper_conventions: bool) -> dict:
         "lower_is_better": sorted(methods_lib.LOWER_IS_BETTER["registration"]),
         "std": "population standard deviation (ddof=0) over pairs; n = pairs averaged",
         "null": "a per-pair value that could not be computed; left out of mean and std",
-        "units": "landmark errors and EPE in fixed-image pixels; PSNR in dB; luma on 0-255",
+        "units": (
+            "landmark errors and EPE in pixels (fixed-image pixels; moving-image pixels for "
+            "the known-affine layout); PSNR in dB; luma on 0-255; a success rate's mean is the "
+            "share of pairs"
+        ),
     }
+
+
+def _by_category(dataset: EvaluationSet, plan: MethodPlan, per_image: list[dict]) -> dict:
+    """``{category: {method: {metric: summary}}}`` of the landmark RMSE and success rates
+    (:data:`report.CATEGORY_METRICS`), when the pairs have landmarks and come from two or
+    more categories; else empty."""
+    if len(dataset.categories) < 2 or not dataset.has_landmarks:
+        return {}
+    return {
+        category: report.aggregate(
+            [record for record in per_image if record["category"] == category],
+            "registration",
+            plan.registration,
+            report.CATEGORY_METRICS,
+        )
+        for category in dataset.categories
+    }
+
+
+def _save_success_plot(staging: Path, plan: MethodPlan, per_image: list[dict]) -> str | None:
+    """Writes the cumulative share of pairs within each landmark RMSE (one line per
+    method, ``visualize.cumulative_share_plot``) as :data:`outputs.SUCCESS_PLOT`; returns
+    its file name, or ``None`` (nothing written) when no pair has a landmark RMSE."""
+    errors = {
+        report.METHOD_LABELS[method]: [
+            record["registration"][method]["rmse"]
+            for record in per_image
+            if record["registration"][method].get("rmse") is not None
+        ]
+        for method in plan.registration
+    }
+    if not any(errors.values()):
+        return None
+    plot = visualize.cumulative_share_plot(errors, "landmark RMSE (px)")
+    visualize.save_png(staging / outputs.SUCCESS_PLOT, plot)
+    return outputs.SUCCESS_PLOT
 
 
 def run_evaluation(
@@ -329,8 +394,9 @@ def run_evaluation(
 ) -> Report:
     """Evaluates every pair and writes all outputs to ``out_dir`` (all or nothing).
 
-    Writes ``results.json``, ``results.md`` and ``images/<pair>/`` (see
-    ``outputs.save_pair_images``). The progress bar goes to stderr.
+    Writes ``results.json``, ``results.md``, ``images/<pair>/`` (see
+    ``outputs.save_pair_images``) and, when the pairs have landmarks, the plot
+    :data:`outputs.SUCCESS_PLOT`. The progress bar goes to stderr.
     """
     if plan.needs_model and predictor is None:
         raise EvaluationError("the planned methods need RFNet, but no model was loaded")
@@ -366,6 +432,8 @@ def run_evaluation(
                 per_image, "fusion", plan.fusion, methods_lib.FUSION_METRICS
             ),
         }
+        by_category = _by_category(dataset, plan, per_image)
+        plot = _save_success_plot(staging, plan, per_image)
         notes = _notes(dataset, plan, per_image, summary)
         conventions = CONVENTIONS[options.paper_conventions]
         config = {
@@ -392,12 +460,16 @@ def run_evaluation(
                 "not_evaluated": plan.not_evaluated,
             },
             "metrics": _metric_config(dataset, options.paper_conventions),
-            "ecc": {
-                "levels": options.ecc_levels,
-                "failures": sum(r["registration"]["ecc"]["failed"] for r in per_image),
-            }
-            if "ecc" in plan.registration
-            else None,
+            **{
+                method: {
+                    **methods_lib.method_settings(method, options.ecc_levels),
+                    "failures": sum(r["registration"][method]["failed"] for r in per_image),
+                }
+                if method in plan.registration
+                else None
+                for method in methods_lib.FALLIBLE_METHODS
+            },
+            "success_plot": plot,
             "images": {
                 "registration": plan.fusion_registration or plan.registration[0],
                 "fusion": plan.fusion[0] if plan.fusion else None,
@@ -407,12 +479,17 @@ def run_evaluation(
             "notes": notes,
             **(extra_config or {}),
         }
-        results = {**summary, "per_image": per_image, "config": config}
+        results = {
+            **summary,
+            "registration_by_category": by_category,
+            "per_image": per_image,
+            "config": config,
+        }
         markdown = report.results_markdown(
-            dataset.title, summary, conventions, notes, len(dataset.samples)
+            dataset.title, summary, conventions, notes, len(dataset.samples), by_category, plot
         )
         report.write_json(staging / outputs.RESULTS_JSON, results)
         report.write_text(staging / outputs.RESULTS_MD, markdown)
-    terminal = report.terminal_report(dataset.title, summary, conventions, notes)
+    terminal = report.terminal_report(dataset.title, summary, conventions, notes, by_category)
     return Report(results, markdown, terminal, Path(out_dir))
 

@@ -8,8 +8,9 @@ averaged (values that could not be computed are ``null`` per image and left out)
 Tables follow the paper's layout: methods as columns, metrics as rows, cells
 "mean ± std" to three decimals, the best mean of each row in bold (``*`` in the
 terminal), judged on the displayed (rounded) value so that ties are all bold. Errors
-(RMSE, MAE, MEE, EPE) are better low; registration PSNR / SSIM and every fusion metric
-are better high.
+(RMSE, MAE, MEE, EPE) are better low; success rates, registration PSNR / SSIM and every
+fusion metric are better high. A success rate's cell is the count and share of pairs,
+``"6/8 (75.0%)"`` (its mean is the share; a standard deviation says nothing more).
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rfnet_tf.evaluation.methods import LOWER_IS_BETTER
+from rfnet_tf.evaluation.methods import (
+    LOWER_IS_BETTER,
+    SUCCESS_METRICS,
+    SUCCESS_THRESHOLDS_PX,
+)
 from rfnet_tf.staging import write_atomically
 
 PRECISION = 3
@@ -31,12 +36,20 @@ METHOD_LABELS = {
     "rfnet_coarse": "RFNet coarse",
     "identity": "unaligned (identity)",
     "ecc": "ECC affine",
+    "sift": "SIFT affine",
     "average": "average",
+    "laplacian": "Laplacian pyramid",
 }
+# The rows of the per-category registration table.
+CATEGORY_METRICS = ("rmse", *SUCCESS_METRICS)
 METRIC_LABELS = {
     "rmse": "RMSE (px)",
     "mae": "MAE (px)",
     "mee": "MEE (px)",
+    **{
+        metric: f"pairs < {threshold} px"
+        for metric, threshold in zip(SUCCESS_METRICS, SUCCESS_THRESHOLDS_PX)
+    },
     "psnr": "PSNR (dB)",
     "ssim": "SSIM",
     "epe": "EPE (px)",
@@ -90,9 +103,12 @@ def best_methods(row: dict[str, dict | None], lower_is_better: bool) -> set[str]
     return {method for method, value in displayed.items() if value == best}
 
 
-def _cell(stats: dict | None) -> str:
+def _cell(stats: dict | None, metric: str) -> str:
     if stats is None or stats["mean"] is None:
         return MISSING_CELL
+    if metric in SUCCESS_METRICS:
+        count = round(stats["mean"] * stats["n"])
+        return f"{count}/{stats['n']} ({100.0 * stats['mean']:.1f}%)"
     return f"{stats['mean']:.{PRECISION}f} ± {stats['std']:.{PRECISION}f}"
 
 
@@ -105,27 +121,63 @@ def format_table(summary: dict, section: str, style: str = "markdown") -> str:
       style: ``"markdown"`` (best in ``**bold**``) or ``"text"`` (best followed by
         `` *``), both padded into aligned columns.
     """
-    if style not in ("markdown", "text"):
-        raise ValueError(f"style must be 'markdown' or 'text', got {style!r}")
     methods = list(summary)
     metrics = []
     for method in methods:
         metrics += [metric for metric in summary[method] if metric not in metrics]
-    lower = LOWER_IS_BETTER[section]
-    header = ["metric"] + [METHOD_LABELS.get(method, method) for method in methods]
+    rows = [
+        (METRIC_LABELS.get(metric, metric), metric, {m: summary[m].get(metric) for m in methods})
+        for metric in metrics
+    ]
+    return _render_table("metric", methods, rows, section, style)
+
+
+def format_category_table(by_category: dict, style: str = "markdown") -> str:
+    """The registration table per category: for each category, a row per metric of
+    :data:`CATEGORY_METRICS` that it has, labelled ``"category (n=pairs): metric"``.
+
+    Args:
+      by_category: ``{category: {method: {metric: summary}}}``, not empty, every
+        category with the same methods.
+      style: as :func:`format_table`.
+    """
+    methods = list(next(iter(by_category.values())))
     rows = []
-    for metric in metrics:
-        row = {method: summary[method].get(metric) for method in methods}
+    for category, summary in by_category.items():
+        pairs = max(stats["n"] for table in summary.values() for stats in table.values())
+        for metric in CATEGORY_METRICS:
+            row = {method: summary[method].get(metric) for method in methods}
+            if any(stats is not None for stats in row.values()):
+                label = f"{category} (n={pairs}): {METRIC_LABELS[metric]}"
+                rows.append((label, metric, row))
+    return _render_table("category: metric", methods, rows, "registration", style)
+
+
+def _render_table(
+    corner: str,
+    methods: list[str],
+    rows: list[tuple[str, str, dict]],
+    section: str,
+    style: str,
+) -> str:
+    """Renders ``rows`` of ``(label, metric, {method: summary or None})`` under a header
+    of ``corner`` and the method labels; see :func:`format_table`."""
+    if style not in ("markdown", "text"):
+        raise ValueError(f"style must be 'markdown' or 'text', got {style!r}")
+    lower = LOWER_IS_BETTER[section]
+    header = [corner] + [METHOD_LABELS.get(method, method) for method in methods]
+    body = []
+    for label, metric, row in rows:
         best = best_methods(row, metric in lower)
         arrow = "↓" if metric in lower else "↑"
-        cells = [f"{METRIC_LABELS.get(metric, metric)} {arrow}"]
+        cells = [f"{label} {arrow}"]
         for method in methods:
-            text = _cell(row[method])
+            text = _cell(row[method], metric)
             if method in best:
                 text = f"**{text}**" if style == "markdown" else f"{text} *"
             cells.append(text)
-        rows.append(cells)
-    widths = [max(len(line[column]) for line in [header, *rows]) for column in range(len(header))]
+        body.append(cells)
+    widths = [max(len(line[column]) for line in [header, *body]) for column in range(len(header))]
 
     def render(cells: list[str]) -> str:
         padded = [cell.ljust(width) for cell, width in zip(cells, widths)]
@@ -138,7 +190,7 @@ def format_table(summary: dict, section: str, style: str = "markdown") -> str:
         if style == "markdown"
         else "  ".join("-" * width for width in widths)
     )
-    return "\n".join([render(header), rule, *(render(cells) for cells in rows)])
+    return "\n".join([render(header), rule, *(render(cells) for cells in body)])
 
 
 def results_markdown(
@@ -147,8 +199,25 @@ def results_markdown(
     conventions: str,
     notes: Sequence[str],
     number_of_pairs: int,
+    by_category: dict | None = None,
+    plot: str | None = None,
 ) -> str:
-    """The whole results.md: title, conventions, the two tables, notes."""
+    """The whole results.md: title, conventions, the two tables (Table 1 followed by the
+    success plot ``plot``, a file name beside results.md, and the per-category table
+    when given), notes."""
+    registration = [format_table(summary["registration"], "registration"), ""]
+    if plot:
+        registration += [
+            f"![Share of pairs registered within each landmark RMSE, per method]({plot})",
+            "",
+        ]
+    if by_category:
+        registration += [
+            "### Registration by category",
+            "",
+            format_category_table(by_category),
+            "",
+        ]
     lines = [
         f"# RFNet evaluation: {title}",
         "",
@@ -160,8 +229,7 @@ def results_markdown(
         "",
         "## Registration (paper Table 1)",
         "",
-        format_table(summary["registration"], "registration"),
-        "",
+        *registration,
         "## Fusion (paper Table 2)",
         "",
         format_table(summary["fusion"], "fusion") if summary["fusion"] else "(no fusion method)",
@@ -174,8 +242,15 @@ def results_markdown(
     return "\n".join(lines)
 
 
-def terminal_report(title: str, summary: dict, conventions: str, notes: Sequence[str]) -> str:
-    """Both tables as aligned plain text (best marked ``*``), for the terminal."""
+def terminal_report(
+    title: str,
+    summary: dict,
+    conventions: str,
+    notes: Sequence[str],
+    by_category: dict | None = None,
+) -> str:
+    """Both tables (and the per-category one when given) as aligned plain text (best
+    marked ``*``), for the terminal."""
     parts = [f"RFNet evaluation: {title}", f"metric conventions: {conventions}", ""]
     for section, name in (
         ("registration", "Registration (paper Table 1)"),
@@ -183,6 +258,12 @@ def terminal_report(title: str, summary: dict, conventions: str, notes: Sequence
     ):
         if summary[section]:
             parts += [name, format_table(summary[section], section, style="text"), ""]
+        if section == "registration" and by_category:
+            parts += [
+                "Registration by category",
+                format_category_table(by_category, style="text"),
+                "",
+            ]
     parts += [f"note: {note}" for note in notes]
     return "\n".join(parts)
 

@@ -1,11 +1,15 @@
 """What is evaluated: the pairs, their ground truth and a description of where they came from.
 
-Four sources (``evaluate.py`` picks exactly one):
+The sources (``evaluate.py`` picks exactly one):
 
-* one real pair (:func:`single_pair`): real, unknown misalignment; only the image-level
-  registration metrics (PSNR, SSIM) apply;
+* one real pair (:func:`single_pair`) or a folder of them taken as they are
+  (:func:`unaligned_folder`, ``--misalign=none``): real, unknown misalignment; only the
+  image-level registration metrics (PSNR, SSIM) apply;
 * a folder of ``.mat`` landmark files (:func:`landmark_folder`): real misalignment,
   landmark errors from the files;
+* a folder of the known-affine layout (:func:`known_affine_folder`): real pairs whose
+  NIR was warped by a stored affine, the exact ground truth; landmark errors over a
+  grid and the end-point error;
 * a folder of aligned pairs (:func:`synthetic_folder`) or the built-in demo set
   (:func:`demo_set`, a *simulated* NIR): misaligned here by a seeded synthetic
   transform whose exact ground truth gives landmark errors and the end-point error.
@@ -33,13 +37,60 @@ from rfnet_tf.data import (
     read_pair,
 )
 from rfnet_tf.data.demo import DEMO_IMAGES
+from rfnet_tf.data.io import KNOWN_AFFINE_SUFFIX
 from rfnet_tf.data.splits import select_pairs
-from rfnet_tf.data.synthetic import MISALIGNMENT_KINDS, AffineRanges, LocalFieldRanges
+from rfnet_tf.data.synthetic import (
+    MISALIGNMENT_KINDS,
+    AffineRanges,
+    LocalFieldRanges,
+    invert_affine,
+)
+from rfnet_tf.metrics.registration import (
+    grid_points,
+    inside_image,
+    map_fixed_to_moving,
+    pixel_matrix_to_affine,
+    sampling_coordinates,
+)
 from rfnet_tf.networks.f2m import MIN_IMAGE_SIZE
 
-FOLDER_LAYOUTS = ("auto", "pairs", "nirscene")
+FOLDER_LAYOUTS = ("auto", "pairs", "nirscene", "known_affine")
+# What --data_dir's pairs get: a synthetic misalignment, or none ("none": taken as they are).
+FOLDER_MISALIGNMENTS = (*MISALIGNMENT_KINDS, "none")
+# The known-affine metric's grid: this many fixed points a side, corner to corner.
+GRID_POINTS_PER_SIDE = 9
+# Landmark errors are measured in the fixed frame (moving landmarks carried there by the
+# registration's inverse: the paper's reading) or in the moving one (fixed landmarks
+# carried by the registration's backward map: the known-affine benchmark's reading).
+LANDMARK_FRAMES = ("fixed", "moving")
 # The generator of a folder pair's misalignment is keyed on (seed, crc32(name), this).
 _MISALIGNMENT_STREAM = 1
+
+
+@dataclasses.dataclass(eq=False)
+class KnownAffine:
+    """The true registration of a pair of the known-affine layout.
+
+    Attributes:
+      forward: ``(2, 3)`` float64 ``M`` as stored (:attr:`Pair.known_affine`): OpenCV's
+        forward pixel convention on ``[x, y, 1]``, VIS (moving) to NIR (fixed).
+      theta: ``(2, 3)`` float64 normalised backward affine of the true registration,
+        ``registered[q] = moving[M^-1 q]`` (the project's convention).
+      shape: ``(H, W)`` of both images.
+    """
+
+    forward: np.ndarray
+    theta: np.ndarray
+    shape: tuple[int, int]
+
+    @property
+    def mask(self) -> np.ndarray:
+        """``(H, W, 1)`` ones: the moving VIS is an unwarped photograph, content everywhere."""
+        return np.ones((*self.shape, 1), np.float32)
+
+    def registration_coordinates(self) -> np.ndarray:
+        """``(H, W, 2)`` float64 ``(y, x)`` moving pixel ``M^-1 q`` of every fixed pixel ``q``."""
+        return sampling_coordinates(self.shape, theta=self.theta)
 
 
 @dataclasses.dataclass(eq=False)
@@ -49,15 +100,32 @@ class Sample:
     Attributes:
       pair: ``vis`` is the moving VIS, ``nir`` the fixed NIR; landmarks (``(N, 2)``
         ``(y, x)`` zero-based px) when the source has them.
-      truth: the synthetic misalignment and its exact inverse, or ``None`` for real data.
+      truth: the exact registration, a synthetic misalignment with its inverse or a
+        known affine (both give ``registration_coordinates()`` and the moving content
+        ``mask``); ``None`` when it is unknown.
+      landmark_frame: where landmark errors are measured (:data:`LANDMARK_FRAMES`):
+        ``"fixed"``, ``|T^-1(moving landmark) - fixed landmark|`` in fixed px;
+        ``"moving"``, ``|T(fixed landmark) - moving landmark|`` in moving px.
     """
 
     pair: Pair
-    truth: MisalignedPair | None = None
+    truth: MisalignedPair | KnownAffine | None = None
+    landmark_frame: str = "fixed"
+
+    def __post_init__(self):
+        if self.landmark_frame not in LANDMARK_FRAMES:
+            raise ValueError(
+                f"landmark_frame must be one of {LANDMARK_FRAMES}, got {self.landmark_frame!r}"
+            )
 
     @property
     def name(self) -> str:
         return self.pair.name
+
+    @property
+    def category(self) -> str | None:
+        """An RGB-NIR Scene pair's category (``"field"`` of ``"field/0001"``), else ``None``."""
+        return self.name.split("/", 1)[0] if "/" in self.name else None
 
     @property
     def moving_mask(self) -> np.ndarray | None:
@@ -71,7 +139,7 @@ class EvaluationSet:
 
     Attributes:
       samples: the pairs, in evaluation order.
-      source: ``"pair"``, ``"landmarks"``, ``"data_dir"`` or ``"demo"``.
+      source: ``"pair"``, ``"landmarks"``, ``"data_dir"``, ``"known_affine"`` or ``"demo"``.
       title: names the data for people (results.md title, terminal).
       simulated: True when the NIR images are simulated (the demo set).
       misalignment: the synthetic misalignment kind, or ``None`` for real misalignment.
@@ -103,6 +171,12 @@ class EvaluationSet:
     @property
     def has_ground_truth(self) -> bool:
         return all(sample.truth is not None for sample in self.samples)
+
+    @property
+    def categories(self) -> list[str]:
+        """The pairs' categories in order of appearance; empty unless every pair has one."""
+        names = [sample.category for sample in self.samples]
+        return [] if None in names else list(dict.fromkeys(names))
 
 
 def single_pair(vis_path: str | Path, nir_path: str | Path) -> EvaluationSet:
@@ -165,6 +239,56 @@ def misalign(
     return Sample(truth.pair, truth)
 
 
+def folder_layout(
+    root: str | Path, layout: str = "auto", vis_dir: str = "vis", nir_dir: str = "nir"
+) -> str:
+    """The layout of a ``--data_dir`` folder: ``layout``, or for ``"auto"`` the one
+    detected (``rfnet_tf.data.detect_layout``).
+
+    Raises:
+      DataError: a folder of ``.mat`` landmark files (evaluate them as landmark files)
+        or of no known layout.
+    """
+    if layout not in FOLDER_LAYOUTS:
+        raise ValueError(f"layout must be one of {FOLDER_LAYOUTS}, got {layout!r}")
+    if layout != "auto":
+        return layout
+    layout = detect_layout(root, vis_dir, nir_dir)
+    if layout == "landmarks":
+        raise DataError(
+            f"{root}: holds .mat landmark files, which are already misaligned: "
+            "evaluate them with --landmarks_dir"
+        )
+    return layout
+
+
+def _read_folder(
+    root: str | Path,
+    layout: str,
+    vis_dir: str,
+    nir_dir: str,
+    skip_bad: bool,
+    exclude: tuple[str, ...],
+    only: tuple[str, ...] = (),
+) -> tuple[list[Pair], dict]:
+    """The pairs of a folder of a known ``layout`` named in ``only`` (all if empty), less
+    those named in ``exclude`` (``rfnet_tf.data.splits.select_pairs``), and how they were
+    read (for results.json)."""
+    pairs = select_pairs(
+        read_dataset(root, layout, vis_dir, nir_dir, skip_bad), only, exclude, where=str(root)
+    )
+    details = {
+        "data_dir": str(root),
+        "layout": layout,
+        "vis_dir": vis_dir,
+        "nir_dir": nir_dir,
+        "skip_bad": skip_bad,
+        "pairs": list(only),
+        "exclude": list(exclude),
+    }
+    return pairs, details
+
+
 def synthetic_folder(
     root: str | Path,
     kind: str = "both",
@@ -188,22 +312,18 @@ def synthetic_folder(
 
     Raises:
       DataError: bad input, a name the folder does not hold, or a folder of ``.mat``
-        landmark files (those are already misaligned: evaluate them as landmark files).
+        landmark files or of the known-affine layout (those are already misaligned:
+        evaluate them as they are).
     """
-    if layout not in FOLDER_LAYOUTS:
-        raise ValueError(f"layout must be one of {FOLDER_LAYOUTS}, got {layout!r}")
     if kind not in MISALIGNMENT_KINDS:
         raise ValueError(f"kind must be one of {MISALIGNMENT_KINDS}, got {kind!r}")
-    if layout == "auto":
-        layout = detect_layout(root, vis_dir, nir_dir)
-        if layout == "landmarks":
-            raise DataError(
-                f"{root}: holds .mat landmark files, which are already misaligned: "
-                "evaluate them with --landmarks_dir"
-            )
-    pairs = select_pairs(
-        read_dataset(root, layout, vis_dir, nir_dir, skip_bad), only, exclude, where=str(root)
-    )
+    layout = folder_layout(root, layout, vis_dir, nir_dir)
+    if layout == "known_affine":
+        raise DataError(
+            f"{root}: holds pairs with known affines (NNNN_nir.npy), which are already "
+            "misaligned: evaluate them without --misalign"
+        )
+    pairs, details = _read_folder(root, layout, vis_dir, nir_dir, skip_bad, exclude, only)
     samples = [
         misalign(pair, kind, seed, num_landmarks, affine_ranges, field_ranges) for pair in pairs
     ]
@@ -217,17 +337,91 @@ def synthetic_folder(
         simulated=False,
         misalignment=kind,
         details={
-            "data_dir": str(root),
-            "layout": layout,
-            "vis_dir": vis_dir,
-            "nir_dir": nir_dir,
-            "skip_bad": skip_bad,
-            "pairs": list(only),
-            "exclude": list(exclude),
+            **details,
             "seed": seed,
             "num_landmarks": num_landmarks,
             **misalignment_details(kind, affine_ranges, field_ranges),
         },
+    )
+
+
+def unaligned_folder(
+    root: str | Path,
+    layout: str = "auto",
+    vis_dir: str = "vis",
+    nir_dir: str = "nir",
+    skip_bad: bool = False,
+    exclude: tuple[str, ...] = (),
+    only: tuple[str, ...] = (),
+) -> EvaluationSet:
+    """A folder of real pairs taken as they are (``--misalign=none``): nothing is added
+    and the misalignment is unknown, so only PSNR and SSIM apply; for registering and
+    fusing a data set rather than scoring it. Layouts and errors as
+    :func:`synthetic_folder`."""
+    layout = folder_layout(root, layout, vis_dir, nir_dir)
+    pairs, details = _read_folder(root, layout, vis_dir, nir_dir, skip_bad, exclude, only)
+    return EvaluationSet(
+        samples=[Sample(pair) for pair in pairs],
+        source="data_dir",
+        title=(
+            f"{Path(root).resolve().name}: {len(pairs)} real pair(s) as they are "
+            "(misalignment unknown)"
+        ),
+        simulated=False,
+        misalignment=None,
+        details=details,
+    )
+
+
+def known_affine_sample(pair: Pair) -> Sample:
+    """A pair of the known-affine layout with its true registration and grid landmarks.
+
+    The fixed landmarks are the points ``q`` of a :data:`GRID_POINTS_PER_SIDE`-square
+    grid spanning the NIR corner to corner (``metrics.registration.grid_points``) whose
+    true source ``M^-1 q`` lies inside the VIS image; the moving landmarks are those
+    sources. Errors are measured in the moving frame (``landmark_frame="moving"``):
+    ``|T(q) - M^-1 q|`` for a registration's backward map ``T``.
+
+    Raises:
+      DataError: the matrix takes no grid point from inside the VIS image.
+    """
+    shape = (pair.height, pair.width)
+    backward_pixels = np.asarray(invert_affine(pair.known_affine))
+    theta = pixel_matrix_to_affine(backward_pixels, shape)
+    fixed = grid_points(shape, GRID_POINTS_PER_SIDE)
+    moving = map_fixed_to_moving(fixed, shape, theta=theta)
+    kept = inside_image(moving, shape)
+    if not kept.any():
+        raise DataError(
+            f"{pair.nir_path.with_suffix(KNOWN_AFFINE_SUFFIX)}: the matrix takes none of the "
+            f"NIR's {len(fixed)} grid points from inside the VIS image (is it this pair's?)"
+        )
+    pair.nir_points = fixed[kept]
+    pair.vis_points = moving[kept]
+    return Sample(pair, KnownAffine(pair.known_affine, theta, shape), landmark_frame="moving")
+
+
+def known_affine_folder(
+    root: str | Path,
+    skip_bad: bool = False,
+    exclude: tuple[str, ...] = (),
+    only: tuple[str, ...] = (),
+) -> EvaluationSet:
+    """A folder of the known-affine layout (``rfnet_tf.data.read_known_affine``): real
+    pairs whose NIR was warped by a stored affine, evaluated as they are against it
+    (:func:`known_affine_sample`). Errors as :func:`synthetic_folder`."""
+    pairs, details = _read_folder(root, "known_affine", "vis", "nir", skip_bad, exclude, only)
+    samples = [known_affine_sample(pair) for pair in pairs]
+    return EvaluationSet(
+        samples=samples,
+        source="known_affine",
+        title=(
+            f"{Path(root).resolve().name}: {len(samples)} real pair(s) with known affines "
+            "(real misalignment, exact ground truth)"
+        ),
+        simulated=False,
+        misalignment=None,
+        details={**details, "grid_points_per_side": GRID_POINTS_PER_SIDE},
     )
 
 

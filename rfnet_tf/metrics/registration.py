@@ -262,9 +262,32 @@ def warp_image(moving: np.ndarray, coords: np.ndarray) -> tuple[np.ndarray, np.n
         + padded[row + 1, col] * fy * (1 - fx)
         + padded[row + 1, col + 1] * fy * fx
     ) * cell_inside
+    return (warped[..., 0] if squeeze else warped), inside_image(coords, (height, width))
+
+
+def inside_image(points, shape) -> np.ndarray:
+    """Bool ``(...)``: which ``(..., 2)`` ``(y, x)`` points lie in ``[0, H-1] x [0, W-1]``
+    of an image of ``shape`` (``(H, W, ...)``), within :data:`MASK_TOLERANCE_PX`."""
+    height, width = _shape2(shape)
+    points = np.asarray(points, dtype=np.float64)
+    y, x = points[..., 0], points[..., 1]
     tol = MASK_TOLERANCE_PX
-    mask = (y >= -tol) & (y <= height - 1 + tol) & (x >= -tol) & (x <= width - 1 + tol)
-    return (warped[..., 0] if squeeze else warped), mask
+    return (y >= -tol) & (y <= height - 1 + tol) & (x >= -tol) & (x <= width - 1 + tol)
+
+
+def grid_points(shape, per_side: int = 9) -> np.ndarray:
+    """``(per_side**2, 2)`` float64 ``(y, x)`` points of a regular grid spanning an image
+    of ``shape`` corner to corner: rows ``linspace(0, H-1, per_side)`` times columns
+    ``linspace(0, W-1, per_side)``, row-major (the grid of the known-affine metric)."""
+    if per_side < 2:
+        raise ValueError(f"a grid spanning the image needs 2 or more points a side, not {per_side}")
+    height, width = _shape2(shape)
+    rows, cols = np.meshgrid(
+        np.linspace(0.0, height - 1.0, per_side),
+        np.linspace(0.0, width - 1.0, per_side),
+        indexing="ij",
+    )
+    return np.stack([rows.ravel(), cols.ravel()], axis=-1)
 
 
 def landmark_errors(moving_points_registered, fixed_points) -> np.ndarray:

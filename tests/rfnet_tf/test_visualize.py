@@ -114,3 +114,53 @@ def test_result_panel_places_labelled_tiles(rng):
     assert all(strip.max() > 0 for strip in labels)  # text was drawn
     assert not np.array_equal(labels[0], labels[1])
     np.testing.assert_array_equal(panel[cell:, 30:], 0)  # the unused cell stays black
+
+
+def series_pixels(plot: np.ndarray, index: int = 0) -> np.ndarray:
+    """``(N, 2)`` (row, column) of the pixels drawn in series ``index``'s colour."""
+    return np.argwhere((plot == visualize.PLOT_COLOURS[index]).all(axis=-1))
+
+
+def step_column_and_top(plot: np.ndarray) -> tuple[float, int]:
+    """The column of a single-step curve's vertical stroke (the columns holding the most
+    pixels of the curve's colour) and the top row of that stroke."""
+    pixels = series_pixels(plot)
+    columns, counts = np.unique(pixels[:, 1], return_counts=True)
+    stroke = columns[counts == counts.max()]
+    return float(stroke.mean()), int(pixels[np.isin(pixels[:, 1], stroke), 0].min())
+
+
+def test_cumulative_share_plot_has_a_log_x_axis_and_a_linear_share_axis():
+    def plot(values):
+        return visualize.cumulative_share_plot({"method": values}, "error (px)")
+
+    # Every pair at one error: one step, from 0 % up to 100 %, at that error. The steps
+    # of 0.5, 5 and 50 px are equally spaced (a logarithmic axis).
+    steps = [step_column_and_top(plot([error] * 4))[0] for error in (0.5, 5.0, 50.0)]
+    assert steps[0] < steps[1] < steps[2]
+    assert steps[2] - steps[1] == pytest.approx(steps[1] - steps[0], abs=1.0)
+    # A quarter, a half and all of the pairs within 2 px: the step heights are 1 : 2 : 4.
+    never = 1e6  # beyond the axis: never within x
+    tops = {
+        share: step_column_and_top(plot([2.0] * count + [never] * (4 - count)))[1]
+        for share, count in ((0.25, 1), (0.5, 2), (1.0, 4))
+    }
+    # No pair ever within x: a flat line at 0 % (all but the legend's few pixels on it).
+    rows, counts = np.unique(series_pixels(plot([never] * 4))[:, 0], return_counts=True)
+    bottom = rows[counts.argmax()]
+    assert counts[np.abs(rows - bottom) <= 1].sum() > 0.9 * counts.sum()
+    assert bottom > max(tops.values())
+    heights = {share: bottom - top for share, top in tops.items()}
+    assert heights[0.5] == pytest.approx(2 * heights[0.25], abs=2)
+    assert heights[1.0] == pytest.approx(2 * heights[0.5], abs=2)
+
+
+def test_cumulative_share_plot_draws_each_series_in_its_own_colour():
+    series = {"a": [1.0, 3.0], "b": [0.2], "c": []}
+    plot = visualize.cumulative_share_plot(series, "error (px)", shape=(300, 700))
+    assert plot.shape == (300, 700, 3) and plot.dtype == np.uint8
+    for index in range(3):
+        assert len(series_pixels(plot, index)) > 0
+    assert len(series_pixels(plot, 3)) == 0
+    with pytest.raises(ValueError, match="increasing positive"):
+        visualize.cumulative_share_plot(series, "x", x_range=(0.0, 10.0))

@@ -18,6 +18,7 @@ from rfnet_tf.data.io import (
     detect_layout,
     read_dataset,
     read_image,
+    read_known_affine,
     read_landmark_folder,
     read_landmark_mat,
     read_nirscene,
@@ -136,6 +137,17 @@ def test_three_channel_nir_becomes_luma_with_a_warning(tmp_path, rng, caplog):
     assert "nir_rgb.png" in caplog.text and "luma" in caplog.text
 
 
+def test_nir_stored_as_three_identical_channels_is_its_grey_image_without_a_warning(
+    tmp_path, rng, caplog
+):
+    grey = random_uint(rng, (HEIGHT, WIDTH))
+    path = write_png(tmp_path / "nir_grey_as_rgb.png", np.repeat(grey[..., None], 3, axis=-1))
+    with caplog.at_level(logging.WARNING):
+        image = read_image(path, "nir")
+    assert_unit_image(image, grey[..., None], 255)
+    assert caplog.text == ""
+
+
 # ---------------------------------------------------------------- layouts
 
 
@@ -178,6 +190,61 @@ def test_read_nirscene(tmp_path, rng):
         assert_unit_image(pair.nir, expected[pair.name][1][..., None], 255)
     assert detect_layout(tmp_path) == "nirscene"
     assert [pair.name for pair in read_dataset(tmp_path)] == list(expected)
+
+
+def write_known_affine_pairs(root: Path, rng, names) -> dict:
+    """``category/number`` pairs of random 8-bit PNGs with a random 2x3 float64 matrix
+    each (``NNNN_nir.npy``); returns the matrices by name."""
+    matrices = {}
+    for name in names:
+        category, number = name.split("/")
+        (root / category).mkdir(parents=True, exist_ok=True)
+        write_png(root / category / f"{number}_rgb.png", random_uint(rng, (HEIGHT, WIDTH, 3)))
+        write_png(root / category / f"{number}_nir.png", random_uint(rng, (HEIGHT, WIDTH)))
+        matrices[name] = np.eye(2, 3) + rng.uniform(-0.1, 0.1, (2, 3))
+        np.save(root / category / f"{number}_nir.npy", matrices[name])
+    return matrices
+
+
+def test_read_known_affine_attaches_each_pairs_matrix(tmp_path, rng):
+    matrices = write_known_affine_pairs(tmp_path, rng, ["urban/0002", "field/0001", "urban/0001"])
+    # Other files beside them are ignored.
+    (tmp_path / "urban" / "readme.txt").write_text("notes")
+    np.save(tmp_path / "urban" / "0001_features.npy", np.zeros(3))
+    pairs = read_known_affine(tmp_path)
+    assert [pair.name for pair in pairs] == ["field/0001", "urban/0001", "urban/0002"]
+    for pair in pairs:
+        assert pair.known_affine.dtype == np.float64
+        np.testing.assert_array_equal(pair.known_affine, matrices[pair.name])
+    assert detect_layout(tmp_path) == "known_affine"
+    assert [pair.name for pair in read_dataset(tmp_path)] == [pair.name for pair in pairs]
+    # Read as plain RGB-NIR Scene pairs, the matrices are left aside.
+    assert all(pair.known_affine is None for pair in read_dataset(tmp_path, layout="nirscene"))
+
+
+@pytest.mark.parametrize(
+    "content,problem",
+    [
+        (None, "file not found"),
+        (np.eye(3), r"shape \(3, 3\)"),
+        (np.array([["1", "0", "0"], ["0", "1", "0"]]), "type <U1; expected a 2x3 matrix"),
+        (np.array([[1.0, 0.0, np.nan], [0.0, 1.0, 0.0]]), "NaN or Inf"),
+        (np.array([[1.0, 2.0, 5.0], [0.5, 1.0, 3.0]]), "singular"),
+        (b"not a numpy file", "cannot be read as a numpy"),
+    ],
+)
+def test_bad_known_affine_matrices_name_the_file(tmp_path, rng, content, problem):
+    write_known_affine_pairs(tmp_path, rng, ["water/0001", "water/0002"])
+    bad = tmp_path / "water" / "0002_nir.npy"
+    if content is None:
+        bad.unlink()
+    elif isinstance(content, bytes):
+        bad.write_bytes(content)
+    else:
+        np.save(bad, content)
+    error = assert_data_error(read_known_affine, tmp_path, names=[bad], match=problem)
+    assert len(error.problems) == 1
+    assert [pair.name for pair in read_known_affine(tmp_path, skip_bad=True)] == ["water/0001"]
 
 
 def write_landmark_mat(path: Path, rng, lm_move, lm_fix, drop=()):

@@ -65,13 +65,27 @@ def test_each_source_is_recognised():
         ({"demo_images": "chelsea,lena"}, "--demo_images must name"),
         ({"num_landmarks": 0}, "--num_landmarks must be at least 1"),
         ({"checkerboard_tiles": 0}, "--checkerboard_tiles must be at least 1"),
-        ({"methods": "rfnet,sift"}, "unknown method"),
+        ({"methods": "rfnet,surf"}, "unknown method"),
+        ({"misalign": "none"}, "--misalign=none applies only to --data_dir"),
+        ({"data_dir": "d", "misalign": "none", "seed": 2}, "adds no misalignment, so --seed cannot"),
         ({"out_dir": ""}, "--out_dir is empty"),
     ],
 )
 def test_bad_flag_combinations(given, message):
     with pytest.raises(EvaluationError, match=message):
         settings(**given)
+
+
+def test_a_known_affine_folder_is_scored_as_it_is_and_refuses_synthetic_flags(known_affine_dir):
+    dataset = command.load_dataset(settings(data_dir=str(known_affine_dir)))
+    assert dataset.source == "known_affine" and dataset.has_ground_truth
+    with pytest.raises(EvaluationError, match="--misalign and --seed cannot apply .* own misalignment"):
+        command.load_dataset(settings(data_dir=str(known_affine_dir), misalign="both", seed=1))
+    unscored = command.load_dataset(
+        settings(data_dir=str(known_affine_dir), layout="nirscene", misalign="none")
+    )
+    assert unscored.source == "data_dir" and not unscored.has_ground_truth
+    assert len(unscored.samples) == len(dataset.samples)
 
 
 def test_missing_default_weights_say_how_to_get_some(tmp_path):

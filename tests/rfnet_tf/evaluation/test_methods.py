@@ -1,14 +1,17 @@
-"""Methods: transforms, validity, landmark errors against independently computed truth."""
+"""Methods: transforms, validity, landmark errors against independently computed truth
+(synthetic misalignments, and real pairs with known affines: the grid metric by hand)."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from rfnet_tf.colour import rgb_to_ycbcr
-from rfnet_tf.data import AffineRanges, make_misaligned_pair
-from rfnet_tf.evaluation import methods
+from rfnet_tf.data import AffineRanges, Pair, make_misaligned_pair
+from rfnet_tf.evaluation import methods, sources
 from rfnet_tf.evaluation.sources import Sample
+from rfnet_tf.metrics.registration import pixel_matrix_to_affine
 
 from .conftest import make_pair
 
@@ -84,9 +87,11 @@ def test_metric_keys_follow_what_the_source_provides(rng):
     pair.vis_points = np.array([[10.0, 12.0], [30.0, 40.0]])
     pair.nir_points = np.array([[11.0, 12.0], [30.0, 43.0]])
     metrics = methods.apply_registration(real, methods.register("identity", real, None)).metrics
-    assert set(metrics) == {"rmse", "mae", "mee", "psnr", "ssim"}
+    assert set(metrics) == {"rmse", "mae", "mee", *methods.SUCCESS_METRICS, "psnr", "ssim"}
     assert metrics["mae"] == pytest.approx(3.0)
     assert metrics["mee"] == pytest.approx(2.0)
+    # RMSE sqrt((1 + 9) / 2) = 2.24 px: not within 2 px, within 5 and 10.
+    assert [metrics[key] for key in methods.SUCCESS_METRICS] == [False, True, True]
     # Identical images: PSNR is infinite, which JSON cannot hold: it becomes None.
     same = Sample(type(pair)(name="same", vis=pair.nir, nir=pair.nir))
     assert methods.apply_registration(same, methods.register("identity", same, None)).metrics["psnr"] is None
@@ -107,9 +112,76 @@ def test_ecc_failure_is_reported_and_registers_with_the_identity(rng):
     sample = Sample(pair)
     registration = methods.register("ecc", sample, None)
     assert registration.failed and registration.reason
-    assert registration.theta is None and registration.correlation is None
+    assert registration.theta is None and registration.details == {"correlation": None}
     y, x = np.mgrid[0:64, 0:80]
     np.testing.assert_array_equal(registration.coordinates((64, 80)), np.stack([y, x], -1))
+
+
+def test_sift_through_the_evaluation_path_reports_its_matches_or_its_failure(
+    known_affine_dir, rng
+):
+    sample = sources.known_affine_folder(known_affine_dir).samples[0]
+    registration = methods.register("sift", sample, None)
+    assert not registration.failed, registration.reason
+    assert set(registration.details) == {"matches", "inliers"} and registration.seconds > 0
+    assert methods.apply_registration(sample, registration).metrics["rmse"] < 1.5
+    flat = make_pair(rng)
+    flat.vis = np.full_like(flat.vis, 0.4)
+    failed = methods.register("sift", Sample(flat), None)
+    assert failed.failed and failed.reason and failed.theta is None
+
+
+def grid_metric(known_affine_dir, sample: Sample, backward_pixels: np.ndarray) -> np.ndarray:
+    """Hand computation of the known-affine metric: the distances, over the 9x9 grid of
+    NIR pixels whose true source lies inside the VIS, between the registration's
+    ``backward_pixels @ [x, y, 1]`` and the true source (OpenCV's inverse of M)."""
+    height, width = sample.pair.height, sample.pair.width
+    ys, xs = np.meshgrid(np.linspace(0, height - 1, 9), np.linspace(0, width - 1, 9), indexing="ij")
+    grid = np.stack([xs.ravel(), ys.ravel(), np.ones(81)])
+    truth = cv2.invertAffineTransform(np.load(known_affine_dir / f"{sample.name}_nir.npy")) @ grid
+    kept = (truth[0] >= 0) & (truth[0] <= width - 1) & (truth[1] >= 0) & (truth[1] <= height - 1)
+    return np.linalg.norm(backward_pixels @ grid - truth, axis=0)[kept]
+
+
+def registration_by(backward_pixels: np.ndarray, sample: Sample) -> methods.Registration:
+    shape = (sample.pair.height, sample.pair.width)
+    return methods.Registration("test", theta=pixel_matrix_to_affine(backward_pixels, shape))
+
+
+def test_known_affine_identity_scores_the_grid_metric_computed_by_hand(known_affine_dir):
+    for sample in sources.known_affine_folder(known_affine_dir).samples:
+        distances = grid_metric(known_affine_dir, sample, np.eye(2, 3))
+        metrics = methods.apply_registration(
+            sample, methods.register("identity", sample, None), methods.ground_truth(sample)
+        ).metrics
+        rmse = np.sqrt(np.mean(distances**2))
+        assert metrics["rmse"] == pytest.approx(rmse, abs=1e-6)
+        assert metrics["mae"] == pytest.approx(distances.max(), abs=1e-6)
+        assert metrics["mee"] == pytest.approx(np.median(distances), abs=1e-6)
+        assert metrics["rmse"] > 10.0 and not metrics["success_10px"]
+
+
+def test_known_affine_true_matrix_scores_zero_and_the_other_convention_badly(known_affine_dir):
+    for sample in sources.known_affine_folder(known_affine_dir).samples:
+        matrix = np.load(known_affine_dir / f"{sample.name}_nir.npy")
+        truth = methods.ground_truth(sample)
+        true_registration = registration_by(cv2.invertAffineTransform(matrix), sample)
+        exact = methods.apply_registration(sample, true_registration, truth).metrics
+        assert exact["rmse"] < 0.01 and exact["epe"] < 0.01 and exact["success_2px"]
+        # M itself taken as the backward map (the forward / backward mix-up).
+        swapped = methods.apply_registration(sample, registration_by(matrix, sample), truth).metrics
+        assert swapped["rmse"] > 10.0 and swapped["epe"] > 10.0 and not swapped["success_10px"]
+
+
+def test_known_affine_errors_of_a_near_miss_are_measured_in_the_vis_frame(known_affine_dir):
+    sample = sources.known_affine_folder(known_affine_dir).samples[2]
+    backward = cv2.invertAffineTransform(np.load(known_affine_dir / f"{sample.name}_nir.npy"))
+    near_miss = backward @ np.array([[1.01, 0.004, 1.5], [-0.003, 0.995, -0.8], [0.0, 0.0, 1.0]])
+    distances = grid_metric(known_affine_dir, sample, near_miss)
+    metrics = methods.apply_registration(sample, registration_by(near_miss, sample)).metrics
+    assert metrics["rmse"] == pytest.approx(np.sqrt(np.mean(distances**2)), abs=1e-6)
+    assert metrics["mae"] == pytest.approx(distances.max(), abs=1e-6)
+    assert 0.5 < metrics["rmse"] < 5.0
 
 
 def test_fusion_methods_on_the_0_255_scale(rng):
@@ -123,6 +195,14 @@ def test_fusion_methods_on_the_0_255_scale(rng):
     np.testing.assert_allclose(methods.fuse("rfnet", registered, nir, {"fused": fused}), 63.75)
     scores = methods.fusion_scores(registered, nir, average, paper_conventions=False)
     assert list(scores) == list(methods.FUSION_METRICS)
+
+
+def test_laplacian_fusion_of_a_vis_equal_to_the_nir_is_the_nir(rng):
+    nir = make_pair(rng).nir
+    sample = Sample(Pair(name="same", vis=nir, nir=nir))
+    registered = methods.apply_registration(sample, methods.register("identity", sample, None))
+    fused = methods.fuse("laplacian", registered, nir, None)
+    np.testing.assert_allclose(fused, 255.0 * nir[..., 0], atol=1e-6)
 
 
 def test_fused_rgb_carries_the_fused_luma_and_the_registered_chroma(rng):

@@ -1,4 +1,5 @@
-"""Pipeline: which methods run, and a whole run with a model double of known output."""
+"""Pipeline: which methods run, a whole run with a model double of known output, and a
+run on real pairs with known affines (success rates, categories, the plot)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from rfnet_tf.data import make_misaligned_pair
-from rfnet_tf.evaluation import pipeline
+from rfnet_tf.evaluation import methods, outputs, pipeline, sources
 from rfnet_tf.evaluation.inference import FULL_OUTPUTS, Predictor, WeightsInfo
 from rfnet_tf.evaluation.sources import EvaluationSet, Sample
 from rfnet_tf.weights import PARTS
@@ -24,7 +25,7 @@ COARSE = WeightsInfo(Path("w"), "weights", ("transnet", "affinenet"))
 def test_parse_methods():
     assert pipeline.parse_methods(" ecc, rfnet,ecc ") == ("ecc", "rfnet")
     with pytest.raises(pipeline.EvaluationError, match="unknown method"):
-        pipeline.parse_methods("rfnet,sift")
+        pipeline.parse_methods("rfnet,surf")
     with pytest.raises(pipeline.EvaluationError, match="empty"):
         pipeline.parse_methods(" , ")
 
@@ -93,9 +94,10 @@ def test_a_run_writes_every_output_and_scores_a_perfect_model_perfectly(tmp_path
 
     stored = json.loads((out / "results.json").read_text())
     assert stored == json.loads(json.dumps(result.results))
-    assert set(stored) == {"registration", "fusion", "per_image", "config"}
+    assert set(stored) == {"registration", "registration_by_category", "fusion", "per_image", "config"}
     rfnet = stored["registration"]["rfnet"]
-    assert set(rfnet) == {"rmse", "mae", "mee", "psnr", "ssim", "epe"}
+    assert set(rfnet) == set(methods.REGISTRATION_METRICS)
+    assert rfnet["success_2px"] == {"mean": 1.0, "std": 0.0, "n": 2}
     assert rfnet["epe"]["mean"] < 1e-4 and rfnet["rmse"]["mean"] < 1e-3 and rfnet["epe"]["n"] == 2
     assert stored["registration"]["identity"]["epe"]["mean"] > 1.0
     # The coarse module alone leaves the local part of the misalignment.
@@ -110,6 +112,9 @@ def test_a_run_writes_every_output_and_scores_a_perfect_model_perfectly(tmp_path
         for name in record["files"].values():
             assert (out / record["folder"] / name).is_file()
     assert stored["config"]["methods"]["fusion_registration"] == "rfnet"
+    # One pair has a category, the other none: no per-category table.
+    assert stored["registration_by_category"] == {}
+    assert (out / outputs.SUCCESS_PLOT).is_file() and stored["config"]["success_plot"] == outputs.SUCCESS_PLOT
     assert stored["config"]["metrics"]["conventions"] == "standard"
     markdown = (out / "results.md").read_text()
     assert markdown == result.markdown and "# RFNet evaluation: test pairs" in markdown
@@ -139,7 +144,44 @@ def test_real_pairs_report_only_image_similarity(tmp_path, rng):
     result = pipeline.run_evaluation(dataset, None, plan, pipeline.Options(progress=False), tmp_path / "o")
     assert set(result.results["registration"]["identity"]) == {"psnr", "ssim"}
     not_applicable = result.results["config"]["metrics"]["registration_not_applicable"]
-    assert set(not_applicable) == {"rmse", "mae", "mee", "epe"}
+    assert set(not_applicable) == {"rmse", "mae", "mee", *methods.SUCCESS_METRICS, "epe"}
+    # Without landmarks, no success rates and no plot of them.
+    assert result.results["config"]["success_plot"] is None
+    assert not (tmp_path / "o" / outputs.SUCCESS_PLOT).exists()
     assert result.results["config"]["weights"] is None
     files = result.results["per_image"][0]["files"]
     assert "flow" not in files and "fused_rgb" in files
+
+
+def test_a_run_on_pairs_with_known_affines_reports_success_rates_by_category(
+    tmp_path, known_affine_dir
+):
+    dataset = sources.known_affine_folder(known_affine_dir)
+    plan = pipeline.plan_methods(("identity", "sift", "ecc", "laplacian", "average"), None, True)
+    options = pipeline.Options(ecc_levels=2, progress=False)
+    result = pipeline.run_evaluation(dataset, None, plan, options, tmp_path / "out")
+    stored = result.results
+    per_image = stored["per_image"]
+    assert [record["category"] for record in per_image] == ["field", "field", "forest"]
+    for method in ("identity", "sift"):
+        rmse = [record["registration"][method]["rmse"] for record in per_image]
+        for threshold, metric in zip(methods.SUCCESS_THRESHOLDS_PX, methods.SUCCESS_METRICS):
+            share = np.mean([value < threshold for value in rmse])
+            assert stored["registration"][method][metric]["mean"] == pytest.approx(share)
+        field = stored["registration_by_category"]["field"][method]
+        assert field["rmse"]["mean"] == pytest.approx(np.mean(rmse[:2]))
+        assert field["success_5px"]["n"] == 2
+    assert stored["registration"]["sift"]["success_2px"]["mean"] == 1.0
+    assert stored["registration"]["identity"]["success_10px"]["mean"] == 0.0
+    assert set(stored["registration_by_category"]) == {"field", "forest"}
+    assert set(per_image[0]["registration"]["sift"]) >= {"failed", "reason", "matches", "inliers"}
+    assert set(per_image[0]["seconds"]) == {"ecc", "sift", "metrics", "images"}
+    config = stored["config"]
+    assert config["sift"]["failures"] == 0 and config["sift"]["representation"] == "intensity"
+    assert config["data"]["source"] == "known_affine" and "epe" in config["metrics"]["registration"]
+    assert list(stored["fusion"]) == ["laplacian", "average"]
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert f"]({outputs.SUCCESS_PLOT})" in markdown and (tmp_path / "out" / outputs.SUCCESS_PLOT).is_file()
+    assert "### Registration by category" in markdown and "| forest (n=1): pairs < 5 px" in markdown
+    assert "Registration by category" in result.terminal and "SIFT affine found an affine" in result.terminal
+    assert "9x9 grid" in result.terminal

@@ -115,3 +115,54 @@ def test_write_json_is_strict(tmp_path):
         report.write_json(tmp_path / "bad.json", {"a": np.inf})
     assert not (tmp_path / "bad.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def shares(count, n):
+    """The summary of a success rate: ``count`` of ``n`` pairs."""
+    values = [1.0] * count + [0.0] * (n - count)
+    return report.summarise(values)
+
+
+def test_success_rates_show_count_and_share_and_the_highest_is_best():
+    summary = {
+        "sift": {"success_2px": shares(7, 8), "success_5px": shares(8, 8)},
+        "identity": {"success_2px": shares(0, 8), "success_5px": shares(1, 8)},
+    }
+    table = report.format_table(summary, "registration")
+    assert cells_of(table, "pairs < 2 px") == ["**7/8 (87.5%)**", "0/8 (0.0%)"]
+    assert cells_of(table, "pairs < 5 px") == ["**8/8 (100.0%)**", "1/8 (12.5%)"]
+    assert "pairs < 2 px ↑" in table
+
+
+def test_category_table_has_a_row_per_category_and_metric_with_its_pair_count():
+    by_category = {
+        "field": {"sift": {"rmse": stats(0.5), "success_2px": shares(2, 2)},
+                  "identity": {"rmse": stats(40.0), "success_2px": shares(0, 2)}},
+        "water": {"sift": {"rmse": stats(12.0), "success_2px": shares(0, 3)},
+                  "identity": {"rmse": stats(9.0), "success_2px": shares(0, 3)}},
+    }
+    by_category["field"]["sift"]["rmse"]["n"] = 2
+    by_category["field"]["identity"]["rmse"]["n"] = 2
+    table = report.format_category_table(by_category)
+    labels = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    assert labels == [
+        "field (n=2): RMSE (px) ↓", "field (n=2): pairs < 2 px ↑",
+        "water (n=3): RMSE (px) ↓", "water (n=3): pairs < 2 px ↑",
+    ]
+    assert cells_of(table, "field (n=2): RMSE") == ["**0.500 ± 0.100**", "40.000 ± 0.100"]
+    assert cells_of(table, "field (n=2): pairs") == ["**2/2 (100.0%)**", "0/2 (0.0%)"]
+    assert cells_of(table, "water (n=3): RMSE") == ["12.000 ± 0.100", "**9.000 ± 0.100**"]
+    # A tie is bold in every cell, as in every table.
+    assert cells_of(table, "water (n=3): pairs") == ["**0/3 (0.0%)**", "**0/3 (0.0%)**"]
+
+
+def test_results_markdown_shows_the_plot_and_the_category_table_under_table_1():
+    summary = {"registration": {"identity": {"rmse": stats(3.0)}}, "fusion": {}}
+    by_category = {"a": {"identity": {"rmse": stats(2.0)}}, "b": {"identity": {"rmse": stats(4.0)}}}
+    text = report.results_markdown("t", summary, "standard", [], 2, by_category, "plot.png")
+    table_1 = text.index("## Registration (paper Table 1)")
+    assert table_1 < text.index("](plot.png)") < text.index("### Registration by category")
+    assert text.index("### Registration by category") < text.index("## Fusion (paper Table 2)")
+    assert "](plot.png)" not in report.results_markdown("t", summary, "standard", [], 2)
+    terminal = report.terminal_report("t", summary, "standard", [], by_category)
+    assert "Registration by category" in terminal and "a (n=3): RMSE (px)" in terminal

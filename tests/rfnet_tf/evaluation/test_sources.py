@@ -1,7 +1,11 @@
-"""Sources: reading, seeded synthetic misalignment, labelling of real and simulated data."""
+"""Sources: reading, seeded synthetic misalignment, pairs with known affines (against
+OpenCV's own warp), pairs as they are, labelling of real and simulated data."""
 
 from __future__ import annotations
 
+import shutil
+
+import cv2
 import numpy as np
 import pytest
 import scipy.io
@@ -9,6 +13,7 @@ from PIL import Image
 
 from rfnet_tf.data import DataError
 from rfnet_tf.evaluation import sources
+from rfnet_tf.metrics.registration import warp_image
 
 from .conftest import make_pair
 
@@ -122,3 +127,78 @@ def test_demo_set_is_labelled_simulated():
     assert dataset.details["images"] == ["chelsea"]
     assert dataset.has_landmarks and dataset.has_ground_truth
     assert dataset.samples[0].pair.vis.shape == (300, 451, 3)
+
+
+def test_known_affine_truth_is_opencvs_warp_of_the_vis_onto_the_nir(known_affine_dir):
+    """The stored M is OpenCV's forward map: our true registration of the VIS must equal
+    ``cv2.warpAffine(vis, M, (W, H))`` (up to OpenCV's 1/32-px interpolation table)."""
+    dataset = sources.known_affine_folder(known_affine_dir)
+    assert dataset.source == "known_affine" and dataset.misalignment is None
+    assert not dataset.simulated and dataset.has_landmarks and dataset.has_ground_truth
+    assert [sample.name for sample in dataset.samples] == ["field/0009", "field/0027", "forest/0034"]
+    assert dataset.categories == ["field", "forest"]
+    for sample in dataset.samples:
+        matrix = np.load(known_affine_dir / f"{sample.name}_nir.npy")
+        np.testing.assert_array_equal(sample.truth.forward, matrix)
+        vis = sample.pair.vis.astype(np.float64)
+        registered, inside = warp_image(vis, sample.truth.registration_coordinates())
+        expected = cv2.warpAffine(vis, matrix, (sample.pair.width, sample.pair.height))
+        interior = cv2.erode(inside.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        difference = np.abs(registered - expected)[interior]
+        assert difference.mean() < 2e-3 and difference.max() < 0.02, sample.name
+        assert sample.moving_mask.all()
+
+
+def test_known_affine_landmarks_are_the_grid_points_whose_true_source_is_on_the_vis(
+    known_affine_dir,
+):
+    for sample in sources.known_affine_folder(known_affine_dir).samples:
+        height, width = sample.pair.height, sample.pair.width
+        rows, cols = np.meshgrid(np.linspace(0, height - 1, 9), np.linspace(0, width - 1, 9), indexing="ij")
+        grid_xy = np.stack([cols.ravel(), rows.ravel()], axis=-1)
+        backward = cv2.invertAffineTransform(np.load(known_affine_dir / f"{sample.name}_nir.npy"))
+        source_xy = grid_xy @ backward[:, :2].T + backward[:, 2]
+        kept = (
+            (source_xy[:, 0] >= 0) & (source_xy[:, 0] <= width - 1)
+            & (source_xy[:, 1] >= 0) & (source_xy[:, 1] <= height - 1)
+        )
+        assert 0 < kept.sum() < 81  # the warps move some corners off the image
+        assert sample.landmark_frame == "moving"
+        np.testing.assert_allclose(sample.pair.nir_points, grid_xy[kept][:, ::-1], atol=1e-9)
+        np.testing.assert_allclose(sample.pair.vis_points, source_xy[kept][:, ::-1], atol=1e-9)
+
+
+def test_known_affine_nir_stored_as_three_channels_reads_as_its_grey_image(known_affine_dir):
+    stored = cv2.imread(str(known_affine_dir / "field" / "0027_nir.jpg"), cv2.IMREAD_UNCHANGED)
+    assert stored.ndim == 3
+    pair = sources.known_affine_folder(known_affine_dir).samples[1].pair
+    np.testing.assert_array_equal(np.round(pair.nir[..., 0] * 255), stored[..., 0])
+
+
+def test_a_matrix_that_takes_nothing_from_the_vis_is_bad_input(known_affine_dir, tmp_path):
+    folder = tmp_path / "field"
+    folder.mkdir()
+    for name in ("0009_rgb.jpg", "0009_nir.jpg"):
+        shutil.copy(known_affine_dir / "field" / name, folder / name)
+    np.save(folder / "0009_nir.npy", np.array([[1.0, 0.0, 5000.0], [0.0, 1.0, 0.0]]))
+    with pytest.raises(DataError, match="0009_nir.npy: the matrix takes none"):
+        sources.known_affine_folder(tmp_path)
+
+
+def test_known_affine_pairs_are_not_misaligned_again_but_can_be_taken_as_they_are(known_affine_dir):
+    assert sources.folder_layout(known_affine_dir) == "known_affine"
+    with pytest.raises(DataError, match="already misaligned"):
+        sources.synthetic_folder(known_affine_dir)
+    as_they_are = sources.unaligned_folder(known_affine_dir, layout="nirscene", exclude=("field/0027",))
+    assert [sample.name for sample in as_they_are.samples] == ["field/0009", "forest/0034"]
+    assert not as_they_are.has_landmarks and not as_they_are.has_ground_truth
+
+
+def test_unaligned_folder_takes_the_pairs_as_they_are(tmp_path, rng):
+    write_pairs(tmp_path, rng, ["a", "b"])
+    dataset = sources.unaligned_folder(tmp_path)
+    assert dataset.source == "data_dir" and dataset.misalignment is None and not dataset.simulated
+    assert not dataset.has_landmarks and not dataset.has_ground_truth and dataset.categories == []
+    stored = np.asarray(Image.open(tmp_path / "vis" / "b.png"), np.float32) / 255
+    np.testing.assert_array_equal(dataset.samples[1].pair.vis, stored)
+    assert "as they are" in dataset.title and dataset.details["layout"] == "pairs"

@@ -126,6 +126,21 @@ def test_sampling_coordinates_of_identity_is_the_grid():
     np.testing.assert_allclose(coords, np.stack([ys, xs], -1), atol=1e-12)
 
 
+def test_grid_points_span_the_image_corner_to_corner():
+    points = reg.grid_points((5, 9), per_side=3)
+    # Rows 0, 2, 4 times columns 0, 4, 8, row-major.
+    expected = [[y, x] for y in (0.0, 2.0, 4.0) for x in (0.0, 4.0, 8.0)]
+    np.testing.assert_array_equal(points, expected)
+    assert reg.grid_points((680, 1024)).shape == (81, 2)
+    with pytest.raises(ValueError, match="2 or more"):
+        reg.grid_points((5, 9), per_side=1)
+
+
+def test_inside_image_keeps_the_border_within_the_tolerance():
+    points = np.array([[0.0, 0.0], [4.0, 8.0], [-1e-4, 8.0 + 1e-4], [-0.01, 3.0], [2.0, 8.01]])
+    np.testing.assert_array_equal(reg.inside_image(points, (5, 9)), [True, True, True, False, False])
+
+
 def test_landmark_errors_and_summary_hand_case():
     registered = np.array([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0], [0.0, 12.0], [5.0, 0.0]])
     fixed = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])

@@ -12,7 +12,8 @@ Conventions (ARCHITECTURE.md section 1):
   ``A @ [u, v, 1]``.
 * Sampling is bilinear; with ``padding_mode="zeros"`` a bilinear corner outside the
   image contributes zero (the torchvision / DCN rule), with ``"border"`` the sample
-  point is clamped into the image.
+  point is clamped into the image, with ``"reflect"`` it is mirrored about the border
+  pixels (``numpy.pad(mode="reflect")``: the edge is not repeated).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-PADDING_MODES = ("zeros", "border")
+PADDING_MODES = ("zeros", "border", "reflect")
 
 # A sample point counts as inside the image if it lies within this many pixels of
 # [0, H-1] x [0, W-1]: coordinates that went through the normalised affine convention
@@ -32,6 +33,23 @@ MASK_TOLERANCE_PX = 1e-3
 def _check_padding_mode(padding_mode: str) -> None:
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+
+
+def reflect_coordinates(coords: tf.Tensor, height, width) -> tf.Tensor:
+    """``(..., 2)`` ``(y, x)`` coordinates mirrored into ``[0, H-1] x [0, W-1]``.
+
+    Each axis is folded with period ``2 (n - 1)`` about the border pixels, so that
+    ``-1`` becomes ``1`` and ``n`` becomes ``n - 2`` (as ``numpy.pad(mode="reflect")``);
+    inside the image the coordinates are unchanged. A one-pixel axis maps to 0.
+    """
+
+    def fold(values, size):
+        last = tf.cast(size, values.dtype) - 1.0
+        period = tf.maximum(2.0 * last, 1.0)
+        folded = tf.math.floormod(values, period)
+        return tf.where(last > 0.0, tf.minimum(folded, period - folded), tf.zeros_like(values))
+
+    return tf.stack([fold(coords[..., 0], height), fold(coords[..., 1], width)], axis=-1)
 
 
 def _cell(coords: tf.Tensor, height, width):
@@ -102,8 +120,9 @@ def resample(image: tf.Tensor, coords: tf.Tensor, padding_mode: str = "zeros"):
     Args:
       image: ``(B, H, W, C)`` float.
       coords: ``(B, H', W', 2)`` float pixel coordinates ``(y, x)`` into ``image``.
-      padding_mode: ``"zeros"`` (a corner outside the image contributes 0) or
-        ``"border"`` (coordinates are clamped to the image).
+      padding_mode: ``"zeros"`` (a corner outside the image contributes 0),
+        ``"border"`` (coordinates are clamped to the image) or ``"reflect"``
+        (coordinates are mirrored into the image, :func:`reflect_coordinates`).
 
     Returns:
       ``(sampled, mask)``: ``sampled (B, H', W', C)``; ``mask (B, H', W', 1)``, 1 where
@@ -117,7 +136,9 @@ def resample(image: tf.Tensor, coords: tf.Tensor, padding_mode: str = "zeros"):
     height, width = shape[1], shape[2]
     mask = inside_mask(coords, height, width)
 
-    if padding_mode == "border":
+    if padding_mode == "reflect":
+        coords = reflect_coordinates(coords, height, width)
+    if padding_mode in ("border", "reflect"):
         h = tf.cast(height, coords.dtype)
         w = tf.cast(width, coords.dtype)
         coords = tf.stack(

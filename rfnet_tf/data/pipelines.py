@@ -23,14 +23,14 @@ batch has one shape; its luma is the grey image again.
 
 How an element is made: a random misalignment is drawn first, in the crop's own frame
 (its ranges are those of :mod:`rfnet_tf.data.synthetic` at the crop size, so the
-network sees exactly the spec's distribution: e.g. a translation of up to 10% of the
-crop). Then a crop window is placed in the fixed (NIR) image, uniformly among the
+network sees exactly that distribution: e.g. a translation of up to 15% of the crop).
+Then a crop window is placed in the fixed (NIR) image, uniformly among the
 integer positions whose moving crop samples only real content (the sample
 coordinates' extent is known exactly); where no such position exists, the window is
 centred on the content. The fixed crop is cut from the NIR; the moving crop is sampled
 directly from the whole aligned VIS at the misaligned coordinates (window offset +
-misalignment, bilinear, zero outside), so it holds real content from beyond the
-window rather than a black border. Images smaller than the crop are reflect-padded
+misalignment, bilinear), so it holds real content from beyond the window; beyond the
+image it is mirrored (``synthetic.OUTSIDE_FILL``), and ``mask`` marks it. Images smaller than the crop are reflect-padded
 (centred) first. Finally random vertical and horizontal flips are applied to both
 crops, the mask and the ground truth (``synthetic.flip_affine`` / ``flip_flow``).
 
@@ -60,6 +60,7 @@ from rfnet_tf.data.io import Pair
 from rfnet_tf.data.synthetic import (
     INVERSION_TOLERANCE_PX,
     NUM_AFFINE_SAMPLES,
+    OUTSIDE_FILL,
     AffineRanges,
     Curriculum,
     LocalFieldRanges,
@@ -399,7 +400,7 @@ def _misaligned_element(
     vis, nir, content = _padded_to_crop(vis, nir, crop)
     offset = _window_offset(crop_coords, content, tf.shape(nir)[:2], crop, key)
     coords = crop_coords + tf.cast(offset, tf.float32)
-    moving, _ = resample(vis[None], coords[None])
+    moving, _ = resample(vis[None], coords[None], OUTSIDE_FILL)
     fixed = nir[offset[0] : offset[0] + crop[0], offset[1] : offset[1] + crop[1]]
     return {"vis": moving[0], "nir": fixed, "mask": _content_mask(coords, content)}
 

@@ -52,6 +52,11 @@ from layers import identity_grid, resample, warp_affine, warp_flow
 from rfnet_tf.data.io import Pair
 
 MISALIGNMENT_KINDS = ("affine", "local", "both")
+# How the moving image is filled where it samples beyond the aligned VIS: mirrored, not
+# black, because a real misaligned VIS shows real (if non-corresponding) content there,
+# and a black border skews what TransNet makes of the rest of the image (its instance
+# norms see it). The content mask still marks those pixels.
+OUTSIDE_FILL = "reflect"
 INVERSION_TOLERANCE_PX = 1e-4
 MAX_INVERSION_ITERATIONS = 30
 # The affine parameters are drawn from this many independent U(0, 1) samples.
@@ -486,9 +491,10 @@ def make_misaligned_pair(
 ) -> MisalignedPair:
     """Misaligns ``pair.vis`` by a random transform, with exact ground truth and landmarks.
 
-    The moving VIS is warped backward with zero padding (``layers.warp_affine`` /
-    ``warp_flow``; for ``"both"`` one resampling at the composed coordinates
-    ``M(p) + f(M(p))``, so the image is interpolated only once). The fixed NIR is
+    The moving VIS is warped backward, mirrored where it samples beyond the aligned VIS
+    (:data:`OUTSIDE_FILL`; ``layers.warp_affine`` / ``warp_flow``; for ``"both"`` one
+    resampling at the composed coordinates ``M(p) + f(M(p))``, so the image is
+    interpolated only once), and ``mask`` marks its content. The fixed NIR is
     ``pair.nir``.
 
     Landmarks: fixed points ``q`` are drawn on integer pixels at least ``margin`` px
@@ -520,9 +526,13 @@ def make_misaligned_pair(
 
     image = tf.constant(pair.vis[None])
     if field is None:
-        moving, mask = warp_affine(image, tf.constant(affine.misalignment[None], tf.float32))
+        moving, mask = warp_affine(
+            image, tf.constant(affine.misalignment[None], tf.float32), OUTSIDE_FILL
+        )
     elif affine is None:
-        moving, mask = warp_flow(image, tf.constant(field.misalignment[None], tf.float32))
+        moving, mask = warp_flow(
+            image, tf.constant(field.misalignment[None], tf.float32), OUTSIDE_FILL
+        )
     else:
         pixels = _pixel_grid(height, width).reshape(-1, 2)
         affine_coords = transform_points(affine.misalignment, pixels, height, width)
@@ -530,7 +540,7 @@ def make_misaligned_pair(
         local, _ = resample(
             tf.constant(field.misalignment[None]), affine_coords, padding_mode="border"
         )
-        moving, mask = resample(image, tf.cast(affine_coords + local, tf.float32))
+        moving, mask = resample(image, tf.cast(affine_coords + local, tf.float32), OUTSIDE_FILL)
 
     misaligned = MisalignedPair(
         pair=Pair(

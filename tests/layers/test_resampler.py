@@ -260,7 +260,7 @@ def test_border_gradient_on_the_image_edges(rng):
 def test_rejects_unknown_padding_mode(rng):
     image = _random_image(rng)
     with pytest.raises(ValueError):
-        resample(image, identity_grid(2, 7, 9), "reflect")
+        resample(image, identity_grid(2, 7, 9), "wrap")
     with pytest.raises(ValueError):
         SpatialTransformer(padding_mode="wrap")
 
@@ -431,3 +431,32 @@ def test_gradients_with_none_dimensions_in_tf_function(rng, dtype):
             np.testing.assert_allclose(tf.cast(graph, tf.float32).numpy(),
                                        tf.cast(eager, tf.float32).numpy(), atol=1e-5, rtol=0)
     assert traced.experimental_get_tracing_count() == 1
+
+
+def test_reflect_coordinates_mirror_about_the_border_pixels_like_numpy_pad():
+    from layers.resampler import reflect_coordinates
+
+    size = 5
+    positions = np.arange(-9, 14, dtype=np.float64)
+    index = np.arange(size)
+    expected = np.pad(index, 9, mode="reflect")[positions.astype(int) + 9]
+    coords = np.stack([positions, positions], axis=-1)
+    folded = reflect_coordinates(tf.constant(coords), size, size).numpy()
+    np.testing.assert_array_equal(folded[:, 0], expected)
+    np.testing.assert_array_equal(folded[:, 1], expected)
+    np.testing.assert_array_equal(reflect_coordinates(tf.constant([[3.0, -2.5]]), 1, 1), [[0.0, 0.0]])
+
+
+def test_reflect_padding_samples_the_mirrored_image_and_masks_the_outside(rng):
+    image = rng.uniform(size=(1, 6, 7, 2)).astype(np.float32)
+    padded = np.pad(image, [(0, 0), (4, 4), (4, 4), (0, 0)], mode="reflect")
+    ys, xs = np.meshgrid(np.arange(-4, 10), np.arange(-4, 11), indexing="ij")
+    coords = np.stack([ys, xs], axis=-1)[None].astype(np.float32)
+    sampled, mask = resample(tf.constant(image), tf.constant(coords), padding_mode="reflect")
+    np.testing.assert_allclose(sampled.numpy(), padded, atol=1e-6)
+    inside = (ys >= 0) & (ys <= 5) & (xs >= 0) & (xs <= 6)
+    np.testing.assert_array_equal(mask.numpy()[0, ..., 0], inside.astype(np.float32))
+    # Between pixels it is the bilinear interpolant of the mirrored image.
+    half = np.array([[[[-0.5, 2.0]]]], np.float32)
+    value, _ = resample(tf.constant(image), tf.constant(half), padding_mode="reflect")
+    np.testing.assert_allclose(value.numpy()[0, 0, 0], 0.5 * (image[0, 1, 2] + image[0, 0, 2]), atol=1e-6)

@@ -40,6 +40,7 @@ _MODEL_VALUES = {
     "affine_input_size": (lambda v: _is_int(v) and v >= 8, "an integer >= 8"),
     "coarse_refinement_steps": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "coarse_refinement_levels": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "coarse_refinement_fine_size": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "attention_window": (
         lambda v: v is None or (_is_int(v) and v >= 1),
         "null or an integer >= 1",

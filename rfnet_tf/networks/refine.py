@@ -1,65 +1,131 @@
-"""Test-time refinement of the coarse affine by optimising the paper's coarse loss.
+"""Test-time refinement of the coarse affine: a guarded coarse-to-fine search on Eq. 4.
 
 An extension, not part of the paper: AffineNet predicts the affine in one pass, and a
-network trained with a short CPU schedule predicts it poorly (see ``weights/README.md``).
+network trained with a short CPU schedule predicts it poorly (``weights/README.md``).
 Eq. 4, ``L_coarse = -NCC(I_x->y^C, I_y)``, is a differentiable function of the six
 affine numbers alone, so the prediction can be improved for each pair at inference by
-gradient descent on it, the way instance optimisation refines learned registrations.
-TransNet's translation is what makes NCC meaningful across the two modalities.
+maximising the NCC between TransNet's translation of the VIS and the NIR, the way
+instance optimisation refines learned registrations.
 
-The search runs coarse to fine on a pyramid of the coarse input (2x2 average pooling):
+The search (:func:`refine_affine`) runs on a pyramid: the coarse input (``h x w``,
+RFNet's ``affine_input_size``), ``levels - 1`` rounds of 2x2 average pooling below it,
+and optionally a finer pair above it (TransNet's translation of a larger copy of the
+VIS, for sub-pixel precision at full resolution).
 
-1. at the coarsest level it starts from ``len(START_OFFSETS)`` (225) affines, the predicted
-   one composed with small similarity transforms, and keeps, per image, the one that
-   ends with the highest NCC (a single descent from one start can stop in a local
-   optimum when the misalignment is large);
-2. the kept affine descends further at each finer level.
+1. *Starts* (coarsest level): the identity, the prediction, the prediction composed
+   with every similarity of :data:`START_GRID` (rotations to 15 degrees, scales
+   0.8-1.25, shifts to 15 % of each side, built in the image's own pixel frame so that
+   a rotation is a rotation of the scene whatever the aspect ratio) and any extra
+   starts (e.g. a feature-based estimate). Each is scored by its guarded NCC, without
+   descent: many cheap starts where they cost least.
+2. The ``top_k`` best starts of each image descend ``steps`` Adam steps at the
+   coarsest level; the best by guarded NCC goes on.
+3. That one descends ``steps`` steps at each finer level (``fine_steps`` at the fine
+   pair). Adam's step is about ``STEP_PX`` pixels of the level, decaying linearly to a
+   tenth within the level, so every level converges at its own precision.
+4. *Decision* (finest level): the refined affine is returned only if it passes the
+   guards and its NCC is higher than that of the prediction and of the identity (and
+   of the extra starts); otherwise the best of those (the prediction and extra starts
+   only if they pass the guards themselves; the identity always counts).
 
-Descent is Adam on the loss of each image (the images of a batch are independent).
-Everything is TensorFlow graph code: it runs inside ``tf.function`` and a SavedModel.
+Guards (:class:`Guards`): the warp must sample at least ``min_overlap`` of the fixed
+image inside the moving image, and its linear part, read in the image's pixel frame,
+must be a plausible misalignment: a rotation within ``max_rotation_deg``, a scale
+(``sqrt |det|``) within ``scale_range``, an anisotropy (ratio of singular values, which
+shear and unequal scales raise) within ``max_anisotropy``, and no reflection. The
+defaults are the training ranges (15 degrees, scales 0.8-1.25, shear 0.15) with margin.
+
+Each image's result carries its *confidence*: the NCC of the returned affine at the
+finest level and its overlap (the share of fixed pixels sampled inside the moving
+image). Descent is Adam on each image's own loss. Everything is TensorFlow graph code:
+it runs inside ``tf.function`` and a SavedModel.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
+from typing import NamedTuple
 
 import tensorflow as tf
 
 from layers import affine_grid, resample
+from layers.resampler import inside_mask
 from losses import ncc
+from rfnet_tf.data.synthetic import affine_matrix
 
-# Similarity transforms composed with the prediction at the coarsest level: (rotation
-# in degrees, isotropic scale, shift y, shift x) of the normalised frame (a shift of
-# 0.2 is 10 % of the image). They span the spec's misalignments, which reach 10
-# degrees, scales 0.8-1.25 and shifts of 10 % per axis (ARCHITECTURE section 5); a
-# grid of shifts up to 6 % only (81 starts) left one of the 7 real pairs of the
-# README's evaluation unregistered, while 28 pair-misalignments of other seeds all
-# converged either way.
-SHIFTS = (-0.24, -0.12, 0.0, 0.12, 0.24)
-START_OFFSETS = tuple(
-    (rotation, scale, shift_y, shift_x)
-    for rotation in (-6.0, 0.0, 6.0)
-    for scale in (0.87, 1.0, 1.15)
-    for shift_y in SHIFTS
-    for shift_x in SHIFTS
+# Similarity transforms of the image's pixel frame composed with the prediction at the
+# coarsest level: rotations (degrees), isotropic scales and shifts (fractions of the
+# side; 0.15 = 15 %) spanning the training misalignments (rotations to 15 degrees,
+# scales 0.8-1.25, shifts to 15 % of each side).
+START_ROTATIONS_DEG = (-15.0, -10.0, -5.0, 0.0, 5.0, 10.0, 15.0)
+START_SCALES = (0.8, 0.89, 1.0, 1.12, 1.25)
+START_SHIFTS = (-0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15)
+START_GRID = tuple(
+    itertools.product(START_ROTATIONS_DEG, START_SCALES, START_SHIFTS, START_SHIFTS)
 )
+# Adam's step at the start of each level, in pixels of that level.
+STEP_PX = 0.5
+# The smallest side a pyramid level may have.
+MIN_LEVEL_SIZE = 8
 ADAM_BETA_1 = 0.9
 ADAM_BETA_2 = 0.999
 ADAM_EPSILON = 1e-8
+# The score of a candidate that fails a guard: below every NCC.
+FAILED_SCORE = -2.0
 
 
-def similarity_offsets(offsets=START_OFFSETS, dtype=tf.float32) -> tf.Tensor:
-    """``(K, 3, 3)`` homogeneous similarity transforms of the normalised frame.
+@dataclasses.dataclass(frozen=True)
+class Guards:
+    """What a refined affine must satisfy to be returned (module docstring).
 
-    ``offsets``: ``(rotation_deg, scale, shift_y, shift_x)`` each; the transform is
-    ``p -> scale * R(rotation) p + (shift_x, shift_y)`` on ``p = (u, v)``.
+    Attributes:
+      min_overlap: the least share of fixed pixels that must sample inside the moving
+        image (the training misalignments leave at least about 0.46).
+      max_rotation_deg: the largest rotation, degrees (training: 15).
+      scale_range: the scales allowed (training: 0.8-1.25).
+      max_anisotropy: the largest ratio of the singular values of the linear part
+        (training: a shear of 0.15 gives 1.16).
     """
-    matrices = []
-    for rotation, scale, shift_y, shift_x in offsets:
-        c = scale * math.cos(math.radians(rotation))
-        s = scale * math.sin(math.radians(rotation))
-        matrices.append([[c, -s, shift_x], [s, c, shift_y], [0.0, 0.0, 1.0]])
-    return tf.constant(matrices, dtype)
+
+    min_overlap: float = 0.55
+    max_rotation_deg: float = 20.0
+    scale_range: tuple[float, float] = (0.7, 1.43)
+    max_anisotropy: float = 1.35
+
+
+class Confidence(NamedTuple):
+    """How far a coarse registration can be trusted: per image, the NCC of TransNet's
+    translation warped by the affine with the NIR, and the share of the NIR that the
+    warp covers with VIS content. (Low values: see ``LOW_CONFIDENCE_NCC``.)"""
+
+    ncc: tf.Tensor
+    overlap: tf.Tensor
+
+
+# A coarse registration whose final NCC or overlap is below these is flagged as unsure
+# (evaluate.py's results and warnings): measured on the validation pairs (README), a
+# correct registration of a real pair scores well above them.
+LOW_CONFIDENCE_NCC = 0.3
+LOW_CONFIDENCE_OVERLAP = 0.5
+
+
+def start_transforms(aspect, grid=START_GRID, dtype=tf.float32) -> tf.Tensor:
+    """``(K, 3, 3)`` homogeneous normalised affines of the pixel-frame similarities.
+
+    ``grid``: ``(rotation_deg, scale, shift_y, shift_x)`` each, shifts as fractions of
+    the side; ``aspect``: ``(H - 1) / (W - 1)`` of the image (a scalar).
+    """
+    columns = [tf.constant([row[index] for row in grid], dtype) for index in range(4)]
+    rotation, scale, shift_y, shift_x = columns
+    aspect = tf.cast(aspect, dtype)
+    # affine_matrix reads the frame only through its aspect (H - 1) / (W - 1).
+    matrices = affine_matrix(
+        rotation, scale, tf.zeros_like(scale), shift_y, shift_x, height=aspect + 1.0, width=2.0
+    )
+    bottom = tf.tile(tf.constant([[[0.0, 0.0, 1.0]]], dtype), [len(grid), 1, 1])
+    return tf.concat([matrices, bottom], axis=1)
 
 
 def compose_affines(outer: tf.Tensor, inner: tf.Tensor) -> tf.Tensor:
@@ -68,42 +134,120 @@ def compose_affines(outer: tf.Tensor, inner: tf.Tensor) -> tf.Tensor:
     return tf.matmul(tf.concat([outer, bottom], axis=1), inner)[:, :2, :]
 
 
-def affine_ncc(theta: tf.Tensor, moving: tf.Tensor, fixed: tf.Tensor) -> tf.Tensor:
-    """``(N,)`` masked NCC (Eq. 5) of ``moving`` warped by ``theta (N, 2, 3)`` and ``fixed``.
+def pixel_linear_part(theta: tf.Tensor, aspect) -> tf.Tensor:
+    """``(N, 2, 2)`` linear part of normalised affines, read in the pixel frame on
+    ``[x, y]`` of an image with ``aspect = (H - 1) / (W - 1)``."""
+    aspect = tf.cast(aspect, theta.dtype)
+    return tf.stack(
+        [
+            tf.stack([theta[:, 0, 0], theta[:, 0, 1] / aspect], axis=-1),
+            tf.stack([theta[:, 1, 0] * aspect, theta[:, 1, 1]], axis=-1),
+        ],
+        axis=-2,
+    )
 
-    ``moving``, ``fixed``: ``(N, h, w, 1)``; pixels sampled outside ``moving`` are
-    excluded through the warp's mask.
-    """
+
+def linear_parameters(theta: tf.Tensor, aspect) -> dict[str, tf.Tensor]:
+    """``(N,)`` tensors describing each affine's pixel-frame linear part ``L``:
+    ``rotation_deg`` (of the closest similarity), ``scale = sqrt |det L|``,
+    ``anisotropy`` (larger over smaller singular value) and ``determinant``."""
+    linear = pixel_linear_part(theta, aspect)
+    a, b, c, d = linear[:, 0, 0], linear[:, 0, 1], linear[:, 1, 0], linear[:, 1, 1]
+    determinant = a * d - b * c
+    # Singular values of [[a, b], [c, d]] in closed form.
+    frobenius = a * a + b * b + c * c + d * d
+    root = tf.sqrt(tf.maximum(frobenius * frobenius - 4.0 * determinant * determinant, 0.0))
+    largest = tf.sqrt(0.5 * (frobenius + root))
+    smallest = tf.sqrt(tf.maximum(0.5 * (frobenius - root), 0.0))
+    return {
+        "rotation_deg": tf.atan2(c - b, a + d) * (180.0 / math.pi),
+        "scale": tf.sqrt(tf.abs(determinant)),
+        "anisotropy": largest / tf.maximum(smallest, 1e-12),
+        "determinant": determinant,
+    }
+
+
+def within_bounds(theta: tf.Tensor, aspect, guards: Guards = Guards()) -> tf.Tensor:
+    """``(N,)`` bool: the affine's linear part is a plausible misalignment (``Guards``)."""
+    parameters = linear_parameters(theta, aspect)
+    low, high = guards.scale_range
+    return (
+        (parameters["determinant"] > 0.0)
+        & (tf.abs(parameters["rotation_deg"]) <= guards.max_rotation_deg)
+        & (parameters["scale"] >= low)
+        & (parameters["scale"] <= high)
+        & (parameters["anisotropy"] <= guards.max_anisotropy)
+    )
+
+
+def affine_ncc(theta: tf.Tensor, moving: tf.Tensor, fixed: tf.Tensor):
+    """``(ncc, overlap)``, each ``(N,)``: the masked NCC (Eq. 5) of ``moving`` warped by
+    ``theta (N, 2, 3)`` and ``fixed``, and the share of ``fixed``'s pixels whose sample
+    point lies inside ``moving``. ``moving``, ``fixed``: ``(N, h, w, 1)``."""
     shape = tf.shape(fixed)
-    warped, mask = resample(moving, affine_grid(theta, shape[1], shape[2]))
-    return ncc(warped, fixed, mask)
+    coords = affine_grid(theta, shape[1], shape[2])
+    warped, mask = resample(moving, coords)
+    return ncc(warped, fixed, mask), tf.reduce_mean(mask, axis=[1, 2, 3])
 
 
-def descend(theta: tf.Tensor, moving: tf.Tensor, fixed: tf.Tensor, steps: int, learning_rate: float):
-    """``steps`` Adam steps on ``-affine_ncc`` of each image; returns ``(theta, ncc)``.
+def guarded_scores(theta, moving, fixed, aspect, guards: Guards):
+    """``(score, ncc, overlap)``, each ``(N,)``: the score is the NCC where the guards
+    hold and ``FAILED_SCORE`` where they do not."""
+    correlation, overlap = affine_ncc(theta, moving, fixed)
+    passes = within_bounds(theta, aspect, guards) & (overlap >= guards.min_overlap)
+    return tf.where(passes, correlation, FAILED_SCORE), correlation, overlap
+
+
+def descend(theta: tf.Tensor, moving: tf.Tensor, fixed: tf.Tensor, steps: int, learning_rate):
+    """``steps`` Adam steps on each image's ``-NCC``; returns ``theta``.
 
     ``theta (N, 2, 3)``; ``moving``, ``fixed`` ``(N, h, w, 1)``. Each image's loss is
-    summed, not averaged, into the objective, so its gradient is its own.
+    summed, not averaged, into the objective, so its gradient is its own. The step
+    size decays linearly from ``learning_rate`` to a tenth of it.
     """
+    if steps <= 0:
+        return theta
 
     def step(index, theta, first_moment, second_moment):
         with tf.GradientTape() as tape:
             tape.watch(theta)
-            loss = -tf.reduce_sum(affine_ncc(theta, moving, fixed))
+            loss = -tf.reduce_sum(affine_ncc(theta, moving, fixed)[0])
         gradient = tape.gradient(loss, theta)
         first_moment = ADAM_BETA_1 * first_moment + (1.0 - ADAM_BETA_1) * gradient
         second_moment = ADAM_BETA_2 * second_moment + (1.0 - ADAM_BETA_2) * tf.square(gradient)
         t = tf.cast(index + 1, theta.dtype)
         corrected_first = first_moment / (1.0 - ADAM_BETA_1**t)
         corrected_second = second_moment / (1.0 - ADAM_BETA_2**t)
-        theta = theta - learning_rate * corrected_first / (tf.sqrt(corrected_second) + ADAM_EPSILON)
+        rate = learning_rate * (1.0 - 0.9 * tf.cast(index, theta.dtype) / steps)
+        theta = theta - rate * corrected_first / (tf.sqrt(corrected_second) + ADAM_EPSILON)
         return index + 1, theta, first_moment, second_moment
 
     zeros = tf.zeros_like(theta)
     _, theta, _, _ = tf.while_loop(
         lambda index, *_: index < steps, step, (tf.constant(0), theta, zeros, zeros)
     )
-    return theta, affine_ncc(theta, moving, fixed)
+    return theta
+
+
+def _level_rate(image: tf.Tensor, dtype) -> tf.Tensor:
+    """Adam's first step at a level: ``STEP_PX`` pixels in normalised units."""
+    size = tf.cast(tf.reduce_max(tf.shape(image)[1:3]) - 1, dtype)
+    return 2.0 * STEP_PX / size
+
+
+def _pooled(image: tf.Tensor, factor: int) -> tf.Tensor:
+    return tf.nn.avg_pool2d(image, factor, factor, "VALID") if factor > 1 else image
+
+
+def _per_image(values: tf.Tensor, count: int, batch) -> tf.Tensor:
+    """``(count * B, ...)`` candidate-major values -> ``(count, B, ...)``."""
+    return tf.reshape(values, tf.concat([[count, batch], tf.shape(values)[1:]], axis=0))
+
+
+def _best(candidates: tf.Tensor, scores: tf.Tensor, count: int, batch) -> tf.Tensor:
+    """Each image's best-scoring candidate: ``(count * B, 2, 3)`` -> ``(B, 2, 3)``."""
+    best = tf.argmax(_per_image(scores, count, batch), axis=0, output_type=tf.int32)
+    return tf.gather(candidates, best * batch + tf.range(batch))
 
 
 def refine_affine(
@@ -112,49 +256,112 @@ def refine_affine(
     fixed: tf.Tensor,
     steps: int = 60,
     levels: int = 3,
-    learning_rate: float = 0.01,
-    offsets=START_OFFSETS,
-) -> tf.Tensor:
-    """Refines a backward normalised affine by descending Eq. 4 coarse to fine.
+    aspect=1.0,
+    fine: tuple[tf.Tensor, tf.Tensor] | None = None,
+    fine_steps: int | None = None,
+    extra_starts: tf.Tensor | None = None,
+    top_k: int = 4,
+    grid=START_GRID,
+    guards: Guards = Guards(),
+) -> tuple[tf.Tensor, Confidence]:
+    """Refines a backward normalised affine by a guarded search on Eq. 4 (module docstring).
 
     Args:
-      theta: ``(B, 2, 3)`` the starting affine (AffineNet's prediction), normalised
-        align-corners convention, ``registered[q] = moving[theta(q)]``.
+      theta: ``(B, 2, 3)`` the prediction (AffineNet's), normalised align-corners
+        convention, ``registered[q] = moving[theta(q)]``.
       moving: ``(B, h, w, 1)`` the translated VIS ``I_x->y`` at the coarse input size.
       fixed: ``(B, h, w, 1)`` the NIR ``I_y`` at the same size.
-      steps: Adam steps per pyramid level (0 returns ``theta`` unchanged).
-      levels: pyramid levels; level ``l`` is ``levels - 1 - l`` rounds of 2x2 average
-        pooling, so ``h`` and ``w`` should be at least ``8 * 2 ** (levels - 1)``.
-      learning_rate: Adam's step size, in normalised units (1 = half the image).
-      offsets: ``(rotation_deg, scale, shift_y, shift_x)`` start transforms of the
-        coarsest level (see ``similarity_offsets``).
+      steps: Adam steps per level (0: no search; ``theta`` is returned with its
+        confidence).
+      levels: pyramid levels at and below the coarse input; the coarsest is
+        ``levels - 1`` rounds of 2x2 average pooling (``h``, ``w`` at least
+        ``MIN_LEVEL_SIZE * 2 ** (levels - 1)``).
+      aspect: ``(H - 1) / (W - 1)`` of the full-size images (the coarse input may be
+        squashed to a square; rotations and guards are read in the real frame).
+      fine: ``(moving, fixed)`` of a finer level (any size, e.g. TransNet's translation
+        of a larger copy of the VIS and the NIR at that size), or ``None``.
+      fine_steps: Adam steps at the fine level (default ``steps``).
+      extra_starts: ``(B, E, 2, 3)`` more starts (and fallbacks), or ``None``.
+      top_k: starts of each image that descend at the coarsest level.
+      grid: the start similarities (see :func:`start_transforms`).
+      guards: see :class:`Guards`.
 
     Returns:
-      ``(B, 2, 3)`` the refined affine, same convention.
+      ``(theta, confidence)``: ``(B, 2, 3)`` the chosen affine (same convention) and
+      its :class:`Confidence` at the finest level.
     """
+    finest_moving, finest_fixed = fine if fine is not None else (moving, fixed)
     if steps <= 0:
-        return theta
+        correlation, overlap = affine_ncc(theta, finest_moving, finest_fixed)
+        return theta, Confidence(correlation, overlap)
+    dtype = theta.dtype
     batch = tf.shape(theta)[0]
-    starts = similarity_offsets(offsets, theta.dtype)  # (K, 3, 3)
-    count = len(offsets)
-    # (K * B, ...) candidates, start-major: candidate k of image b at k * B + b.
-    candidates = compose_affines(
-        tf.tile(theta, [count, 1, 1]), tf.repeat(starts, batch, axis=0)
+    identity = tf.tile(tf.constant([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], dtype), [batch, 1, 1])
+    # Fallbacks: candidate-major (count * B, 2, 3).
+    fallbacks = [identity, theta]
+    if extra_starts is not None:
+        fallbacks += tf.unstack(tf.transpose(extra_starts, [1, 0, 2, 3]))
+    fallback_count = len(fallbacks)
+    fallbacks = tf.concat(fallbacks, axis=0)
+
+    transforms = start_transforms(aspect, grid, dtype)
+    count = len(grid)
+    starts = tf.concat(
+        [
+            fallbacks,
+            compose_affines(tf.tile(theta, [count, 1, 1]), tf.repeat(transforms, batch, axis=0)),
+        ],
+        axis=0,
     )
-    for level in range(levels):
+    count += fallback_count
+
+    coarsest = 2 ** (levels - 1)
+    moving_level, fixed_level = _pooled(moving, coarsest), _pooled(fixed, coarsest)
+    scores, _, _ = guarded_scores(
+        starts,
+        tf.tile(moving_level, [count, 1, 1, 1]),
+        tf.tile(fixed_level, [count, 1, 1, 1]),
+        aspect,
+        guards,
+    )
+    # The top_k starts of each image, candidate-major again.
+    k = min(top_k, count)
+    top = tf.math.top_k(tf.transpose(_per_image(scores, count, batch)), k=k).indices  # (B, k)
+    chosen = tf.gather(starts, tf.reshape(tf.transpose(top) * batch + tf.range(batch), [-1]))
+    tiled_moving = tf.tile(moving_level, [k, 1, 1, 1])
+    tiled_fixed = tf.tile(fixed_level, [k, 1, 1, 1])
+    chosen = descend(chosen, tiled_moving, tiled_fixed, steps, _level_rate(moving_level, dtype))
+    scores, _, _ = guarded_scores(chosen, tiled_moving, tiled_fixed, aspect, guards)
+    refined = _best(chosen, scores, k, batch)
+
+    for level in range(1, levels):
         factor = 2 ** (levels - 1 - level)
-        moving_level = tf.nn.avg_pool2d(moving, factor, factor, "VALID") if factor > 1 else moving
-        fixed_level = tf.nn.avg_pool2d(fixed, factor, factor, "VALID") if factor > 1 else fixed
-        if level == 0:
-            candidates, scores = descend(
-                candidates,
-                tf.tile(moving_level, [count, 1, 1, 1]),
-                tf.tile(fixed_level, [count, 1, 1, 1]),
-                steps,
-                learning_rate,
-            )
-            best = tf.argmax(tf.reshape(scores, [count, batch]), axis=0, output_type=tf.int32)
-            theta = tf.gather(candidates, best * batch + tf.range(batch))
-        else:
-            theta, _ = descend(theta, moving_level, fixed_level, steps, learning_rate)
-    return theta
+        moving_level, fixed_level = _pooled(moving, factor), _pooled(fixed, factor)
+        refined = descend(refined, moving_level, fixed_level, steps, _level_rate(moving_level, dtype))
+    if fine is not None:
+        fine_steps = steps if fine_steps is None else fine_steps
+        refined = descend(
+            refined, finest_moving, finest_fixed, fine_steps, _level_rate(finest_moving, dtype)
+        )
+
+    # The decision, at the finest level.
+    refined_score, refined_ncc, refined_overlap = guarded_scores(
+        refined, finest_moving, finest_fixed, aspect, guards
+    )
+    tiled_moving = tf.tile(finest_moving, [fallback_count, 1, 1, 1])
+    tiled_fixed = tf.tile(finest_fixed, [fallback_count, 1, 1, 1])
+    fallback_scores, fallback_ncc, fallback_overlap = guarded_scores(
+        fallbacks, tiled_moving, tiled_fixed, aspect, guards
+    )
+    # The identity is always a valid fallback (it adds no misalignment).
+    fallback_scores = tf.concat([fallback_ncc[:batch], fallback_scores[batch:]], axis=0)
+    best = tf.argmax(_per_image(fallback_scores, fallback_count, batch), axis=0, output_type=tf.int32)
+    index = best * batch + tf.range(batch)
+    best_score = tf.gather(fallback_scores, index)
+    keep = refined_score > best_score
+    chosen_theta = tf.where(keep[:, None, None], refined, tf.gather(fallbacks, index))
+    confidence = Confidence(
+        tf.where(keep, refined_ncc, tf.gather(fallback_ncc, index)),
+        tf.where(keep, refined_overlap, tf.gather(fallback_overlap, index)),
+    )
+    return chosen_theta, confidence

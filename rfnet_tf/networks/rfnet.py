@@ -59,8 +59,10 @@ class RFNet(keras.Model):
     1. TransNet translates the VIS luma to the NIR domain on a 384x384 resized copy.
     2. AffineNet predicts the normalised backward affine ``A`` from
        ``concat(I_x->y, I_y)`` at 384x384. With ``coarse_refinement_steps > 0``
-       (an extension, off by default), ``A`` is then refined for the pair by descending
-       the coarse loss, Eq. 4 (``rfnet_tf.networks.refine``).
+       (an extension, off by default), ``A`` is then refined for the pair by a guarded
+       search on the coarse loss, Eq. 4 (``rfnet_tf.networks.refine``), on the coarse
+       input and, with ``coarse_refinement_fine_size > 0``, on a copy whose longer side
+       has that many pixels (never enlarged), which TransNet translates too.
     3. The full-resolution VIS is warped by ``A``: ``I_x^C``.
     4. F2M fuses ``Y(I_x^C)`` and ``I_y`` at full resolution and predicts the residual
        flow ``phi_f``. ``attention_window`` (``None`` by default) is F2M's: the window of
@@ -75,7 +77,9 @@ class RFNet(keras.Model):
     - ``fused_rgb (B, H, W, 3)``: ``I_f`` with the registered VIS's Cb, Cr, clipped to
       ``[0, 1]`` (grey VIS: ``I_f`` repeated);
     - ``affine (B, 2, 3)``, ``flow (B, H, W, 2)`` (``(dy, dx)`` px);
-    - ``mask (B, H, W, 1)``: 1 where ``registered`` samples inside the VIS image.
+    - ``mask (B, H, W, 1)``: 1 where ``registered`` samples inside the VIS image;
+    - ``coarse_ncc (B,)``, ``coarse_overlap (B,)``: the coarse registration's confidence
+      (``rfnet_tf.networks.refine.Confidence``).
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class RFNet(keras.Model):
         affine_input_size: int = AFFINE_INPUT_SIZE,
         coarse_refinement_steps: int = 0,
         coarse_refinement_levels: int = 3,
+        coarse_refinement_fine_size: int = 0,
         attention_window: int | None = None,
         **kwargs,
     ):
@@ -92,13 +97,15 @@ class RFNet(keras.Model):
         self.deformable = bool(deformable)
         self.max_displacement = float(max_displacement)
         self.affine_input_size = int(affine_input_size)
-        if coarse_refinement_steps < 0 or coarse_refinement_levels < 1:
+        if coarse_refinement_steps < 0 or coarse_refinement_levels < 1 or coarse_refinement_fine_size < 0:
             raise ValueError(
-                "coarse_refinement_steps must be >= 0 and coarse_refinement_levels >= 1, got "
-                f"{coarse_refinement_steps} and {coarse_refinement_levels}"
+                "coarse_refinement_steps and coarse_refinement_fine_size must be >= 0 and "
+                f"coarse_refinement_levels >= 1, got {coarse_refinement_steps}, "
+                f"{coarse_refinement_fine_size} and {coarse_refinement_levels}"
             )
         self.coarse_refinement_steps = int(coarse_refinement_steps)
         self.coarse_refinement_levels = int(coarse_refinement_levels)
+        self.coarse_refinement_fine_size = int(coarse_refinement_fine_size)
         self.attention_window = None if attention_window is None else int(attention_window)
         self.transnet = TransNet(name="transnet")
         self.affinenet = AffineNet(deformable=self.deformable, name="affinenet")
@@ -119,34 +126,83 @@ class RFNet(keras.Model):
         """Random-generator states of the training-time randomness (AffineNet's dropout)."""
         return self.affinenet.random_states
 
-    def predict_affine(self, vis: tf.Tensor, nir: tf.Tensor) -> tf.Tensor:
-        """``(B, 2, 3)`` coarse registration affine of ``vis`` onto ``nir``."""
-        small_vis = resize_for_affine(luma(vis), self.affine_input_size)
+    def _fine_level(self, vis_luma: tf.Tensor, nir: tf.Tensor):
+        """``(translated, nir)`` at the refinement's fine size: the images resized, aspect
+        kept, to ``coarse_refinement_fine_size`` on their longer side (never enlarged)."""
+        shape = tf.shape(nir)
+        size = tf.cast(shape[1:3], tf.float32)
+        factor = tf.minimum(1.0, self.coarse_refinement_fine_size / tf.reduce_max(size))
+        fine_size = tf.maximum(tf.cast(tf.round(size * factor), tf.int32), MIN_IMAGE_SIZE)
+        fine_vis = tf.image.resize(vis_luma, fine_size, method="bilinear", antialias=True)
+        fine_nir = tf.image.resize(nir, fine_size, method="bilinear", antialias=True)
+        return self.transnet.translate_vis(fine_vis), fine_nir
+
+    def register_coarse(self, vis: tf.Tensor, nir: tf.Tensor, extra_starts=None) -> dict:
+        """The coarse registration of ``vis`` onto ``nir`` and its confidence.
+
+        AffineNet's single pass on the coarse input, then (with
+        ``coarse_refinement_steps > 0``) the guarded search of
+        ``rfnet_tf.networks.refine``, on the coarse input and, with
+        ``coarse_refinement_fine_size > 0``, on a finer copy.
+
+        Args:
+          vis, nir: as :meth:`call`.
+          extra_starts: ``(B, E, 2, 3)`` more starts for the search (e.g. a
+            feature-based estimate), or ``None``.
+
+        Returns:
+          ``{"affine": (B, 2, 3), "ncc": (B,), "overlap": (B,)}``: the affine, the NCC
+          of TransNet's translation warped by it with the NIR at the finest level of
+          the search, and the share of the NIR it covers (``refine.Confidence``).
+        """
+        vis_luma = luma(vis)
+        small_vis = resize_for_affine(vis_luma, self.affine_input_size)
         small_nir = resize_for_affine(nir, self.affine_input_size)
         translated = self.transnet.translate_vis(small_vis)
         affine = self.affinenet(tf.concat([translated, small_nir], axis=-1))
-        return refine_affine(
+        shape = tf.cast(tf.shape(vis)[1:3], affine.dtype)
+        fine = None
+        if self.coarse_refinement_steps and self.coarse_refinement_fine_size:
+            fine = self._fine_level(vis_luma, nir)
+        affine, confidence = refine_affine(
             affine,
             translated,
             small_nir,
             steps=self.coarse_refinement_steps,
             levels=self.coarse_refinement_levels,
+            aspect=(shape[0] - 1.0) / tf.maximum(shape[1] - 1.0, 1.0),
+            fine=fine,
+            extra_starts=extra_starts,
         )
+        return {"affine": affine, "ncc": confidence.ncc, "overlap": confidence.overlap}
 
-    def coarse(self, vis: tf.Tensor, nir: tf.Tensor) -> dict:
-        """The coarse module alone: ``{"affine", "registered", "mask"}``."""
+    def predict_affine(self, vis: tf.Tensor, nir: tf.Tensor) -> tf.Tensor:
+        """``(B, 2, 3)`` coarse registration affine of ``vis`` onto ``nir``."""
+        return self.register_coarse(vis, nir)["affine"]
+
+    def coarse(self, vis: tf.Tensor, nir: tf.Tensor, extra_starts=None) -> dict:
+        """The coarse module alone: ``{"affine", "registered", "mask", "coarse_ncc",
+        "coarse_overlap"}`` (see :meth:`register_coarse` for ``extra_starts`` and the
+        confidence)."""
         vis, nir = checked_inputs(vis, nir)
-        affine = self.predict_affine(vis, nir)
+        registration = self.register_coarse(vis, nir, extra_starts)
         shape = tf.shape(vis)
-        coords = affine_grid(affine, shape[1], shape[2])
+        coords = affine_grid(registration["affine"], shape[1], shape[2])
         registered, mask = resample(vis, coords)
-        return {"affine": affine, "registered": registered, "mask": mask}
+        return {
+            "affine": registration["affine"],
+            "registered": registered,
+            "mask": mask,
+            "coarse_ncc": registration["ncc"],
+            "coarse_overlap": registration["overlap"],
+        }
 
     def call(self, inputs, training=None):
         vis, nir = checked_inputs(*inputs)
         shape = tf.shape(vis)
         batch, height, width = shape[0], shape[1], shape[2]
-        affine = self.predict_affine(vis, nir)
+        registration = self.register_coarse(vis, nir)
+        affine = registration["affine"]
         affine_coords = affine_grid(affine, height, width)  # (B, H, W, 2)
         registered_coarse, _ = resample(vis, affine_coords)
 
@@ -173,6 +229,8 @@ class RFNet(keras.Model):
             "affine": affine,
             "flow": flow,
             "mask": mask,
+            "coarse_ncc": registration["ncc"],
+            "coarse_overlap": registration["overlap"],
         }
 
     def get_config(self):
@@ -183,6 +241,7 @@ class RFNet(keras.Model):
             affine_input_size=self.affine_input_size,
             coarse_refinement_steps=self.coarse_refinement_steps,
             coarse_refinement_levels=self.coarse_refinement_levels,
+            coarse_refinement_fine_size=self.coarse_refinement_fine_size,
             attention_window=self.attention_window,
         )
         return config

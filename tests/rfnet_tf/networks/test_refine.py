@@ -1,3 +1,5 @@
+"""Test-time refinement: the guarded coarse-to-fine search on Eq. 4 (rfnet_tf.networks.refine)."""
+
 import math
 
 import numpy as np
@@ -8,26 +10,32 @@ from scipy.ndimage import gaussian_filter
 from layers import affine_grid, warp_affine
 from rfnet_tf.networks import RFNet
 from rfnet_tf.networks.refine import (
-    START_OFFSETS,
+    FAILED_SCORE,
+    START_GRID,
+    Guards,
     affine_ncc,
     compose_affines,
+    guarded_scores,
+    linear_parameters,
     refine_affine,
-    similarity_offsets,
+    start_transforms,
+    within_bounds,
 )
 
 IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
+SPEC = tf.TensorSpec([None, None, None, 1], tf.float32)
 
 
 def _homogeneous(affine: np.ndarray) -> np.ndarray:
     return np.vstack([affine, [0.0, 0.0, 1.0]])
 
 
-def _texture(size: int, seed: int) -> np.ndarray:
-    noise = gaussian_filter(np.random.default_rng(seed).standard_normal((size, size)), 2.5)
+def _texture(size: int, seed: int, sigma: float = 2.5) -> np.ndarray:
+    noise = gaussian_filter(np.random.default_rng(seed).standard_normal((size, size)), sigma)
     return ((noise - noise.min()) / (noise.max() - noise.min())).astype(np.float32)
 
 
-def _misalignment(rotation_deg: float, scale: float, shift_y: float, shift_x: float) -> np.ndarray:
+def _similarity(rotation_deg: float, scale: float, shift_y: float, shift_x: float) -> np.ndarray:
     c = scale * math.cos(math.radians(rotation_deg))
     s = scale * math.sin(math.radians(rotation_deg))
     return np.array([[c, -s, shift_x], [s, c, shift_y]], np.float32)
@@ -40,13 +48,38 @@ def _point_error(affine: np.ndarray, truth: np.ndarray, size: int) -> float:
     return float(np.linalg.norm(points - true_points, axis=-1)[8:-8, 8:-8].mean())
 
 
-def test_similarity_offsets_against_numpy():
-    offsets = ((0.0, 1.0, 0.0, 0.0), (30.0, 2.0, -0.5, 0.25))
-    matrices = similarity_offsets(offsets).numpy()
-    np.testing.assert_allclose(matrices[0], np.eye(3), atol=1e-7)
-    c, s = 2.0 * math.cos(math.pi / 6), 2.0 * math.sin(math.pi / 6)
-    np.testing.assert_allclose(matrices[1], [[c, -s, 0.25], [s, c, -0.5], [0, 0, 1]], atol=1e-6)
-    assert similarity_offsets().shape == (len(START_OFFSETS), 3, 3)
+def _masked_ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray, eps: float = 1e-5) -> float:
+    weights = mask / mask.sum()
+    a_centred = a - (a * weights).sum()
+    b_centred = b - (b * weights).sum()
+    covariance = (a_centred * b_centred * weights).sum()
+    return covariance / np.sqrt(((a_centred**2 * weights).sum() + eps) * ((b_centred**2 * weights).sum() + eps))
+
+
+@tf.function(input_signature=[tf.TensorSpec([None, 2, 3], tf.float32), SPEC, SPEC])
+def _search(theta, moving, fixed):
+    return refine_affine(theta, moving, fixed, steps=40, levels=2)
+
+
+def _misaligned(fixed: np.ndarray, misalignment: np.ndarray):
+    moving, _ = warp_affine(tf.constant(fixed), tf.constant(misalignment), padding_mode="reflect")
+    truths = [np.linalg.inv(_homogeneous(m))[:2].astype(np.float32) for m in misalignment]
+    return moving, truths
+
+
+def test_start_transforms_are_pixel_frame_similarities_in_normalised_units():
+    """A rotation of the start grid is a true rotation of a non-square image: its pixel
+    linear part is scale * R, read back by linear_parameters."""
+    aspect = 0.5
+    grid = ((10.0, 1.2, 0.05, -0.1), (0.0, 1.0, 0.0, 0.0))
+    matrices = start_transforms(aspect, grid).numpy()
+    np.testing.assert_allclose(matrices[1], np.eye(3), atol=1e-7)
+    parameters = linear_parameters(tf.constant(matrices[:, :2]), aspect)
+    np.testing.assert_allclose(parameters["rotation_deg"], [10.0, 0.0], atol=1e-4)
+    np.testing.assert_allclose(parameters["scale"], [1.2, 1.0], rtol=1e-5)
+    np.testing.assert_allclose(parameters["anisotropy"], [1.0, 1.0], rtol=1e-5)
+    np.testing.assert_allclose(matrices[0, :2, 2], [-0.2, 0.1], atol=1e-7)  # 2 x the shift
+    assert start_transforms(1.0).shape == (len(START_GRID), 3, 3)
 
 
 def test_compose_affines_is_the_product_of_homogeneous_matrices():
@@ -57,63 +90,127 @@ def test_compose_affines_is_the_product_of_homogeneous_matrices():
     np.testing.assert_allclose(compose_affines(tf.constant(outer), tf.constant(inner)), expected, rtol=1e-5, atol=1e-6)
 
 
-def _masked_ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray, eps: float = 1e-5) -> float:
-    weights = mask / mask.sum()
-    a_centred = a - (a * weights).sum()
-    b_centred = b - (b * weights).sum()
-    covariance = (a_centred * b_centred * weights).sum()
-    return covariance / np.sqrt(((a_centred**2 * weights).sum() + eps) * ((b_centred**2 * weights).sum() + eps))
+def test_guards_refuse_implausible_affines_and_too_little_overlap():
+    aspect = 1.0
+    plausible = _similarity(12.0, 1.1, 0.1, 0.0)
+    rotated = _similarity(30.0, 1.0, 0.0, 0.0)
+    shrunk = _similarity(0.0, 0.5, 0.0, 0.0)
+    sheared = np.array([[1.0, 0.6, 0.0], [0.0, 1.0, 0.0]], np.float32)
+    mirrored = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
+    theta = tf.constant(np.stack([plausible, rotated, shrunk, sheared, mirrored]))
+    np.testing.assert_array_equal(within_bounds(theta, aspect), [True, False, False, False, False])
+    fixed = _texture(32, seed=4)[None, ..., None]
+    far = _similarity(0.0, 1.0, 0.0, 1.6)  # samples mostly beyond the right edge
+    scores, correlation, overlap = guarded_scores(
+        tf.constant(np.stack([IDENTITY, far])), tf.constant(np.repeat(fixed, 2, 0)),
+        tf.constant(np.repeat(fixed, 2, 0)), aspect, Guards(),
+    )
+    assert overlap.numpy()[0] == 1.0 and overlap.numpy()[1] < 0.3
+    assert scores.numpy()[0] == pytest.approx(correlation.numpy()[0]) and scores.numpy()[1] == FAILED_SCORE
 
 
 def test_affine_ncc_against_numpy_and_peaks_at_the_true_registration():
     fixed = _texture(48, seed=1)[None, ..., None]
-    misalignment = _misalignment(4.0, 1.05, 0.05, -0.04)
-    moving, _ = warp_affine(tf.constant(fixed), misalignment[None])
-    truth = np.linalg.inv(_homogeneous(misalignment))[:2].astype(np.float32)
-    at_truth = float(affine_ncc(tf.constant(truth[None]), moving, tf.constant(fixed))[0])
+    moving, (truth,) = _misaligned(fixed, _similarity(4.0, 1.05, 0.05, -0.04)[None])
+    at_truth, overlap = affine_ncc(tf.constant(truth[None]), moving, tf.constant(fixed))
     warped, mask = warp_affine(moving, truth[None])
-    np.testing.assert_allclose(at_truth, _masked_ncc(warped.numpy(), fixed, mask.numpy()), atol=1e-5)
-    at_identity = float(affine_ncc(tf.constant(IDENTITY[None]), moving, tf.constant(fixed))[0])
+    np.testing.assert_allclose(float(at_truth[0]), _masked_ncc(warped.numpy(), fixed, mask.numpy()), atol=1e-5)
+    np.testing.assert_allclose(float(overlap[0]), mask.numpy().mean(), atol=1e-6)
+    at_identity, _ = affine_ncc(tf.constant(IDENTITY[None]), moving, tf.constant(fixed))
     # (Below 1 only by the blur of interpolating twice.)
-    assert at_truth > 0.97 and at_truth - at_identity > 0.3
+    assert float(at_truth[0]) > 0.97 and float(at_truth[0] - at_identity[0]) > 0.1
 
 
-def test_zero_steps_return_the_start_unchanged():
-    theta = tf.constant(np.random.default_rng(0).standard_normal((2, 2, 3)).astype(np.float32))
-    images = tf.zeros([2, 32, 32, 1])
-    assert refine_affine(theta, images, images, steps=0) is theta
+def test_zero_steps_return_the_start_with_its_confidence():
+    fixed = _texture(32, seed=5)[None, ..., None]
+    theta = tf.constant(IDENTITY[None])
+    refined, confidence = refine_affine(theta, tf.constant(fixed), tf.constant(fixed), steps=0)
+    assert refined is theta
+    assert float(confidence.ncc[0]) > 0.99 and float(confidence.overlap[0]) == 1.0
 
 
-def test_recovers_each_image_of_a_batch_from_the_identity():
-    """Two images with different, large misalignments (beyond a single descent's reach
-    for the first) are registered to sub-pixel accuracy, each with its own affine; the
-    search runs in a tf.function with unknown batch and image size."""
+def test_recovers_large_known_affines_of_each_image_of_a_batch():
+    """Two images misaligned beyond a single descent's reach (13 degrees, scale 1.2,
+    shifts of 12 % of the side) are registered to sub-pixel accuracy, each with its own
+    affine, in a tf.function with unknown batch and image size."""
     size = 64
     fixed = np.stack([_texture(size, seed=2), _texture(size, seed=3)])[..., None]
-    misalignments = np.stack([_misalignment(8.0, 1.15, 0.15, -0.12), _misalignment(-3.0, 0.92, -0.06, 0.08)])
-    moving, _ = warp_affine(tf.constant(fixed), tf.constant(misalignments))
-    truths = [np.linalg.inv(_homogeneous(m))[:2].astype(np.float32) for m in misalignments]
-
-    spec = tf.TensorSpec([None, None, None, 1], tf.float32)
-
-    @tf.function(input_signature=[tf.TensorSpec([None, 2, 3], tf.float32), spec, spec])
-    def refine(theta, moving, fixed):
-        return refine_affine(theta, moving, fixed, steps=60, levels=2)
-
-    refined = refine(tf.constant(np.stack([IDENTITY, IDENTITY])), moving, tf.constant(fixed)).numpy()
+    moving, truths = _misaligned(
+        fixed, np.stack([_similarity(13.0, 1.2, 0.24, -0.2), _similarity(-6.0, 0.85, -0.1, 0.16)])
+    )
+    refined, confidence = _search(tf.constant(np.stack([IDENTITY, IDENTITY])), moving, tf.constant(fixed))
     for index, truth in enumerate(truths):
-        before = _point_error(IDENTITY, truth, size)
-        after = _point_error(refined[index], truth, size)
-        assert before > 3.0
-        assert after < 0.5, (index, before, after)
+        assert _point_error(IDENTITY, truth, size) > 5.0
+        assert _point_error(refined.numpy()[index], truth, size) < 0.5, index
+    assert np.all(confidence.ncc.numpy() > 0.9)
+
+
+def test_an_aligned_pair_stays_within_a_pixel_of_the_identity():
+    fixed = _texture(64, seed=6)[None, ..., None]
+    refined, _ = _search(tf.constant(IDENTITY[None]), tf.constant(fixed), tf.constant(fixed))
+    assert _point_error(refined.numpy()[0], IDENTITY, 64) < 1.0
+
+
+def test_unrelated_images_keep_a_low_confidence():
+    """No alignment exists: whatever the search returns has an NCC far below a real
+    match's, below the flagging threshold, and it passes the guards."""
+    from rfnet_tf.networks.refine import LOW_CONFIDENCE_NCC
+
+    moving = _texture(64, seed=7, sigma=1.5)[None, ..., None]
+    fixed = _texture(64, seed=8, sigma=1.5)[None, ..., None]
+    refined, confidence = _search(tf.constant(IDENTITY[None]), tf.constant(moving), tf.constant(fixed))
+    assert float(confidence.ncc[0]) < LOW_CONFIDENCE_NCC
+    assert bool(within_bounds(refined, 1.0)[0])
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5])
+def test_a_constant_image_gives_no_nan_and_falls_back_to_the_identity(value):
+    constant = np.full((1, 64, 64, 1), value, np.float32)
+    fixed = _texture(64, seed=9)[None, ..., None]
+    refined, confidence = _search(tf.constant(IDENTITY[None]), tf.constant(constant), tf.constant(fixed))
+    assert np.all(np.isfinite(refined.numpy())) and np.all(np.isfinite(confidence.ncc.numpy()))
+    np.testing.assert_allclose(refined.numpy()[0], IDENTITY, atol=1e-6)
+    assert abs(float(confidence.ncc[0])) < 1e-3
+
+
+def test_a_prediction_that_fails_the_guards_is_not_returned():
+    """A wild prediction (40 degrees) of an aligned pair: the search starts from it but
+    the result passes the guards; the identity is at least as good as what is kept."""
+    fixed = _texture(64, seed=10)[None, ..., None]
+    wild = _similarity(40.0, 1.0, 0.0, 0.0)[None]
+    refined, confidence = _search(tf.constant(wild), tf.constant(fixed), tf.constant(fixed))
+    assert bool(within_bounds(refined, 1.0)[0])
+    assert _point_error(refined.numpy()[0], IDENTITY, 64) < 1.0
+
+
+def test_an_extra_start_and_a_fine_level_are_used():
+    """An extra start near the truth leads the search there; the fine level refines at
+    twice the resolution and the confidence is measured on it."""
+    size = 64
+    fixed = _texture(2 * size, seed=11)[None, ..., None]
+    misalignment = _similarity(14.0, 1.22, -0.26, 0.25)[None]
+    fine_moving, (truth,) = _misaligned(fixed, misalignment)
+    coarse_fixed = tf.image.resize(fixed, [size, size], antialias=True)
+    coarse_moving = tf.image.resize(fine_moving, [size, size], antialias=True)
+    near = (truth + np.array([[0.0, 0.0, 0.03], [0.0, 0.0, -0.03]], np.float32))[None, None]
+    refined, confidence = refine_affine(
+        tf.constant(IDENTITY[None]), coarse_moving, coarse_fixed, steps=40, levels=2,
+        fine=(fine_moving, tf.constant(fixed)), extra_starts=tf.constant(near),
+    )
+    assert _point_error(refined.numpy()[0], truth, 2 * size) < 0.5
+    expected, _ = affine_ncc(refined, fine_moving, tf.constant(fixed))
+    np.testing.assert_allclose(confidence.ncc.numpy(), expected.numpy(), atol=1e-5)
 
 
 def test_rfnet_config_carries_the_refinement():
-    model = RFNet(affine_input_size=64, coarse_refinement_steps=5, coarse_refinement_levels=2)
+    model = RFNet(affine_input_size=64, coarse_refinement_steps=5, coarse_refinement_levels=2,
+                  coarse_refinement_fine_size=128)
     config = model.get_config()
     restored = RFNet.from_config(config)
     assert restored.get_config() == config
-    assert (restored.coarse_refinement_steps, restored.coarse_refinement_levels) == (5, 2)
+    assert (restored.coarse_refinement_steps, restored.coarse_refinement_levels,
+            restored.coarse_refinement_fine_size) == (5, 2, 128)
     with pytest.raises(ValueError, match="coarse_refinement_steps"):
         RFNet(coarse_refinement_steps=-1)
-
+    with pytest.raises(ValueError, match="coarse_refinement_fine_size"):
+        RFNet(coarse_refinement_fine_size=-1)

@@ -7,11 +7,13 @@ from scipy.ndimage import map_coordinates
 
 import rfnet_tf
 from layers import warp_affine
-from rfnet_tf.colour import rgb_to_ycbcr
+from losses import ncc
+from rfnet_tf.colour import luma, rgb_to_ycbcr
 from rfnet_tf.networks.f2m import MIN_IMAGE_SIZE
-from rfnet_tf.networks.rfnet import RFNet
+from rfnet_tf.networks.rfnet import RFNet, resize_for_affine
 
-KEYS = {"registered_coarse", "registered", "fused", "fused_rgb", "affine", "flow", "mask"}
+KEYS = {"registered_coarse", "registered", "fused", "fused_rgb", "affine", "flow", "mask",
+        "coarse_ncc", "coarse_overlap"}
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +41,14 @@ def test_outputs_and_identity_at_initialisation(model, batch, height, width):
     np.testing.assert_allclose(out["registered"].numpy(), vis.numpy(), atol=1e-4)
     np.testing.assert_allclose(out["registered_coarse"].numpy(), vis.numpy(), atol=1e-4)
     np.testing.assert_array_equal(out["mask"].numpy(), 1.0)
+    # The confidence of the identity: the NCC of the translated VIS with the NIR over
+    # the whole image (its overlap is 1), measured on the coarse input.
+    assert out["coarse_ncc"].shape == out["coarse_overlap"].shape == (batch,)
+    np.testing.assert_array_equal(out["coarse_overlap"].numpy(), 1.0)
+    small_vis = resize_for_affine(luma(vis), model.affine_input_size)
+    small_nir = resize_for_affine(nir, model.affine_input_size)
+    expected = ncc(model.transnet.translate_vis(small_vis), small_nir)
+    np.testing.assert_allclose(out["coarse_ncc"].numpy(), expected.numpy(), atol=1e-5)
 
 
 def test_fused_rgb_carries_fused_luma_and_registered_chroma(model):

@@ -94,7 +94,7 @@ def test_save_pair_images(tmp_path, rng):
     flow = np.zeros((height, width, 2))
     flow[..., 1] = 2.0
     files = outputs.save_pair_images(
-        tmp_path / "p", vis, nir, vis[::-1], vis, flow, "rfnet", "rfnet", tiles=2
+        tmp_path / "p", vis, nir, vis[::-1], vis, flow, "rfnet", "rfnet", tiles=2, flow_method="rfnet_fine"
     )
     assert set(files) == {
         "registered_vis", "fused_rgb", "checkerboard_before", "checkerboard_after", "flow", "panel"

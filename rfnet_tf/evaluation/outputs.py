@@ -112,7 +112,8 @@ def save_pair_images(
     luma against NIR in ``tiles x tiles`` tiles, before and after registration),
     ``flow.png`` (the dense flow of ``flow_method`` as colour: hue = direction,
     brightness = magnitude relative to its maximum; only when ``flow`` is given) and
-    ``panel.png``, all of them side by side with labels.
+    ``panel.png``, all of them side by side with labels; the panel's flow tile carries
+    the colour wheel of that scale (``visualize.with_flow_legend``).
 
     Args:
       moving_vis: ``(H, W, C)`` moving VIS in ``[0, 1]``.
@@ -139,17 +140,19 @@ def save_pair_images(
     if fused_rgb is not None:
         images["fused_rgb"] = fused_rgb
         panel[f"fused ({fusion_method})"] = fused_rgb
+    tile_shape = _tile_shape(*nir.shape[:2])
     if flow is not None:
         images["flow"] = visualize.flow_to_rgb(flow)
         magnitude = float(np.hypot(flow[..., 0], flow[..., 1]).max())
+        # The legend is drawn at the tile's size, so that it reads the same on any image.
+        tile = visualize.resize_image(images["flow"], tile_shape)
         name = "flow" + (f" ({flow_method})" if flow_method else "")
-        panel[f"{name}, max {magnitude:.2f} px"] = images["flow"]
+        panel[f"{name}, max {magnitude:.2f} px"] = visualize.with_flow_legend(tile, magnitude)
     files = {kind: _save(folder, kind, image) for kind, image in images.items()}
-    height, width = nir.shape[:2]
     files["panel"] = _save(
         folder,
         "panel",
-        visualize.result_panel(panel, ncols=PANEL_COLUMNS, tile_shape=_tile_shape(height, width)),
+        visualize.result_panel(panel, ncols=PANEL_COLUMNS, tile_shape=tile_shape),
     )
     return files
 

@@ -110,9 +110,11 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "methods", ",".join(DEFAULT_METHODS),
     "Comma-separated methods. Registration: rfnet (affine + flow), rfnet_coarse (affine "
-    "only), identity (unaligned), ecc (OpenCV ECC affine), sift (SIFT matches, RANSAC "
-    "affine). Fusion of the NIR and the VIS registered by rfnet, else by the first "
-    "registration method: rfnet (F2M), average (their mean), laplacian (Laplacian pyramids).",
+    "only), rfnet_fine (F2M alone on the unregistered pair: its flow; not by default), "
+    "identity (unaligned), ecc (OpenCV ECC affine), sift (SIFT matches, RANSAC affine). "
+    "Fusion of the NIR and the VIS registered by rfnet, else by the first registration "
+    "method: rfnet (F2M), rfnet_fine (F2M alone, fusing the VIS its own flow registered), "
+    "average (their mean), laplacian (Laplacian pyramids).",
 )
 flags.DEFINE_string("out_dir", "results", "Output directory (replaced as a whole at the end).")
 flags.DEFINE_bool(

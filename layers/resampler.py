@@ -9,7 +9,8 @@ Conventions (ARCHITECTURE.md section 1):
 * An affine ``(B, 2, 3)`` matrix ``A`` acts on normalised coordinates
   ``u = 2x / (W - 1) - 1``, ``v = 2y / (H - 1) - 1`` (align-corners, ``[u, v, 1]``
   order) and warps backward: the output pixel at ``(u, v)`` samples the input at
-  ``A @ [u, v, 1]``.
+  ``A @ [u, v, 1]``. The same units measure a flow where a loss needs them
+  (:func:`normalised_flow`).
 * Sampling is bilinear; with ``padding_mode="zeros"`` a bilinear corner outside the
   image contributes zero (the torchvision / DCN rule), with ``"border"`` the sample
   point is clamped into the image, with ``"reflect"`` it is mirrored about the border
@@ -238,6 +239,35 @@ def identity_grid(batch, height, width, dtype=tf.float32) -> tf.Tensor:
     return tf.tile(grid[None], [batch, 1, 1, 1])
 
 
+def _normalising_extents(height, width, dtype) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(H - 1, W - 1)`` as ``dtype``, each at least 1: the pixel extents that span two
+    normalised units. A one-pixel axis has no extent to normalise; it maps to ``u = -1``
+    and back to 0."""
+    h = tf.cast(height, dtype)
+    w = tf.cast(width, dtype)
+    return tf.maximum(h - 1.0, 1.0), tf.maximum(w - 1.0, 1.0)
+
+
+def normalised_flow(flow: tf.Tensor) -> tf.Tensor:
+    """A pixel flow in the normalised units of the affines (align-corners convention).
+
+    ``(dy, dx)`` px becomes ``(2 dy / (H - 1), 2 dx / (W - 1))`` (each extent at least
+    1, as in :func:`affine_grid`): the displacement ``(dv, du)`` of the normalised
+    coordinates ``v, u``, for which the image spans ``[-1, 1]`` on each axis. Pure
+    scaling per axis, differentiable.
+
+    Args:
+      flow: ``(B, H, W, 2)`` ``(dy, dx)`` pixels; ``H, W`` are the image's size.
+
+    Returns:
+      ``(B, H, W, 2)`` ``(dv, du)`` normalised units, the dtype of ``flow``.
+    """
+    flow = tf.convert_to_tensor(flow)
+    shape = tf.shape(flow)
+    extent_y, extent_x = _normalising_extents(shape[1], shape[2], flow.dtype)
+    return flow * tf.stack([2.0 / extent_y, 2.0 / extent_x])
+
+
 def affine_grid(theta: tf.Tensor, height, width) -> tf.Tensor:
     """Pixel sample coordinates of a backward affine warp.
 
@@ -253,9 +283,7 @@ def affine_grid(theta: tf.Tensor, height, width) -> tf.Tensor:
     dtype = theta.dtype
     h = tf.cast(height, dtype)
     w = tf.cast(width, dtype)
-    # A one-pixel axis has no extent to normalise; map it to u = -1 and back to 0.
-    sy = tf.maximum(h - 1.0, 1.0)
-    sx = tf.maximum(w - 1.0, 1.0)
+    sy, sx = _normalising_extents(height, width, dtype)
     v = 2.0 * tf.cast(tf.range(height), dtype) / sy - 1.0
     u = 2.0 * tf.cast(tf.range(width), dtype) / sx - 1.0
     vv, uu = tf.meshgrid(v, u, indexing="ij")

@@ -1,5 +1,5 @@
-"""Result visualisation (numpy / OpenCV): checkerboards, flow colours, labelled panels,
-cumulative plots, PNGs.
+"""Result visualisation (numpy / OpenCV): checkerboards, flow colours and their colour
+wheel, labelled panels, cumulative plots, PNGs.
 
 Images are ``(H, W)`` grey or ``(H, W, 3)`` RGB (channel order RGB everywhere; the
 conversion to OpenCV's BGR happens only inside ``save_png``). Float images are taken to
@@ -29,6 +29,9 @@ _PLOT_MARGINS = {"left": 56, "right": 200, "top": 40, "bottom": 52}
 _PLOT_TEXT = (40, 40, 40)
 _PLOT_GRID = (225, 225, 225)
 _PLOT_MARK = (150, 150, 150)
+# The flow legend (with_flow_legend): the colour wheel's radius and the gaps around it.
+FLOW_LEGEND_RADIUS_PX = 24
+FLOW_LEGEND_MARGIN_PX = 4
 
 
 def to_uint8(image, data_range: float = 1.0) -> np.ndarray:
@@ -116,6 +119,73 @@ def flow_to_rgb(flow, max_magnitude: float | None = None) -> np.ndarray:
     return to_uint8(rgb)
 
 
+def flow_colour_wheel(max_magnitude: float, radius: int) -> np.ndarray:
+    """The key of ``flow_to_rgb(flow, max_magnitude)``: ``(2r + 1, 2r + 1, 3)`` uint8.
+
+    The pixel at ``(dy, dx)`` from the centre (``r = radius`` px from each edge) shows
+    the colour of the displacement ``(dy, dx) * max_magnitude / radius``: black at the
+    centre, ``max_magnitude`` (full brightness) on the rim, hue by direction (right red,
+    down yellow-green, left cyan). Pixels outside the disc are black.
+    """
+    if radius < 1:
+        raise ValueError(f"radius must be >= 1, got {radius}")
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    dy, dx = np.meshgrid(offsets, offsets, indexing="ij")
+    flow = np.stack([dy, dx], axis=-1) * (max_magnitude / radius)
+    wheel = flow_to_rgb(flow, max_magnitude)
+    wheel[np.hypot(dy, dx) > radius] = 0
+    return wheel
+
+
+def with_flow_legend(
+    image: np.ndarray, max_magnitude: float, radius: int = FLOW_LEGEND_RADIUS_PX
+) -> np.ndarray:
+    """A flow image with its scale: ``flow_colour_wheel(max_magnitude, r)`` in the
+    bottom-right corner, on a black box :data:`FLOW_LEGEND_MARGIN_PX` from both edges,
+    ringed in grey and labelled above with the rim's magnitude in px (where the label
+    fits in half the image's width).
+
+    Args:
+      image: ``(H, W, 3)`` uint8, ``flow_to_rgb(flow, max_magnitude)``.
+      max_magnitude: what its full brightness stands for, px.
+      radius: the wheel's radius, px; smaller (at least 2) on an image of under
+        ``6 * radius`` px a side.
+
+    Returns:
+      A copy of ``image`` with the legend drawn over its corner.
+    """
+    image = np.array(image, dtype=np.uint8)
+    height, width = image.shape[:2]
+    radius = max(2, min(radius, min(height, width) // 6))
+    text = f"{max_magnitude:.2f} px"
+    scale = 0.4
+    (text_width, text_height), baseline = cv2.getTextSize(text, LABEL_FONT, scale, 1)
+    margin = FLOW_LEGEND_MARGIN_PX
+    labelled = text_width + 2 * margin <= width // 2
+    diameter = 2 * radius + 1
+    box_width = max(diameter, text_width if labelled else 0) + 2 * margin
+    box_height = diameter + 2 * margin + (text_height + baseline + margin if labelled else 0)
+    image[max(0, height - box_height) :, max(0, width - box_width) :] = 0
+    wheel_top, wheel_left = height - margin - diameter, width - margin - diameter
+    wheel = flow_colour_wheel(max_magnitude, radius)
+    image[wheel_top : wheel_top + diameter, wheel_left : wheel_left + diameter] = wheel
+    cv2.circle(image, (wheel_left + radius, wheel_top + radius), radius + 1, _PLOT_MARK, 1)
+    if labelled:
+        origin = (width - margin - text_width, wheel_top - margin - baseline)
+        cv2.putText(image, text, origin, LABEL_FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return image
+
+
+def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``image`` resized to ``shape = (H, W)`` (area averaging when shrinking, bilinear
+    otherwise); returned as it is when it has that size already."""
+    if image.shape[:2] == tuple(shape):
+        return image
+    shrinking = image.shape[0] > shape[0] or image.shape[1] > shape[1]
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(image, (shape[1], shape[0]), interpolation=interpolation)
+
+
 def save_png(path, image, data_range: float = 1.0) -> Path:
     """Write ``image`` as an 8-bit PNG atomically; returns the path.
 
@@ -174,10 +244,7 @@ def result_panel(
     cell_height = LABEL_HEIGHT_PX + height
     panel = np.zeros((nrows * cell_height, ncols * width, 3), np.uint8)
     for index, (name, tile) in enumerate(tiles.items()):
-        if tile.shape[:2] != (height, width):
-            shrinking = tile.shape[0] > height or tile.shape[1] > width
-            interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-            tile = cv2.resize(tile, (width, height), interpolation=interpolation)
+        tile = resize_image(tile, (height, width))
         top = (index // ncols) * cell_height
         left = (index % ncols) * width
         panel[top : top + LABEL_HEIGHT_PX, left : left + width] = _label_strip(name, width)

@@ -185,6 +185,30 @@ def test_folder_of_generated_pairs(workdir, weights):
     assert "paper" in (out / "results.md").read_text()
 
 
+def test_f2m_alone_from_an_f2m_only_export(workdir):
+    """--methods=rfnet_fine runs on the export of an F2M training run without a coarse
+    module (F2M's weights alone): its flow, registered and fused images are scored."""
+    rng = np.random.default_rng(8)
+    data = workdir / "pairs_local"
+    for name in ("p1", "p2"):
+        write_pair(data, name, rng)
+    f2m_only = export_weights(RFNet(affine_input_size=32), workdir / "f2m_only", ("f2m",))
+    out = workdir / "out_fine"
+    results, stdout = run_ok(
+        f"--data_dir={data}", "--misalign=local", f"--weights={f2m_only}",
+        "--methods=rfnet_fine,identity,average", f"--out_dir={out}", cwd=workdir,
+    )
+    assert list(results["registration"]) == ["rfnet_fine", "identity"]
+    assert list(results["fusion"]) == ["rfnet_fine", "average"]
+    # An untrained F2M predicts zero flow: it registers as the identity does.
+    fine, identity = results["registration"]["rfnet_fine"], results["registration"]["identity"]
+    assert fine["epe"]["mean"] == pytest.approx(identity["epe"]["mean"], abs=1e-6)
+    assert results["config"]["weights"]["parts"] == ["f2m"]
+    assert results["config"]["images"]["flow"] == "rfnet_fine"
+    assert all("flow" in record["files"] for record in results["per_image"])
+    assert "RFNet fine (F2M alone)" in stdout
+
+
 def test_vis_nir_subset(workdir, weights, vis_nir_dir):
     data = workdir / "vis_nir_small"
     for scene in ALIGNED_SCENES:

@@ -20,6 +20,7 @@ from rfnet_tf import misalignment_flags
 from rfnet_tf.data import DataError
 from rfnet_tf.data.demo import DEMO_IMAGES
 from rfnet_tf.data.synthetic import MISALIGNMENT_KINDS, AffineRanges, LocalFieldRanges
+from rfnet_tf.evaluation import methods as methods_lib
 from rfnet_tf.evaluation import sources
 from rfnet_tf.evaluation.inference import WeightsInfo, inspect_weights, load_predictor
 from rfnet_tf.evaluation.outputs import check_out_dir
@@ -281,7 +282,7 @@ def weights_info(settings: Settings) -> WeightsInfo:
 def execute(settings: Settings, extra_config: dict | None = None) -> Report:
     """Runs the whole evaluation described by ``settings``; returns the report."""
     check_out_dir(settings.out_dir)
-    requested_model = bool(set(settings.methods) & {"rfnet", "rfnet_coarse"})
+    requested_model = bool(set(settings.methods) & set(methods_lib.MODEL_CALLS))
     info = weights_info(settings) if requested_model else None
     plan = plan_methods(settings.methods, info, settings.methods_given)
     for method, reason in plan.not_evaluated.items():

@@ -6,10 +6,14 @@ model), it returns the RFNet outputs for that pair as numpy arrays without the b
 axis. One ``tf.function`` with open sizes serves every image size, so nothing is
 retraced between pairs of different sizes.
 
+A predictor makes two calls: :data:`MODEL_CALL`, the whole model (or its coarse
+module), and :data:`FINE_CALL`, F2M alone on the unregistered pair (``RFNet.fine``).
 A weights directory may hold only some parts (each training stage exports what it has
 trained so far): with TransNet and AffineNet the coarse module runs alone (outputs
-``affine`` and ``registered_coarse``); with all three parts the full model runs. A
-SavedModel (``rfnet_tf.export``) is always the full model.
+``affine`` and ``registered_coarse``); with all three parts the full model runs; with
+F2M, the fine call runs (an F2M training run without a coarse module exports F2M
+alone). A SavedModel (``rfnet_tf.export``) serves the whole model only: its one
+signature.
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ WEIGHTS_FORMAT = "weights"
 SAVED_MODEL_FORMAT = "saved_model"
 COARSE_OUTPUTS = ("affine", "registered_coarse")
 FULL_OUTPUTS = ("registered_coarse", "registered", "fused", "fused_rgb", "affine", "flow", "mask")
+FINE_OUTPUTS = ("registered", "fused", "fused_rgb", "flow", "mask")
+MODEL_CALL = "rfnet"
+FINE_CALL = "rfnet_fine"
+# The calls a SavedModel serves.
+SAVED_MODEL_CALLS = (MODEL_CALL,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +73,11 @@ class WeightsInfo:
         """Every part is present: the full model (registration and fusion) can run."""
         return all(part in self.parts for part in PARTS)
 
+    @property
+    def has_fine(self) -> bool:
+        """F2M is present in a weights directory: F2M alone can run."""
+        return self.format == WEIGHTS_FORMAT and "f2m" in self.parts
+
 
 def inspect_weights(path: str | os.PathLike) -> WeightsInfo:
     """Identifies ``path``: a SavedModel, a weights directory or a stage directory.
@@ -90,40 +104,57 @@ class Predictor:
 
     Attributes:
       info: where the model came from and which parts it has.
-      outputs: the output keys this predictor returns (:data:`FULL_OUTPUTS`, or
-        :data:`COARSE_OUTPUTS` for a coarse-only weights directory).
-      function: ``(vis (B, H, W, 3), nir (B, H, W, 1)) -> dict`` of tensors.
+      outputs: the output keys the whole-model call returns (:data:`FULL_OUTPUTS`,
+        :data:`COARSE_OUTPUTS` for a coarse-only weights directory, or none for F2M
+        alone).
+      function: the whole-model call, ``(vis (B, H, W, 3), nir (B, H, W, 1)) -> dict``
+        of tensors; ``None`` when the weights cannot run it.
       model_config: the ``RFNet`` constructor arguments in effect (``None`` for a
         SavedModel).
+      fine_function: the fine call (``RFNet.fine``, :data:`FINE_OUTPUTS`), same
+        signature; ``None`` when the weights cannot run it.
     """
 
     info: WeightsInfo
     outputs: tuple[str, ...]
-    function: Callable[[tf.Tensor, tf.Tensor], dict]
+    function: Callable[[tf.Tensor, tf.Tensor], dict] | None
     model_config: dict | None = None
+    fine_function: Callable[[tf.Tensor, tf.Tensor], dict] | None = None
 
     @property
     def is_full(self) -> bool:
         return set(FULL_OUTPUTS) <= set(self.outputs)
 
-    def __call__(self, vis: np.ndarray, nir: np.ndarray) -> dict[str, np.ndarray]:
-        """Runs the model on one pair.
+    def __call__(
+        self, vis: np.ndarray, nir: np.ndarray, call: str = MODEL_CALL
+    ) -> dict[str, np.ndarray]:
+        """Runs one call of the model on one pair.
 
         Args:
           vis: ``(H, W, 3)`` RGB or ``(H, W, 1)`` grey in ``[0, 1]`` (grey is passed as
             three equal channels, whose luma is the grey image itself).
           nir: ``(H, W, 1)`` in ``[0, 1]``.
+          call: :data:`MODEL_CALL` or :data:`FINE_CALL`.
 
         Returns:
-          ``{key: array}`` for ``self.outputs``, batch axis removed: images
+          ``{key: array}`` for the call's outputs, batch axis removed: images
           ``(H, W, C)``, ``affine (2, 3)``, ``flow (H, W, 2)`` ``(dy, dx)`` px.
+
+        Raises:
+          ValueError: the weights cannot run ``call``.
         """
+        function, outputs = {
+            MODEL_CALL: (self.function, self.outputs),
+            FINE_CALL: (self.fine_function, FINE_OUTPUTS),
+        }[call]
+        if function is None:
+            raise ValueError(f"{self.info.path}: the model loaded from it cannot run {call}")
         vis = np.asarray(vis, np.float32)
         if vis.shape[-1] == 1:
             vis = np.repeat(vis, 3, axis=-1)
         nir = np.asarray(nir, np.float32)
-        result = self.function(tf.constant(vis[None]), tf.constant(nir[None]))
-        return {key: result[key].numpy()[0] for key in self.outputs}
+        result = function(tf.constant(vis[None]), tf.constant(nir[None]))
+        return {key: result[key].numpy()[0] for key in outputs}
 
 
 def load_predictor(info: WeightsInfo, coarse_refinement_steps: int | None = None) -> Predictor:
@@ -135,9 +166,9 @@ def load_predictor(info: WeightsInfo, coarse_refinement_steps: int | None = None
         weights (``RFNet(coarse_refinement_steps=...)``); ``None`` keeps them.
 
     Raises:
-      WeightsError: a weights directory without the coarse module (TransNet and
-        AffineNet), files that do not fit the model, or a refinement override for a
-        SavedModel (whose graph fixed it at export).
+      WeightsError: a weights directory with neither the coarse module (TransNet and
+        AffineNet) nor F2M, files that do not fit the model, or a refinement override
+        for a SavedModel (whose graph fixed it at export).
     """
     if info.format == SAVED_MODEL_FORMAT:
         if coarse_refinement_steps is not None:
@@ -147,27 +178,31 @@ def load_predictor(info: WeightsInfo, coarse_refinement_steps: int | None = None
             )
         serving = load_serving_function(info.path)
         return Predictor(info, FULL_OUTPUTS, lambda vis, nir: serving(vis=vis, nir=nir))
-    if not info.has_coarse:
+    if not (info.has_coarse or info.has_fine):
         raise WeightsError(
             f"{info.path}: holds {list(info.parts) or 'no parts'}; RFNet needs at least "
-            f"{list(COARSE_PARTS)} (the coarse module)"
+            f"{list(COARSE_PARTS)} (the coarse module) or ['f2m'] (F2M alone)"
         )
     overrides = {}
     if coarse_refinement_steps is not None:
         overrides["coarse_refinement_steps"] = coarse_refinement_steps
     model = model_from_weights(info.path, required=info.parts, overrides=overrides)
     config = model_config(model)
+    # Traced on first use only: a call the evaluation does not need costs nothing.
+    fine = tf.function(model.fine, input_signature=[VIS_SPEC, NIR_SPEC]) if info.has_fine else None
     if info.has_full:
 
         @tf.function(input_signature=[VIS_SPEC, NIR_SPEC])
         def full(vis, nir):
             return model([vis, nir], training=False)
 
-        return Predictor(info, FULL_OUTPUTS, full, config)
+        return Predictor(info, FULL_OUTPUTS, full, config, fine)
+    if not info.has_coarse:
+        return Predictor(info, (), None, config, fine)
 
     @tf.function(input_signature=[VIS_SPEC, NIR_SPEC])
     def coarse(vis, nir):
         outputs = model.coarse(vis, nir)
         return {"affine": outputs["affine"], "registered_coarse": outputs["registered"]}
 
-    return Predictor(info, COARSE_OUTPUTS, coarse, config)
+    return Predictor(info, COARSE_OUTPUTS, coarse, config, fine)

@@ -6,6 +6,8 @@ frame into the moving VIS, ``T(p) = T_theta(p + phi(p))`` (ARCHITECTURE section 
 
 * ``rfnet``: the full model, RFNet's affine then its dense flow;
 * ``rfnet_coarse``: the coarse module alone, the affine of the same call;
+* ``rfnet_fine``: F2M alone on the unregistered pair, its dense flow (``RFNet.fine``,
+  a call of its own; the paper's Fig. 10(a));
 * ``identity``: the unaligned VIS ("unaligned VIS" in Table 1);
 * ``ecc``: OpenCV's ECC affine, coarse to fine (``rfnet_tf.baselines.ecc_affine``);
 * ``sift``: SIFT keypoints, ratio test, RANSAC affine (``rfnet_tf.baselines.sift_affine``).
@@ -22,6 +24,8 @@ Fusion methods (Table 2) fuse the NIR with the VIS registered by *one* registrat
 method requested), so they compare fusion rules on equal footing:
 
 * ``rfnet``: F2M's fused luma;
+* ``rfnet_fine``: F2M's fused luma of the unregistered pair (F2M alone, registering it
+  by its own flow);
 * ``average``: the mean of that registered VIS luma and the NIR;
 * ``laplacian``: Laplacian-pyramid fusion of the two (``rfnet_tf.baselines.laplacian_fusion``).
 
@@ -43,6 +47,7 @@ import numpy as np
 
 from rfnet_tf import baselines
 from rfnet_tf.colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
+from rfnet_tf.evaluation.inference import COARSE_PARTS, FINE_CALL, MODEL_CALL
 from rfnet_tf.evaluation.sources import Sample
 from rfnet_tf.metrics import (
     fusion_metrics,
@@ -54,23 +59,32 @@ from rfnet_tf.metrics import (
     warp_image,
 )
 from rfnet_tf.metrics.registration import endpoint_error, registration_psnr, registration_ssim
+from rfnet_tf.weights import PARTS
 
-REGISTRATION_METHODS = ("rfnet", "rfnet_coarse", "identity", "ecc", "sift")
-FUSION_METHODS = ("rfnet", "average", "laplacian")
+REGISTRATION_METHODS = ("rfnet", "rfnet_coarse", "rfnet_fine", "identity", "ecc", "sift")
+FUSION_METHODS = ("rfnet", "rfnet_fine", "average", "laplacian")
 # What each fusion method computes, for the notes under the tables.
 FUSION_RULES = {
     "rfnet": "F2M's fused luma",
+    "rfnet_fine": "F2M's fused luma of the unregistered pair, registered by its own flow alone",
     "average": "(registered VIS luma + NIR) / 2",
     "laplacian": (
         f"Laplacian pyramids of both ({baselines.LAPLACIAN_LEVELS} detail levels), the larger "
         "absolute detail at each pixel and level, the mean of the bases"
     ),
 }
-METHODS = ("rfnet", "rfnet_coarse", "identity", "ecc", "sift", "average", "laplacian")
-DEFAULT_METHODS = METHODS
-# Methods that need the RFNet model, and which part of it.
-FULL_MODEL_METHODS = ("rfnet",)
-COARSE_MODEL_METHODS = ("rfnet_coarse",)
+METHODS = ("rfnet", "rfnet_coarse", "rfnet_fine", "identity", "ecc", "sift", "average", "laplacian")
+# F2M alone is an ablation (the paper's Fig. 10(a)): evaluated when named.
+DEFAULT_METHODS = tuple(method for method in METHODS if method != "rfnet_fine")
+# Methods that need the RFNet model: the parts each needs, and the call of
+# ``inference.Predictor`` it reads (one call of the whole model feeds rfnet and
+# rfnet_coarse; F2M alone is a call of its own).
+MODEL_PARTS = {"rfnet": PARTS, "rfnet_coarse": COARSE_PARTS, "rfnet_fine": ("f2m",)}
+MODEL_CALLS = {"rfnet": MODEL_CALL, "rfnet_coarse": MODEL_CALL, "rfnet_fine": FINE_CALL}
+# Registration methods with a dense flow (shown as an image), and fusion methods whose
+# fused image is the model's own.
+FLOW_METHODS = ("rfnet", "rfnet_fine")
+MODEL_FUSION_METHODS = ("rfnet", "rfnet_fine")
 # Registration methods that may fail (reported, then registered with the identity) and
 # are timed on their own, with what their success means.
 FALLIBLE_METHODS = ("ecc", "sift")
@@ -106,7 +120,7 @@ class Registration:
       failed, reason: the outcome of a method of :data:`FALLIBLE_METHODS`.
       details: what such a method reports besides (ECC: ``correlation``; SIFT:
         ``matches``, ``inliers``), for results.json.
-      seconds: the method's own run time (the shared RFNet call is timed separately).
+      seconds: the method's own run time (the RFNet calls are timed separately).
     """
 
     method: str
@@ -149,27 +163,29 @@ def luma_255(image: np.ndarray) -> np.ndarray:
 
 
 def register(
-    method: str, sample: Sample, prediction: dict[str, np.ndarray] | None, ecc_levels: int = 3
+    method: str,
+    sample: Sample,
+    predictions: dict[str, dict[str, np.ndarray]],
+    ecc_levels: int = 3,
 ) -> Registration:
     """The transform of ``method`` for ``sample``.
 
     Args:
       method: one of :data:`REGISTRATION_METHODS`.
       sample: the pair.
-      prediction: the RFNet outputs for the pair (``inference.Predictor``), needed by
-        ``rfnet`` (``affine``, ``flow``) and ``rfnet_coarse`` (``affine``).
+      predictions: ``{call: outputs}`` of the RFNet calls made for the pair
+        (``inference.Predictor``; :data:`MODEL_CALLS`): ``rfnet`` reads ``affine`` and
+        ``flow``, ``rfnet_coarse`` ``affine`` of the whole model's call, ``rfnet_fine``
+        ``flow`` of the fine call.
       ecc_levels: ECC pyramid levels.
     """
     if method == "identity":
         return Registration(method)
-    if method == "rfnet_coarse":
-        return Registration(method, theta=np.asarray(prediction["affine"], np.float64))
-    if method == "rfnet":
-        return Registration(
-            method,
-            theta=np.asarray(prediction["affine"], np.float64),
-            flow=np.asarray(prediction["flow"], np.float64),
-        )
+    if method in MODEL_CALLS:
+        prediction = predictions[MODEL_CALLS[method]]
+        theta = None if method == "rfnet_fine" else np.asarray(prediction["affine"], np.float64)
+        flow = None if method == "rfnet_coarse" else np.asarray(prediction["flow"], np.float64)
+        return Registration(method, theta=theta, flow=flow)
     if method not in FALLIBLE_METHODS:
         raise ValueError(
             f"unknown registration method {method!r}; methods are {REGISTRATION_METHODS}"
@@ -297,7 +313,7 @@ def apply_registration(
     return registered
 
 
-def fuse(method: str, registered: Registered, nir: np.ndarray, prediction) -> np.ndarray:
+def fuse(method: str, registered: Registered, nir: np.ndarray, predictions: dict) -> np.ndarray:
     """``(H, W)`` float64 fused luma (0-255) of ``method``.
 
     Args:
@@ -305,10 +321,11 @@ def fuse(method: str, registered: Registered, nir: np.ndarray, prediction) -> np
       registered: the fusion registration's result (``average`` and ``laplacian``
         fuse its VIS luma).
       nir: ``(H, W, 1)`` NIR in ``[0, 1]``.
-      prediction: the RFNet outputs (``rfnet`` takes ``fused``).
+      predictions: ``{call: outputs}`` of the RFNet calls (:func:`register`); a method
+        of :data:`MODEL_FUSION_METHODS` takes ``fused`` of its call.
     """
-    if method == "rfnet":
-        return np.asarray(prediction["fused"], np.float64)[..., 0] * PEAK
+    if method in MODEL_FUSION_METHODS:
+        return np.asarray(predictions[MODEL_CALLS[method]]["fused"], np.float64)[..., 0] * PEAK
     if method == "average":
         return baselines.average_fusion(registered.vis_luma, nir[..., 0].astype(np.float64) * PEAK)
     if method == "laplacian":
@@ -326,6 +343,18 @@ def fused_rgb(fused_luma: np.ndarray, registered_vis: np.ndarray) -> np.ndarray:
         return np.repeat(np.clip(fused, 0.0, 1.0), 3, axis=-1)
     chroma = np.asarray(rgb_to_ycbcr(registered_vis))[..., 1:]
     return np.clip(np.asarray(ycbcr_to_rgb(np.concatenate([fused, chroma], axis=-1))), 0.0, 1.0)
+
+
+def fusion_rgb(
+    method: str, fused_luma: np.ndarray, registered_vis: np.ndarray, predictions: dict
+) -> np.ndarray:
+    """``(H, W, 3)`` RGB in ``[0, 1]`` of ``method``'s fusion: for a method of
+    :data:`MODEL_FUSION_METHODS` the model's own ``fused_rgb`` (its luma with the VIS it
+    registered itself), else :func:`fused_rgb` of ``fused_luma`` (0-255) and the
+    fusion registration's ``registered_vis``."""
+    if method in MODEL_FUSION_METHODS:
+        return predictions[MODEL_CALLS[method]]["fused_rgb"]
+    return fused_rgb(fused_luma, registered_vis)
 
 
 def fusion_scores(

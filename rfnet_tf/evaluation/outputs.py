@@ -102,6 +102,7 @@ def save_pair_images(
     registration_method: str,
     fusion_method: str | None,
     tiles: int,
+    flow_method: str | None = None,
 ) -> dict[str, str]:
     """Writes one pair's images into ``folder``; returns ``{kind: file name}``.
 
@@ -109,9 +110,10 @@ def save_pair_images(
     ``fused_rgb.png`` (the fusion by ``fusion_method``; only when ``fused_rgb`` is
     given), ``checkerboard_before.png`` / ``checkerboard_after.png`` (VIS
     luma against NIR in ``tiles x tiles`` tiles, before and after registration),
-    ``flow.png`` (RFNet's dense flow as colour: hue = direction, brightness = magnitude
-    relative to its maximum; only when ``flow`` is given) and ``panel.png``, all of
-    them side by side with labels.
+    ``flow.png`` (the dense flow of ``flow_method`` as colour: hue = direction,
+    brightness = magnitude relative to its maximum; only when ``flow`` is given) and
+    ``panel.png``, all of them side by side with labels; the panel's flow tile carries
+    the colour wheel of that scale (``visualize.with_flow_legend``).
 
     Args:
       moving_vis: ``(H, W, C)`` moving VIS in ``[0, 1]``.
@@ -119,6 +121,7 @@ def save_pair_images(
       registered_vis: ``(H, W, C)`` registered VIS in ``[0, 1]``.
       fused_rgb: ``(H, W, 3)`` in ``[0, 1]``, or ``None``.
       flow: ``(H, W, 2)`` ``(dy, dx)`` px, or ``None``.
+      flow_method: the registration method whose flow it is, for the label.
     """
     before = visualize.checkerboard(luma_255(moving_vis) / 255.0, nir, tiles)
     after = visualize.checkerboard(luma_255(registered_vis) / 255.0, nir, tiles)
@@ -137,16 +140,19 @@ def save_pair_images(
     if fused_rgb is not None:
         images["fused_rgb"] = fused_rgb
         panel[f"fused ({fusion_method})"] = fused_rgb
+    tile_shape = _tile_shape(*nir.shape[:2])
     if flow is not None:
         images["flow"] = visualize.flow_to_rgb(flow)
         magnitude = float(np.hypot(flow[..., 0], flow[..., 1]).max())
-        panel[f"flow (rfnet), max {magnitude:.2f} px"] = images["flow"]
+        # The legend is drawn at the tile's size, so that it reads the same on any image.
+        tile = visualize.resize_image(images["flow"], tile_shape)
+        name = "flow" + (f" ({flow_method})" if flow_method else "")
+        panel[f"{name}, max {magnitude:.2f} px"] = visualize.with_flow_legend(tile, magnitude)
     files = {kind: _save(folder, kind, image) for kind, image in images.items()}
-    height, width = nir.shape[:2]
     files["panel"] = _save(
         folder,
         "panel",
-        visualize.result_panel(panel, ncols=PANEL_COLUMNS, tile_shape=_tile_shape(height, width)),
+        visualize.result_panel(panel, ncols=PANEL_COLUMNS, tile_shape=tile_shape),
     )
     return files
 

@@ -2,7 +2,8 @@
 
 :func:`plan_methods` decides what is evaluated from the requested methods and the
 weights at hand; :func:`run_evaluation` evaluates every pair (one RFNet call per pair
-feeds both ``rfnet`` and ``rfnet_coarse``), writes the per-pair images, results.json
+feeds both ``rfnet`` and ``rfnet_coarse``; ``rfnet_fine``, F2M alone, is a second call),
+writes the per-pair images, results.json
 and results.md into a staged directory that replaces ``out_dir`` only when complete
 (``outputs.staged_directory``), and returns the report.
 
@@ -25,9 +26,13 @@ from tqdm import tqdm
 from rfnet_tf import visualize
 from rfnet_tf.evaluation import methods as methods_lib
 from rfnet_tf.evaluation import outputs, report, sources
-from rfnet_tf.evaluation.inference import COARSE_PARTS, Predictor, WeightsInfo
+from rfnet_tf.evaluation.inference import (
+    SAVED_MODEL_CALLS,
+    SAVED_MODEL_FORMAT,
+    Predictor,
+    WeightsInfo,
+)
 from rfnet_tf.evaluation.sources import EvaluationSet, Sample
-from rfnet_tf.weights import PARTS
 
 CONVENTIONS = {
     False: "standard (ARCHITECTURE section 6; e.g. fusion PSNR with peak 255 on 0-255 luma)",
@@ -60,8 +65,28 @@ class MethodPlan:
     not_evaluated: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
+    def model_calls(self) -> tuple[str, ...]:
+        """The ``inference.Predictor`` calls the methods read, in order."""
+        methods = [m for m in self.registration + self.fusion if m in methods_lib.MODEL_CALLS]
+        return tuple(dict.fromkeys(methods_lib.MODEL_CALLS[method] for method in methods))
+
+    @property
     def needs_model(self) -> bool:
-        return bool(set(self.registration + self.fusion) & {"rfnet", "rfnet_coarse"})
+        return bool(self.model_calls)
+
+    @property
+    def shown_registration(self) -> str:
+        """The registration whose results the per-pair images show."""
+        return self.fusion_registration or self.registration[0]
+
+    @property
+    def flow_method(self) -> str | None:
+        """The registration whose dense flow the per-pair images show: the shown one if
+        it has a flow, else the first that has one (``None``: none has)."""
+        with_flow = [m for m in self.registration if m in methods_lib.FLOW_METHODS]
+        if self.shown_registration in with_flow:
+            return self.shown_registration
+        return with_flow[0] if with_flow else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,14 +125,17 @@ def parse_methods(text: str) -> tuple[str, ...]:
 
 def model_requirement(method: str, weights: WeightsInfo | None) -> str | None:
     """Why ``weights`` cannot run ``method`` (``None``: it can, or needs no model)."""
-    if method in methods_lib.FULL_MODEL_METHODS:
-        needed = PARTS
-    elif method in methods_lib.COARSE_MODEL_METHODS:
-        needed = COARSE_PARTS
-    else:
+    needed = methods_lib.MODEL_PARTS.get(method)
+    if needed is None:
         return None
     if weights is None:
         return f"{method} needs RFNet weights"
+    call = methods_lib.MODEL_CALLS[method]
+    if weights.format == SAVED_MODEL_FORMAT and call not in SAVED_MODEL_CALLS:
+        return (
+            f"{weights.path} is a SavedModel, which serves only the whole model's call, not "
+            f"{method}'s; use the weights directory it was exported from"
+        )
     missing = [part for part in needed if part not in weights.parts]
     if not missing:
         return None
@@ -166,17 +194,17 @@ def evaluate_sample(
     """
     pair = sample.pair
     seconds = {}
-    prediction = None
-    if plan.needs_model:
+    predictions = {}
+    for call in plan.model_calls:
         start = time.perf_counter()
-        prediction = predictor(pair.vis, pair.nir)
-        seconds["rfnet_model"] = time.perf_counter() - start
+        predictions[call] = predictor(pair.vis, pair.nir, call)
+        seconds[f"{call}_model"] = time.perf_counter() - start
     start = time.perf_counter()
     truth = methods_lib.ground_truth(sample)
     registered = {}
     registration_record = {}
     for method in plan.registration:
-        registration = methods_lib.register(method, sample, prediction, options.ecc_levels)
+        registration = methods_lib.register(method, sample, predictions, options.ecc_levels)
         registered[method] = methods_lib.apply_registration(sample, registration, truth)
         registration_record[method] = dict(registered[method].metrics)
         if method in methods_lib.FALLIBLE_METHODS:
@@ -189,7 +217,7 @@ def evaluate_sample(
     if plan.fusion:
         base = registered[plan.fusion_registration]
         for method in plan.fusion:
-            fused = methods_lib.fuse(method, base, pair.nir, prediction)
+            fused = methods_lib.fuse(method, base, pair.nir, predictions)
             fused_images[method] = fused
             fusion_record[method] = methods_lib.fusion_scores(
                 base, pair.nir, fused, options.paper_conventions
@@ -197,7 +225,8 @@ def evaluate_sample(
     baseline_seconds = sum(seconds.get(method, 0.0) for method in methods_lib.FALLIBLE_METHODS)
     seconds["metrics"] = time.perf_counter() - start - baseline_seconds
 
-    shown = plan.fusion_registration or plan.registration[0]
+    shown = plan.shown_registration
+    flow_method = plan.flow_method
     images = {
         "moving_vis": pair.vis,
         "nir": pair.nir,
@@ -205,15 +234,14 @@ def evaluate_sample(
         "registration_method": shown,
         "fused_rgb": None,
         "fusion_method": None,
-        "flow": prediction["flow"] if "rfnet" in plan.registration else None,
+        "flow": None if flow_method is None else registered[flow_method].registration.flow,
+        "flow_method": flow_method,
     }
     if plan.fusion:
         fusion_method = plan.fusion[0]
         images["fusion_method"] = fusion_method
-        images["fused_rgb"] = (
-            prediction["fused_rgb"]
-            if fusion_method == "rfnet"
-            else methods_lib.fused_rgb(fused_images[fusion_method], registered[shown].vis)
+        images["fused_rgb"] = methods_lib.fusion_rgb(
+            fusion_method, fused_images[fusion_method], registered[shown].vis, predictions
         )
     record = {
         "name": pair.name,
@@ -471,9 +499,9 @@ def run_evaluation(
             },
             "success_plot": plot,
             "images": {
-                "registration": plan.fusion_registration or plan.registration[0],
+                "registration": plan.shown_registration,
                 "fusion": plan.fusion[0] if plan.fusion else None,
-                "flow": "rfnet" if "rfnet" in plan.registration else None,
+                "flow": plan.flow_method,
                 "checkerboard_tiles": options.checkerboard_tiles,
             },
             "notes": notes,

@@ -144,6 +144,11 @@ class F2M(keras.Model):
     ``flow`` ``(B, H, W, 2)`` (``(dy, dx)`` px; ``registered[p] = I_x^C[p + flow[p]]``),
     ``registered`` (the VIS luma warped by the flow) and ``mask`` ``(B, H, W, 1)`` (1
     where the flow samples inside the image).
+
+    ``flow=`` (``(B, H, W, 2)`` ``(dy, dx)`` px) replaces the deformation block's flow by
+    a given one, which is then returned as ``flow``: the fusion of the pair registered
+    by that field, e.g. to evaluate Eq. 9 along a known field. Where the input is padded
+    to a multiple of 8, the given flow is reflect-padded like the images.
     """
 
     def __init__(
@@ -207,7 +212,7 @@ class F2M(keras.Model):
     def _shared_deep_features(self, features: tf.Tensor) -> tf.Tensor:
         return self.activation(self.shared_conv3(self.activation(self.shared_conv2(features))))
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, flow=None):
         vis_luma, nir = inputs
         shape = tf.shape(vis_luma)
         vis_padded = pad_to_multiple(vis_luma, PAD_MULTIPLE)
@@ -215,9 +220,12 @@ class F2M(keras.Model):
 
         features_vis = self._shared_features(vis_padded)
         features_nir = self._shared_features(nir_padded)
-        flow = self.deformation_block(
-            tf.concat([features_vis, features_nir], axis=-1), training=training
-        )
+        if flow is None:
+            flow = self.deformation_block(
+                tf.concat([features_vis, features_nir], axis=-1), training=training
+            )
+        else:
+            flow = pad_to_multiple(tf.cast(flow, features_vis.dtype), PAD_MULTIPLE)
         features_vis, _ = warp_flow(features_vis, flow, padding_mode="border")
 
         deep_vis, deep_nir = self.attention(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from layers import affine_grid, identity_grid, resample
+from layers import affine_grid, identity_grid, resample, warp_flow
 from layers.resampler import inside_mask
 from rfnet_tf.colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
 from rfnet_tf.networks.affinenet import AffineNet
@@ -48,6 +48,17 @@ def chroma(rgb: tf.Tensor) -> tf.Tensor:
     return rgb_to_ycbcr(rgb)[..., 1:]
 
 
+def colour_fusion(fused: tf.Tensor, registered: tf.Tensor) -> tf.Tensor:
+    """``(B, H, W, 3)`` RGB: the fused luma ``(B, H, W, 1)`` with the Cb, Cr of the
+    registered VIS ``(B, H, W, C)``, clipped to ``[0, 1]``; a grey VIS (``C = 1``) gives
+    the fused luma repeated."""
+    if registered.shape[-1] == 3:
+        rgb = ycbcr_to_rgb(tf.concat([fused, chroma(registered)], axis=-1))
+    else:
+        rgb = tf.tile(fused, [1, 1, 1, 3])
+    return tf.clip_by_value(rgb, 0.0, 1.0)
+
+
 @keras.saving.register_keras_serializable(package="rfnet_tf")
 class RFNet(keras.Model):
     """The whole RFNet pipeline for inference.
@@ -80,6 +91,8 @@ class RFNet(keras.Model):
     - ``mask (B, H, W, 1)``: 1 where ``registered`` samples inside the VIS image;
     - ``coarse_ncc (B,)``, ``coarse_overlap (B,)``: the coarse registration's confidence
       (``rfnet_tf.networks.refine.Confidence``).
+
+    :meth:`coarse` runs the coarse module alone, :meth:`fine` F2M alone.
     """
 
     def __init__(
@@ -197,6 +210,25 @@ class RFNet(keras.Model):
             "coarse_overlap": registration["overlap"],
         }
 
+    def fine(self, vis: tf.Tensor, nir: tf.Tensor) -> dict:
+        """F2M alone on the pair as given, the coarse module skipped (paper Fig. 10(a)).
+
+        Takes what the model's call takes. Returns ``{"registered", "fused",
+        "fused_rgb", "flow", "mask"}`` as the call does, with ``vis`` in place of the
+        coarse-registered VIS: ``registered[p] = vis[p + flow[p]]`` (all channels,
+        bilinear, zero outside), ``flow (B, H, W, 2)`` ``(dy, dx)`` px.
+        """
+        vis, nir = checked_inputs(vis, nir)
+        fine = self.f2m([luma(vis), nir])
+        registered, mask = warp_flow(vis, fine["flow"])
+        return {
+            "registered": registered,
+            "fused": fine["fused"],
+            "fused_rgb": colour_fusion(fine["fused"], registered),
+            "flow": fine["flow"],
+            "mask": mask,
+        }
+
     def call(self, inputs, training=None):
         vis, nir = checked_inputs(*inputs)
         shape = tf.shape(vis)
@@ -216,16 +248,11 @@ class RFNet(keras.Model):
         registered, _ = resample(vis, composed)
         mask = inside_mask(composed, height, width)
 
-        fused = fine["fused"]
-        if vis.shape[-1] == 3:
-            fused_rgb = ycbcr_to_rgb(tf.concat([fused, chroma(registered)], axis=-1))
-        else:
-            fused_rgb = tf.tile(fused, [1, 1, 1, 3])
         return {
             "registered_coarse": registered_coarse,
             "registered": registered,
-            "fused": fused,
-            "fused_rgb": tf.clip_by_value(fused_rgb, 0.0, 1.0),
+            "fused": fine["fused"],
+            "fused_rgb": colour_fusion(fine["fused"], registered),
             "affine": affine,
             "flow": flow,
             "mask": mask,

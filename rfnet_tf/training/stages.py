@@ -7,7 +7,8 @@ and computes its loss terms from a batch of the matching ``rfnet_tf.data`` pipel
 * ``affinenet``: AffineNet with TransNet frozen, on pairs with a synthetic affine
   misalignment, Eqs. 4-5.
 * ``fusion``: F2M phase 1, everything but the deformation block, Eqs. 6-8.
-* ``deformation``: F2M phase 2, the deformation block only, Eq. 9-10.
+* ``deformation``: F2M phase 2, the deformation block only, Eq. 9-10 (Eq. 10 on the
+  field in normalised units, ``losses.deformation``).
 
 Batches are dicts (``vis (B, h, w, 3)``, ``nir (B, h, w, 1)``, ``mask (B, h, w, 1)``,
 and ``affine (B, 2, 3)`` or ``flow (B, h, w, 2)`` ground truth that is only monitored,
@@ -106,8 +107,17 @@ class Stage:
         else:
             model.f2m.deformation_block.trainable = True
 
-    def compute(self, batch: dict, training: bool = True) -> tuple[dict, dict]:
+    def compute(
+        self, batch: dict, training: bool = True, flow: tf.Tensor | None = None
+    ) -> tuple[dict, dict]:
         """Loss terms and images of a batch.
+
+        Args:
+          batch: see the module docstring.
+          training: the networks' training mode.
+          flow: F2M stages only: ``(B, h, w, 2)`` ``(dy, dx)`` px replacing the
+            deformation block's flow (``F2M(flow=...)``), e.g. the loss along a known
+            field; ``None``: the block's own.
 
         Returns:
           ``(terms, images)``: ``terms["total"]`` is the loss to minimise; the other
@@ -116,6 +126,8 @@ class Stage:
           ``(B, h, w, 1)`` lumas for TensorBoard (``registered`` and ``nir`` also make
           the checkerboard).
         """
+        if flow is not None and self.trained_parts != ("f2m",):
+            raise ValueError(f"the {self.name} stage has no flow to replace")
         vis_luma = luma(batch["vis"])
         nir = batch["nir"]
         mask = batch["mask"]
@@ -164,7 +176,7 @@ class Stage:
                       "registered": registered}
             return terms, images
 
-        out = self.model.f2m([vis_luma, nir], training=training)
+        out = self.model.f2m([vis_luma, nir], training=training, flow=flow)
         fused = tf.cast(out["fused"], tf.float32)
         flow = tf.cast(out["flow"], tf.float32)
         if self.name == "fusion":

@@ -1,5 +1,5 @@
-"""resample, identity_grid, affine_grid, warp_affine, warp_flow and SpatialTransformer
-against scipy.ndimage, analytic fields, slicing and finite differences."""
+"""resample, identity_grid, affine_grid, normalised_flow, warp_affine, warp_flow and
+SpatialTransformer against scipy.ndimage, analytic fields, slicing and finite differences."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from layers import (
     SpatialTransformer,
     affine_grid,
     identity_grid,
+    normalised_flow,
     resample,
     warp_affine,
     warp_flow,
@@ -340,6 +341,29 @@ def test_warp_affine_matches_scipy_affine_transform(rng):
                 image[b, ..., c].astype(np.float64), matrix, offset, order=1, mode="constant"
             )
             np.testing.assert_allclose(warped[b, ..., c][interior], expected[interior], atol=1e-5, rtol=0)
+
+
+def test_normalised_flow_measures_a_translation_in_the_affine_units():
+    """The pixel flow of a pure translation affine (shifts ``t_u, t_v``) is, normalised,
+    that translation at every pixel: the affines' own units, per axis."""
+    height, width = 7, 12
+    shifts = np.float32([[0.3, -0.2], [-0.15, 0.05]])  # (t_u, t_v) per batch element
+    thetas = np.zeros((2, 2, 3), np.float32)
+    thetas[:, 0, 0] = thetas[:, 1, 1] = 1.0
+    thetas[:, :, 2] = shifts
+    flow = affine_grid(thetas, height, width) - identity_grid(2, height, width)
+    normalised = normalised_flow(flow).numpy()
+    np.testing.assert_allclose(normalised[..., 0], np.broadcast_to(shifts[:, 1, None, None], (2, height, width)), atol=1e-6)
+    np.testing.assert_allclose(normalised[..., 1], np.broadcast_to(shifts[:, 0, None, None], (2, height, width)), atol=1e-6)
+
+
+def test_normalised_flow_scales_each_axis_by_its_own_extent(rng):
+    flow = rng.normal(0.0, 3.0, size=(2, 5, 9, 2))
+    expected = flow * np.array([2.0 / 4.0, 2.0 / 8.0])
+    np.testing.assert_allclose(normalised_flow(tf.constant(flow)).numpy(), expected, rtol=1e-12)
+    # A one-pixel axis has no extent: as in affine_grid, it is divided by 1.
+    line = rng.normal(size=(1, 1, 6, 2)).astype(np.float32)
+    np.testing.assert_allclose(normalised_flow(line).numpy(), line * np.float32([2.0, 2.0 / 5.0]), rtol=1e-6)
 
 
 def test_warp_flow_is_resample_at_grid_plus_flow(rng):

@@ -1,4 +1,5 @@
-"""losses.deformation: bilateral smoothness (Eq. 10) and L_defor (Eq. 9)."""
+"""losses.deformation: bilateral smoothness (Eq. 10) and L_defor (Eq. 9), whose Eq. 10
+sees the field in normalised units."""
 
 from __future__ import annotations
 
@@ -47,6 +48,12 @@ def _laplacian_reference(image):
     ]
 
 
+def _normalised(flow):
+    """``(dy, dx)`` px -> ``(2 dy / (H - 1), 2 dx / (W - 1))``, the affines' units."""
+    _, height, width, _ = flow.shape
+    return flow * np.array([2.0 / (height - 1), 2.0 / (width - 1)])
+
+
 def _deformation_reference(fused, nir, flow, lambda_smooth, alpha, mask=None):
     if mask is None:
         valid = np.ones(fused.shape, bool)
@@ -57,7 +64,7 @@ def _deformation_reference(fused, nir, flow, lambda_smooth, alpha, mask=None):
     # Each image's mean over its valid pixels, then the batch mean.
     consistency = np.mean([np.abs(grad_f - grad_y)[b][valid[b]].mean() for b in range(len(fused))])
     sparsity = np.mean([np.abs(grad_f)[b][valid[b]].mean() for b in range(len(fused))])
-    smooth = _smoothness_reference(flow, fused, alpha)
+    smooth = _smoothness_reference(_normalised(flow), fused, alpha)
     return consistency, sparsity, smooth, consistency + sparsity + lambda_smooth * smooth
 
 
@@ -126,6 +133,24 @@ def test_deformation_loss_defaults_are_the_papers(rng):
     fused, nir, flow = _inputs(rng)
     *_, total = _deformation_reference(fused, nir, flow, 0.1, 0.5)
     np.testing.assert_allclose(deformation_loss(fused, nir, flow)["total"], total, rtol=1e-5)
+
+
+def test_deformation_smoothness_measures_the_field_in_normalised_units():
+    """A field that grows by 1 px per row (only dy) and one that grows by 1 px per
+    column (only dx), on a uniform image of 5 x 9 px (bilateral weights 1): in pixels
+    both have the same smoothness, 3 (three of the four directions step by 1 px); in
+    normalised units dy counts 2 / (H - 1) = 1/2 per px and dx 2 / (W - 1) = 1/4."""
+    height, width = 5, 9
+    fused = np.full((1, height, width, 1), 0.5, np.float32)
+    nir = np.zeros_like(fused)
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+    zeros = np.zeros_like(rows)
+    along_y = np.stack([rows, zeros], axis=-1)[None]
+    along_x = np.stack([zeros, cols], axis=-1)[None]
+    for field in (along_y, along_x):
+        np.testing.assert_allclose(bilateral_smoothness(field, fused), 3.0, rtol=1e-6)
+    np.testing.assert_allclose(deformation_loss(fused, nir, along_y)["smooth"], 3.0 / 2.0, rtol=1e-6)
+    np.testing.assert_allclose(deformation_loss(fused, nir, along_x)["smooth"], 3.0 / 4.0, rtol=1e-6)
 
 
 def test_deformation_gradient_terms_ignore_masked_pixels(rng):

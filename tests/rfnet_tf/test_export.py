@@ -20,7 +20,8 @@ from rfnet_tf.staging import DestinationError
 from rfnet_tf.weights import export_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-KEYS = ("registered_coarse", "registered", "fused", "fused_rgb", "affine", "flow", "mask")
+KEYS = ("registered_coarse", "registered", "fused", "fused_rgb", "affine", "flow", "mask",
+        "coarse_ncc", "coarse_overlap")
 SIZES = ((40, 56), (53, 71))
 
 # Runs in a fresh interpreter outside the repository (so it cannot import rfnet_tf):
@@ -50,9 +51,10 @@ def run(args, cwd, **kwargs):
 
 @pytest.fixture(scope="module")
 def model() -> RFNet:
-    """An untrained RFNet with small random affine and flow heads: its affine is not the
-    identity and its flow not zero, so the comparison is not trivially the identity. Its
-    test-time refinement is on, so the SavedModel also carries that loop."""
+    """An untrained RFNet with small random affine and flow heads: its flow is not zero,
+    so the comparison is not trivially the identity. Its test-time refinement is on, so
+    the SavedModel also carries that search (whose guards return the identity on these
+    noise images, where nothing beats it)."""
     network = RFNet(affine_input_size=32, coarse_refinement_steps=2, coarse_refinement_levels=2)
     generator = np.random.default_rng(3)
     for head, scale in ((network.affinenet.head, 0.02), (network.f2m.deformation_block.head, 0.05)):
@@ -103,7 +105,6 @@ def test_saved_model_matches_keras_in_a_fresh_process(model, exported, tmp_path,
     loaded = np.load(tmp_path / "out.npz")
     for index in range(len(SIZES)):
         expected = model([inputs[f"vis{index}"], inputs[f"nir{index}"]], training=False)
-        assert np.abs(expected["affine"].numpy() - np.eye(2, 3)).max() > 1e-3
         assert np.abs(expected["flow"].numpy()).max() > 1e-3
         for key in KEYS:
             actual = loaded[f"{key}{index}"]

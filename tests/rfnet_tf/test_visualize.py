@@ -1,4 +1,5 @@
-"""Visualisation helpers: checkerboards, flow colours, PNG writing, labelled panels."""
+"""Visualisation helpers: checkerboards, flow colours and their legend, PNG writing,
+labelled panels."""
 
 from __future__ import annotations
 
@@ -70,6 +71,57 @@ def test_flow_to_rgb_value_scales_with_magnitude():
     flow = np.array([[[0.0, 1.0], [0.0, 2.0], [0.0, 4.0]]])
     rgb = visualize.flow_to_rgb(flow, max_magnitude=2.0)
     np.testing.assert_array_equal(rgb[0, :, 0], [128, 255, 255])
+
+
+def test_flow_colour_wheel_is_the_key_of_the_flow_colours():
+    """Rim = the maximum at full brightness, hue by direction (HSV by hand), black centre
+    and corners; half-way out, half the brightness."""
+    radius = 10
+    wheel = visualize.flow_colour_wheel(3.0, radius)
+    assert wheel.shape == (21, 21, 3) and wheel.dtype == np.uint8
+    centre = radius
+    np.testing.assert_array_equal(wheel[centre, centre], 0)
+    np.testing.assert_array_equal(wheel[0, 0], 0)  # outside the disc
+    np.testing.assert_array_equal(wheel[centre, centre + radius], [255, 0, 0])  # right: red
+    np.testing.assert_array_equal(wheel[centre, centre - radius], [0, 255, 255])  # left: cyan
+    np.testing.assert_allclose(wheel[centre + radius, centre], [127.5, 255, 0], atol=0.5)  # down: hue 90
+    np.testing.assert_allclose(wheel[centre - radius, centre], [127.5, 0, 255], atol=0.5)  # up: hue 270
+    # A displacement of 1.5 px (half of 3) down-right, 45 degrees: HSV(45, 1, 0.5).
+    offset = round(radius / 2 / np.sqrt(2))
+    magnitude = 3.0 * np.hypot(offset, offset) / radius
+    expected = np.array(colorsys.hsv_to_rgb(45 / 360, 1.0, magnitude / 3.0)) * 255
+    np.testing.assert_allclose(wheel[centre + offset, centre + offset], expected, atol=1.0)
+
+
+def test_flow_legend_shows_the_wheel_of_the_maximum_in_the_corner(rng):
+    flow = rng.normal(0.0, 2.0, (120, 160, 2))
+    maximum = float(np.hypot(flow[..., 0], flow[..., 1]).max())
+    image = visualize.flow_to_rgb(flow)
+    legend = visualize.with_flow_legend(image, maximum, radius=20)
+    assert legend.shape == image.shape and legend.dtype == np.uint8
+    margin, diameter = visualize.FLOW_LEGEND_MARGIN_PX, 41
+    np.testing.assert_array_equal(legend[:60, :100], image[:60, :100])  # the rest untouched
+    box = legend[-margin - diameter : -margin, -margin - diameter : -margin]
+    rows, cols = np.mgrid[-20:21, -20:21]
+    disc = np.hypot(rows, cols) <= 20
+    np.testing.assert_array_equal(box[disc], visualize.flow_colour_wheel(maximum, 20)[disc])
+    # The rim on the right is the colour of the field's maximum pointing right.
+    np.testing.assert_array_equal(box[20, 40], visualize.flow_to_rgb(np.array([[[0.0, maximum]]]), maximum)[0, 0])
+    label = legend[-margin - diameter - 20 : -margin - diameter, -70:]
+    assert (label == 255).all(axis=-1).any()  # the white label over the wheel
+    # A small image gets a smaller wheel (a sixth of its side) and no label.
+    small = visualize.with_flow_legend(image[:30, :40], maximum)
+    assert small.shape == (30, 40, 3) and np.array_equal(small[:10, :], image[:10, :40])
+    np.testing.assert_array_equal(small[-margin - 11 : -margin, -margin - 11 : -margin][5, 10], [255, 0, 0])
+    assert not (small == 255).all(axis=-1).any()
+
+
+def test_resize_image_keeps_an_image_of_the_size_and_averages_when_shrinking(rng):
+    image = rng.random((4, 6, 3))
+    assert visualize.resize_image(image, (4, 6)) is image
+    shrunk = visualize.resize_image(image.astype(np.float32), (2, 3))
+    expected = image.reshape(2, 2, 3, 2, 3).mean(axis=(1, 3))
+    np.testing.assert_allclose(shrunk, expected, atol=1e-6)
 
 
 def test_to_uint8_scales_rounds_and_clips():

@@ -52,10 +52,12 @@ def untrained_model() -> RFNet:
 
 @pytest.fixture(scope="session")
 def weights_dirs(untrained_model, tmp_path_factory):
-    """``{"full": dir, "coarse": dir}``: the untrained model's complete weights and its
-    coarse module alone (as the AffineNet training stage exports it)."""
+    """``{"full": dir, "coarse": dir, "f2m": dir}``: the untrained model's complete
+    weights, its coarse module alone (as the AffineNet training stage exports it) and
+    F2M alone (as an F2M training run without a coarse module exports it)."""
     root = tmp_path_factory.mktemp("weights")
     return {
         "full": export_weights(untrained_model, root / "full", PARTS),
         "coarse": export_weights(untrained_model, root / "coarse", ("transnet", "affinenet")),
+        "f2m": export_weights(untrained_model, root / "f2m", ("f2m",)),
     }

@@ -26,7 +26,8 @@ def test_inspect_weights_recognises_every_format(weights_dirs, tmp_path):
     fake_saved_model = tmp_path / "sm"
     fake_saved_model.mkdir()
     (fake_saved_model / "saved_model.pb").write_bytes(b"")
-    assert inference.inspect_weights(fake_saved_model).format == "saved_model"
+    saved_model = inference.inspect_weights(fake_saved_model)
+    assert saved_model.format == "saved_model" and saved_model.has_full and not saved_model.has_fine
     with pytest.raises(WeightsError, match="no such directory"):
         inference.inspect_weights(tmp_path / "missing")
     with pytest.raises(WeightsError, match="SavedModel"):
@@ -42,7 +43,7 @@ def test_a_transnet_only_export_cannot_run(weights_dirs, tmp_path):
     (only / "transnet.weights.h5").write_bytes((weights_dirs["full"] / "transnet.weights.h5").read_bytes())
     info = inference.inspect_weights(only)
     assert not info.has_coarse
-    with pytest.raises(WeightsError, match="coarse module"):
+    with pytest.raises(WeightsError, match=r"coarse module\) or \['f2m'\]"):
         inference.load_predictor(info)
 
 
@@ -71,6 +72,27 @@ def test_coarse_predictor_runs_the_coarse_module(weights_dirs, untrained_model, 
     expected = untrained_model.coarse(tf.constant(vis[None]), tf.constant(nir[None]))
     np.testing.assert_allclose(result["affine"], expected["affine"].numpy()[0], atol=1e-6)
     np.testing.assert_allclose(result["registered_coarse"], expected["registered"].numpy()[0], atol=1e-6)
+
+
+def test_the_fine_call_is_rfnet_fine_and_needs_f2m_only(weights_dirs, untrained_model, rng):
+    vis = rng.random((36, 44, 3)).astype(np.float32)
+    nir = rng.random((36, 44, 1)).astype(np.float32)
+    expected = untrained_model.fine(tf.constant(vis[None]), tf.constant(nir[None]))
+    assert np.abs(expected["flow"].numpy()).max() > 0.01
+    full = inference.load_predictor(inference.inspect_weights(weights_dirs["full"]))
+    only = inference.inspect_weights(weights_dirs["f2m"])
+    assert only.has_fine and not only.has_coarse
+    f2m_alone = inference.load_predictor(only)
+    for predictor in (full, f2m_alone):
+        result = predictor(vis, nir, inference.FINE_CALL)
+        assert set(result) == set(inference.FINE_OUTPUTS)
+        for key in inference.FINE_OUTPUTS:
+            np.testing.assert_allclose(result[key], expected[key].numpy()[0], atol=1e-5, err_msg=key)
+    with pytest.raises(ValueError, match="cannot run rfnet$"):
+        f2m_alone(vis, nir)
+    coarse = inference.load_predictor(inference.inspect_weights(weights_dirs["coarse"]))
+    with pytest.raises(ValueError, match="cannot run rfnet_fine"):
+        coarse(vis, nir, inference.FINE_CALL)
 
 
 def test_refinement_steps_override_the_stored_ones(weights_dirs, tmp_path):

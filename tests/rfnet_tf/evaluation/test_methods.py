@@ -10,6 +10,7 @@ import pytest
 from rfnet_tf.colour import rgb_to_ycbcr
 from rfnet_tf.data import AffineRanges, Pair, make_misaligned_pair
 from rfnet_tf.evaluation import methods, sources
+from rfnet_tf.evaluation.inference import FINE_CALL, MODEL_CALL
 from rfnet_tf.evaluation.sources import Sample
 from rfnet_tf.metrics.registration import pixel_matrix_to_affine
 
@@ -62,14 +63,24 @@ def test_rfnet_composes_affine_then_flow(rng):
     theta = np.array([[1.0, 0.0, shift_x * 2.0 / 49.0], [0.0, 1.0, 0.0]])
     flow = np.zeros((40, 50, 2))
     flow[..., 0] = 1.5
-    registration = methods.register("rfnet", sample, {"affine": theta, "flow": flow})
+    fine_flow = np.zeros((40, 50, 2))
+    fine_flow[..., 1] = -2.0
+    predictions = {
+        MODEL_CALL: {"affine": theta, "flow": flow},
+        FINE_CALL: {"flow": fine_flow},
+    }
+    registration = methods.register("rfnet", sample, predictions)
     coordinates = registration.coordinates((40, 50))
     y, x = np.mgrid[0:40, 0:50]
     np.testing.assert_allclose(coordinates[..., 0], y + 1.5, atol=1e-9)
     np.testing.assert_allclose(coordinates[..., 1], x + shift_x, atol=1e-9)
-    coarse = methods.register("rfnet_coarse", sample, {"affine": theta, "flow": flow})
+    coarse = methods.register("rfnet_coarse", sample, predictions)
     assert coarse.flow is None
     np.testing.assert_allclose(coarse.coordinates((40, 50))[..., 1], x + shift_x, atol=1e-9)
+    # F2M alone: its own call's flow, no affine.
+    fine = methods.register("rfnet_fine", sample, predictions)
+    assert fine.theta is None
+    np.testing.assert_allclose(fine.coordinates((40, 50)), np.stack([y, x - 2.0], axis=-1), atol=1e-9)
 
 
 def test_valid_region_excludes_the_black_border_of_a_synthetic_warp(rng):
@@ -191,8 +202,19 @@ def test_fusion_methods_on_the_0_255_scale(rng):
     average = methods.fuse("average", registered, nir, None)
     expected_luma = 255.0 * (sample.pair.vis.astype(np.float64) @ [0.299, 0.587, 0.114])
     np.testing.assert_allclose(average, 0.5 * (expected_luma + 255.0 * nir[..., 0]), atol=1e-4)
-    fused = np.full((64, 80, 1), 0.25, np.float32)
-    np.testing.assert_allclose(methods.fuse("rfnet", registered, nir, {"fused": fused}), 63.75)
+    predictions = {
+        MODEL_CALL: {"fused": np.full((64, 80, 1), 0.25, np.float32), "fused_rgb": 0},
+        FINE_CALL: {"fused": np.full((64, 80, 1), 0.5, np.float32), "fused_rgb": 1},
+    }
+    np.testing.assert_allclose(methods.fuse("rfnet", registered, nir, predictions), 63.75)
+    np.testing.assert_allclose(methods.fuse("rfnet_fine", registered, nir, predictions), 127.5)
+    # The model fusions show their own colour image; the others colour their luma.
+    assert methods.fusion_rgb("rfnet", None, None, predictions) == 0
+    assert methods.fusion_rgb("rfnet_fine", None, None, predictions) == 1
+    np.testing.assert_array_equal(
+        methods.fusion_rgb("average", average, registered.vis, predictions),
+        methods.fused_rgb(average, registered.vis),
+    )
     scores = methods.fusion_scores(registered, nir, average, paper_conventions=False)
     assert list(scores) == list(methods.FUSION_METRICS)
 

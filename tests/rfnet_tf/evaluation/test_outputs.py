@@ -94,7 +94,7 @@ def test_save_pair_images(tmp_path, rng):
     flow = np.zeros((height, width, 2))
     flow[..., 1] = 2.0
     files = outputs.save_pair_images(
-        tmp_path / "p", vis, nir, vis[::-1], vis, flow, "rfnet", "rfnet", tiles=2
+        tmp_path / "p", vis, nir, vis[::-1], vis, flow, "rfnet", "rfnet", tiles=2, flow_method="rfnet_fine"
     )
     assert set(files) == {
         "registered_vis", "fused_rgb", "checkerboard_before", "checkerboard_after", "flow", "panel"
@@ -112,5 +112,13 @@ def test_save_pair_images(tmp_path, rng):
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "p" / files["flow"]))[0, 0], [255, 0, 0])
     panel = Image.open(tmp_path / "p" / files["panel"])
     assert panel.size == (outputs.PANEL_COLUMNS * width, 2 * (height + visualize.LABEL_HEIGHT_PX))
+    # The flow tile (7th: row 1, column 2) has the colour wheel of its scale in the corner:
+    # a sixth of the side, radius 5; its centre black, its rim on the right red (2 px right).
+    tile = np.asarray(panel)[2 * visualize.LABEL_HEIGHT_PX + height :, 2 * width : 3 * width]
+    margin = visualize.FLOW_LEGEND_MARGIN_PX
+    centre = (height - margin - 6, width - margin - 6)
+    np.testing.assert_array_equal(tile[centre], 0)
+    np.testing.assert_array_equal(tile[centre[0], centre[1] + 5], [255, 0, 0])
+    np.testing.assert_array_equal(tile[0, 0], [255, 0, 0])  # the flow itself, elsewhere
     without = outputs.save_pair_images(tmp_path / "q", vis, nir, vis, None, None, "identity", None, 2)
     assert set(without) == {"registered_vis", "checkerboard_before", "checkerboard_after", "panel"}

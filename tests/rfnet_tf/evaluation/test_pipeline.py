@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from rfnet_tf.data import make_misaligned_pair
 from rfnet_tf.evaluation import methods, outputs, pipeline, sources
-from rfnet_tf.evaluation.inference import FULL_OUTPUTS, Predictor, WeightsInfo
+from rfnet_tf.evaluation.inference import FINE_CALL, FULL_OUTPUTS, MODEL_CALL, Predictor, WeightsInfo
 from rfnet_tf.evaluation.sources import EvaluationSet, Sample
 from rfnet_tf.weights import PARTS
 
@@ -20,6 +20,8 @@ from .conftest import make_pair
 
 FULL = WeightsInfo(Path("w"), "weights", PARTS)
 COARSE = WeightsInfo(Path("w"), "weights", ("transnet", "affinenet"))
+F2M_ONLY = WeightsInfo(Path("w"), "weights", ("f2m",))
+SAVED_MODEL = WeightsInfo(Path("sm"), "saved_model", PARTS)
 
 
 def test_parse_methods():
@@ -55,11 +57,34 @@ def test_coarse_only_weights_drop_default_methods_but_reject_explicit_ones():
     assert pipeline.plan_methods(("rfnet_coarse",), COARSE, True).registration == ("rfnet_coarse",)
 
 
+def test_f2m_alone_is_a_call_of_its_own_that_f2m_weights_can_run():
+    plan = pipeline.plan_methods(("rfnet_fine", "identity", "rfnet_coarse", "average"), FULL, True)
+    assert plan.model_calls == (FINE_CALL, MODEL_CALL) and plan.needs_model
+    assert plan.fusion_registration == "rfnet_fine" and plan.flow_method == "rfnet_fine"
+    # Images show the fusion registration; its flow, or else the first registration's that has one.
+    plan = pipeline.plan_methods(("identity", "rfnet_fine"), FULL, True)
+    assert plan.fusion == ("rfnet_fine",) and plan.fusion_registration == "identity"
+    assert plan.shown_registration == "identity" and plan.flow_method == "rfnet_fine"
+    assert pipeline.plan_methods(("rfnet", "rfnet_fine", "rfnet_coarse"), FULL, True).model_calls == (MODEL_CALL, FINE_CALL)
+    # An F2M training run without a coarse module exports F2M alone: enough for rfnet_fine.
+    plan = pipeline.plan_methods(("rfnet", "rfnet_coarse", "rfnet_fine", "identity"), F2M_ONLY, explicit=False)
+    assert plan.registration == ("rfnet_fine", "identity") and set(plan.not_evaluated) == {"rfnet", "rfnet_coarse"}
+    with pytest.raises(pipeline.EvaluationError, match=r"cannot evaluate rfnet_fine.*needs \['f2m'\]"):
+        pipeline.plan_methods(("rfnet_fine",), COARSE, True)
+    assert "rfnet_fine" not in methods.DEFAULT_METHODS
+
+
+def test_a_saved_model_cannot_run_f2m_alone():
+    assert pipeline.plan_methods(("rfnet", "rfnet_coarse"), SAVED_MODEL, True).model_calls == (MODEL_CALL,)
+    with pytest.raises(pipeline.EvaluationError, match="cannot evaluate rfnet_fine: sm is a SavedModel, which serves only"):
+        pipeline.plan_methods(("rfnet", "rfnet_fine"), SAVED_MODEL, True)
+
+
 def oracle_predictor(samples: list[Sample]) -> Predictor:
     """A model double: returns each sample's true affine and flow (and its NIR as the
     fused image), looked up by the NIR it is called with."""
 
-    def function(vis, nir):
+    def function(vis, nir, fine=False):
         for sample in samples:
             if np.array_equal(sample.pair.nir, nir.numpy()[0]):
                 truth = sample.truth
@@ -68,21 +93,22 @@ def oracle_predictor(samples: list[Sample]) -> Predictor:
                     flow = truth.field.registration
                 outputs = {
                     "registered_coarse": vis, "registered": vis, "mask": nir,
-                    "fused": nir, "fused_rgb": vis,
-                    "affine": truth.affine.registration[None], "flow": flow[None],
+                    "fused": nir * (0.5 if fine else 1.0), "fused_rgb": vis,
+                    "affine": np.eye(2, 3)[None] if truth.affine is None else truth.affine.registration[None],
+                    "flow": flow[None],
                 }
                 return {key: tf.constant(value, tf.float32) for key, value in outputs.items()}
         raise AssertionError("called with an unknown pair")
 
-    return Predictor(FULL, FULL_OUTPUTS, function)
+    return Predictor(FULL, FULL_OUTPUTS, function, fine_function=lambda vis, nir: function(vis, nir, True))
 
 
-def synthetic_set(rng, names=("one", "cat/two")) -> EvaluationSet:
+def synthetic_set(rng, names=("one", "cat/two"), kind="both") -> EvaluationSet:
     samples = []
     for name in names:
-        truth = make_misaligned_pair(make_pair(rng, (48, 64), name), rng, "both", 4)
+        truth = make_misaligned_pair(make_pair(rng, (48, 64), name), rng, kind, 4)
         samples.append(Sample(truth.pair, truth))
-    return EvaluationSet(samples, "data_dir", "test pairs", False, "both", {"seed": 0})
+    return EvaluationSet(samples, "data_dir", "test pairs", False, kind, {"seed": 0})
 
 
 def test_a_run_writes_every_output_and_scores_a_perfect_model_perfectly(tmp_path, rng):
@@ -122,6 +148,30 @@ def test_a_run_writes_every_output_and_scores_a_perfect_model_perfectly(tmp_path
     # Perfect registration: RFNet's EPE cell is the bold one.
     epe_row = [line for line in markdown.splitlines() if line.startswith("| EPE")][0]
     assert epe_row.split("|")[2].strip().startswith("**")
+
+
+def test_a_run_of_f2m_alone_scores_its_own_flow_and_fusion(tmp_path, rng):
+    """Under a local misalignment a perfect F2M alone registers exactly, and its fused
+    image (the oracle's NIR / 2) is the one scored and shown."""
+    dataset = synthetic_set(rng, kind="local")
+    plan = pipeline.plan_methods(("rfnet_fine", "identity", "average"), FULL, True)
+    out = tmp_path / "out"
+    result = pipeline.run_evaluation(dataset, oracle_predictor(dataset.samples), plan, pipeline.Options(progress=False), out)
+    stored = result.results
+    fine = stored["registration"]["rfnet_fine"]
+    assert fine["epe"]["mean"] < 1e-4 and fine["rmse"]["mean"] < 1e-3
+    assert stored["registration"]["identity"]["epe"]["mean"] > 0.1
+    assert list(stored["fusion"]) == ["rfnet_fine", "average"]
+    record = stored["per_image"][0]
+    assert set(record["seconds"]) == {"rfnet_fine_model", "metrics", "images"}
+    sample = dataset.samples[0]
+    fine_call = {FINE_CALL: {"flow": sample.truth.field.registration}}
+    base = methods.apply_registration(sample, methods.register("rfnet_fine", sample, fine_call))
+    half_nir = 127.5 * sample.pair.nir[..., 0].astype(np.float64)
+    expected = methods.fusion_scores(base, sample.pair.nir, half_nir, paper_conventions=False)
+    assert record["fusion"]["rfnet_fine"] == pytest.approx(expected)
+    assert stored["config"]["images"] == {"registration": "rfnet_fine", "fusion": "rfnet_fine", "flow": "rfnet_fine", "checkerboard_tiles": 8}
+    assert "flow" in record["files"] and "RFNet fine (F2M alone)" in result.markdown
 
 
 def test_a_failing_run_leaves_no_results(tmp_path, rng):

@@ -1,4 +1,5 @@
-"""F2M: zero flow at initialisation, shared layers, variable groups, frozen statistics."""
+"""F2M: zero flow at initialisation, a given flow, shared layers, variable groups, frozen
+statistics."""
 
 import keras
 import numpy as np
@@ -67,6 +68,34 @@ def test_flow_is_bounded(f2m):
     flow = model([tf.random.uniform((1, 40, 40, 1)), tf.random.uniform((1, 40, 40, 1))])["flow"]
     assert np.abs(flow.numpy()).max() <= 3.0
     assert np.abs(flow.numpy()).max() > 1.0
+
+
+def test_a_given_flow_replaces_the_deformation_blocks(rng):
+    model = F2M()
+    head = model.deformation_block.head
+    head.kernel.assign(rng.normal(0.0, 0.05, head.kernel.shape))
+    vis = tf.random.uniform((2, 32, 40, 1), seed=12)
+    nir = tf.random.uniform((2, 32, 40, 1), seed=13)
+    own = model([vis, nir])
+    assert np.abs(own["flow"].numpy()).max() > 0.1
+    # Its own flow, given, reproduces its outputs (32 x 40 needs no padding).
+    again = model([vis, nir], flow=own["flow"])
+    for key in own:
+        np.testing.assert_allclose(again[key].numpy(), own[key].numpy(), atol=1e-6, err_msg=key)
+    # Another flow is used as given: returned, and warping the VIS and the fusion alike.
+    given = tf.constant(rng.normal(0.0, 2.0, (2, 32, 40, 2)), tf.float32)
+    out = model([vis, nir], flow=given)
+    np.testing.assert_array_equal(out["flow"].numpy(), given.numpy())
+    registered, mask = warp_flow(vis, given, padding_mode="border")
+    np.testing.assert_allclose(out["registered"].numpy(), registered.numpy(), atol=1e-6)
+    np.testing.assert_array_equal(out["mask"].numpy(), mask.numpy())
+    assert np.abs(out["fused"].numpy() - own["fused"].numpy()).max() > 1e-3
+    # A size that F2M pads: the given flow is padded along and comes back cropped.
+    odd = tf.random.uniform((1, 29, 35, 1), seed=14)
+    flow = tf.constant(rng.normal(0.0, 1.0, (1, 29, 35, 2)), tf.float32)
+    out = model([odd, odd], flow=flow)
+    assert out["fused"].shape == (1, 29, 35, 1)
+    np.testing.assert_array_equal(out["flow"].numpy(), flow.numpy())
 
 
 def test_first_three_convolutions_are_shared(f2m):

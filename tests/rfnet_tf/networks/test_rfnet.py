@@ -1,4 +1,5 @@
-"""RFNet: the composed pipeline's outputs, identity at initialisation, colour handling."""
+"""RFNet: the composed pipeline's outputs, identity at initialisation, colour handling, F2M
+alone."""
 
 import numpy as np
 import pytest
@@ -99,6 +100,36 @@ def test_registered_samples_the_composed_transform():
     np.testing.assert_allclose(registered[interior], resampled[interior], atol=1e-4)
 
 
+def test_fine_is_f2m_alone_on_the_pair_as_given():
+    """With a non-identity affine and a flow of exactly (2, -2) px: fine() ignores the
+    affine, registers every VIS channel by the flow alone (integer shift = slicing)."""
+    network = RFNet(affine_input_size=64)
+    network.affinenet.head.bias.assign([0.0, 0.0, 0.1, 0.0, 0.0, -0.05])
+    network.f2m.deformation_block.head.bias.assign(np.arctanh([2.0 / 16.0, -2.0 / 16.0]))
+    vis = tf.random.uniform((2, 40, 48, 3), seed=15)
+    nir = tf.random.uniform((2, 40, 48, 1), seed=16)
+    out = network.fine(vis, nir)
+    assert set(out) == {"registered", "fused", "fused_rgb", "flow", "mask"}
+    alone = network.f2m([luma(vis), nir])
+    np.testing.assert_allclose(out["flow"].numpy(), alone["flow"].numpy(), atol=1e-6)
+    np.testing.assert_allclose(out["fused"].numpy(), alone["fused"].numpy(), atol=1e-6)
+    np.testing.assert_allclose(out["flow"].numpy(), np.broadcast_to([2.0, -2.0], (2, 40, 48, 2)), atol=1e-5)
+    registered = out["registered"].numpy()
+    np.testing.assert_allclose(registered[:, :-2, 2:], vis.numpy()[:, 2:, :-2], atol=1e-4)
+    # Zero outside: the last two rows and the first two columns sample beyond the image.
+    inside = np.zeros((2, 40, 48, 1), np.float32)
+    inside[:, :-2, 2:] = 1.0
+    np.testing.assert_array_equal(out["mask"].numpy(), inside)
+    np.testing.assert_array_equal(registered[:, -1], 0.0)
+    # The whole model registers by the affine first: another image.
+    assert np.abs(network([vis, nir])["registered"].numpy() - registered).max() > 0.1
+    ycbcr = rgb_to_ycbcr(out["fused_rgb"]).numpy()
+    unclipped = np.all((out["fused_rgb"].numpy() > 0) & (out["fused_rgb"].numpy() < 1), axis=-1)
+    np.testing.assert_allclose(ycbcr[..., 0][unclipped], out["fused"].numpy()[..., 0][unclipped], atol=1e-5)
+    reference = rgb_to_ycbcr(out["registered"]).numpy()
+    np.testing.assert_allclose(ycbcr[..., 1:][unclipped], reference[..., 1:][unclipped], atol=1e-5)
+
+
 def test_min_image_size_is_the_smallest_side_f2m_accepts(model):
     side = MIN_IMAGE_SIZE
     out = model.f2m([tf.random.uniform((1, side, side + 3, 1)), tf.random.uniform((1, side, side + 3, 1))])
@@ -121,6 +152,8 @@ def test_small_or_mismatched_inputs_are_refused_naming_both_shapes(model, vis_sh
         model([vis, nir])
     with pytest.raises(tf.errors.InvalidArgumentError, match=expected):
         model.coarse(vis, nir)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=expected):
+        model.fine(vis, nir)
 
 
 def test_none_dimensions_in_tf_function(model):

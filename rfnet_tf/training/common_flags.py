@@ -37,6 +37,7 @@ def define_common_flags(default_model_dir: str, default_epochs: int) -> None:
     flags.DEFINE_integer("epochs", default_epochs, "Epochs of each stage.")
     flags.DEFINE_float("learning_rate", 4e-4, "Initial Adam learning rate.")
     flags.DEFINE_float("decay_rate", 0.96, "Learning-rate factor per epoch (exponential decay).")
+    flags.DEFINE_float("clip_norm", 0.0, "Clip the gradients' global norm to this (0: no clipping).")
     flags.DEFINE_string("model_dir", default_model_dir, "Where each stage keeps checkpoints, flags, events and export/.")
     flags.DEFINE_integer("seed", 0, "Seed of the data stream and of the initial weights.")
     flags.DEFINE_integer("max_steps", 0, "Stop each stage after this many steps (0: the full schedule).")
@@ -85,6 +86,8 @@ def validate_common_flags(values) -> None:
         raise FlagError(f"--max_steps must be >= 0, got {values.max_steps}")
     if not values.learning_rate > 0:
         raise FlagError(f"--learning_rate must be positive, got {values.learning_rate}")
+    if values.clip_norm < 0:
+        raise FlagError(f"--clip_norm must be >= 0, got {values.clip_norm}")
     if not 0 < values.decay_rate <= 1:
         raise FlagError(f"--decay_rate must be in (0, 1], got {values.decay_rate}")
     if values.cpu_devices > 1 and values.strategy != "mirrored":

@@ -48,6 +48,7 @@ class LoopConfig:
       batch_size: global batch size (for images per second).
       learning_rate: initial Adam learning rate.
       decay_rate: learning-rate factor per epoch (continuous exponential decay).
+      clip_norm: the gradients' global norm is clipped to it (0: no clipping).
       log_every: steps between progress lines and scalar summaries.
       checkpoint_every: steps between checkpoints (and image summaries).
       jit_compile: compile the forward and backward pass with XLA.
@@ -65,6 +66,7 @@ class LoopConfig:
     batch_size: int
     learning_rate: float = 4e-4
     decay_rate: float = 0.96
+    clip_norm: float = 0.0
     log_every: int = 10
     checkpoint_every: int = 200
     jit_compile: bool = False
@@ -94,7 +96,7 @@ def make_optimizer(config: LoopConfig) -> keras.optimizers.Optimizer:
         decay_steps=max(config.steps_per_epoch, 1),
         decay_rate=config.decay_rate,
     )
-    optimizer = keras.optimizers.Adam(schedule)
+    optimizer = keras.optimizers.Adam(schedule, global_clipnorm=config.clip_norm or None)
     if keras.config.dtype_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer

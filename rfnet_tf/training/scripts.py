@@ -150,6 +150,7 @@ def _loop_config(values, stage_dir, pairs, carried, provenance, validation) -> L
         batch_size=values.batch_size,
         learning_rate=values.learning_rate,
         decay_rate=values.decay_rate,
+        clip_norm=values.clip_norm,
         log_every=values.log_every,
         checkpoint_every=values.checkpoint_every,
         jit_compile=values.jit_compile,

@@ -34,8 +34,9 @@ REGISTRATION_METHODS = ["rfnet", "rfnet_coarse", "identity", "ecc", "sift"]
 FUSION_METHODS = ["rfnet", "average", "laplacian"]
 FUSION_METRICS = {"en", "std", "ag", "sf", "psnr", "mi", "ssim", "qabf"}
 LANDMARK_METRICS = {"rmse", "mae", "mee", "success_2px", "success_5px", "success_10px"}
-# What a classic method reports besides its metrics.
+# What a classic method, or RFNet's coarse registration, reports besides its metrics.
 OUTCOME_KEYS = {"failed", "reason", "correlation", "matches", "inliers"}
+CONFIDENCE_KEYS = {"coarse_ncc", "coarse_overlap", "unsure"}
 ALIGNED_SCENES = ("scene_105", "scene_401", "scene_201")  # truly aligned pairs of vis_nir
 SHAPE = (64, 80)
 
@@ -96,7 +97,11 @@ def check_schema(results: dict, out_dir: Path, registration_metrics: set, num_pa
     for record in results["per_image"]:
         assert isinstance(record["name"], str) and isinstance(record["height"], int)
         for method in REGISTRATION_METHODS:
-            assert set(record["registration"][method]) - OUTCOME_KEYS == registration_metrics
+            assert set(record["registration"][method]) - OUTCOME_KEYS - CONFIDENCE_KEYS == registration_metrics
+        for method in ("rfnet", "rfnet_coarse"):
+            confidence = record["registration"][method]
+            assert CONFIDENCE_KEYS <= set(confidence) and isinstance(confidence["unsure"], bool)
+            assert -1.0 <= confidence["coarse_ncc"] <= 1.0 and 0.0 <= confidence["coarse_overlap"] <= 1.0
         for method in ("ecc", "sift"):
             outcome = record["registration"][method]
             assert isinstance(outcome["failed"], bool) and isinstance(outcome["reason"], str)

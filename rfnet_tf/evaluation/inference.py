@@ -6,8 +6,10 @@ model), it returns the RFNet outputs for that pair as numpy arrays without the b
 axis. One ``tf.function`` with open sizes serves every image size, so nothing is
 retraced between pairs of different sizes.
 
-A predictor makes two calls: :data:`MODEL_CALL`, the whole model (or its coarse
-module), and :data:`FINE_CALL`, F2M alone on the unregistered pair (``RFNet.fine``).
+A predictor makes three calls: :data:`MODEL_CALL`, the whole model (or its coarse
+module), :data:`FINE_CALL`, F2M alone on the unregistered pair (``RFNet.fine``), and
+:data:`COARSE_SIFT_CALL`, the coarse module with a SIFT estimate as one more start of
+its search (an option beyond the paper).
 A weights directory may hold only some parts (each training stage exports what it has
 trained so far): with TransNet and AffineNet the coarse module runs alone (outputs
 ``affine`` and ``registered_coarse``); with all three parts the full model runs; with
@@ -26,7 +28,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from rfnet_tf import baselines
+from rfnet_tf.colour import luma
 from rfnet_tf.export import NIR_SPEC, VIS_SPEC, is_saved_model, load_serving_function
+from rfnet_tf.networks.affinenet import IDENTITY_AFFINE
 from rfnet_tf.weights import (
     PARTS,
     WeightsError,
@@ -39,11 +44,20 @@ from rfnet_tf.weights import (
 COARSE_PARTS = ("transnet", "affinenet")
 WEIGHTS_FORMAT = "weights"
 SAVED_MODEL_FORMAT = "saved_model"
-COARSE_OUTPUTS = ("affine", "registered_coarse")
-FULL_OUTPUTS = ("registered_coarse", "registered", "fused", "fused_rgb", "affine", "flow", "mask")
+# The coarse registration's confidence (``rfnet_tf.networks.refine.Confidence``).
+CONFIDENCE_OUTPUTS = ("coarse_ncc", "coarse_overlap")
+COARSE_OUTPUTS = ("affine", "registered_coarse", *CONFIDENCE_OUTPUTS)
+FULL_OUTPUTS = (
+    "registered_coarse", "registered", "fused", "fused_rgb", "affine", "flow", "mask",
+    *CONFIDENCE_OUTPUTS,
+)
 FINE_OUTPUTS = ("registered", "fused", "fused_rgb", "flow", "mask")
 MODEL_CALL = "rfnet"
 FINE_CALL = "rfnet_fine"
+# The coarse module with a SIFT estimate (rfnet_tf.baselines.sift_affine) as one more
+# start of its search: an option beyond the paper.
+COARSE_SIFT_CALL = "rfnet_coarse_sift"
+COARSE_SIFT_OUTPUTS = ("affine", *CONFIDENCE_OUTPUTS, "sift_failed")
 # The calls a SavedModel serves.
 SAVED_MODEL_CALLS = (MODEL_CALL,)
 
@@ -113,6 +127,9 @@ class Predictor:
         SavedModel).
       fine_function: the fine call (``RFNet.fine``, :data:`FINE_OUTPUTS`), same
         signature; ``None`` when the weights cannot run it.
+      start_function: the coarse module with one more start of its search,
+        ``(vis, nir, start (B, 1, 2, 3)) -> dict`` (``RFNet.coarse(extra_starts=)``);
+        ``None`` when the weights cannot run it.
     """
 
     info: WeightsInfo
@@ -120,6 +137,7 @@ class Predictor:
     function: Callable[[tf.Tensor, tf.Tensor], dict] | None
     model_config: dict | None = None
     fine_function: Callable[[tf.Tensor, tf.Tensor], dict] | None = None
+    start_function: Callable[[tf.Tensor, tf.Tensor, tf.Tensor], dict] | None = None
 
     @property
     def is_full(self) -> bool:
@@ -134,11 +152,14 @@ class Predictor:
           vis: ``(H, W, 3)`` RGB or ``(H, W, 1)`` grey in ``[0, 1]`` (grey is passed as
             three equal channels, whose luma is the grey image itself).
           nir: ``(H, W, 1)`` in ``[0, 1]``.
-          call: :data:`MODEL_CALL` or :data:`FINE_CALL`.
+          call: :data:`MODEL_CALL`, :data:`FINE_CALL` or :data:`COARSE_SIFT_CALL` (which
+            first estimates the affine with SIFT on the luma and passes it as a start;
+            a failed estimate passes the identity, ``sift_failed`` says so).
 
         Returns:
           ``{key: array}`` for the call's outputs, batch axis removed: images
-          ``(H, W, C)``, ``affine (2, 3)``, ``flow (H, W, 2)`` ``(dy, dx)`` px.
+          ``(H, W, C)``, ``affine (2, 3)``, ``flow (H, W, 2)`` ``(dy, dx)`` px, the
+          confidence as scalars.
 
         Raises:
           ValueError: the weights cannot run ``call``.
@@ -146,6 +167,7 @@ class Predictor:
         function, outputs = {
             MODEL_CALL: (self.function, self.outputs),
             FINE_CALL: (self.fine_function, FINE_OUTPUTS),
+            COARSE_SIFT_CALL: (self.start_function, COARSE_SIFT_OUTPUTS),
         }[call]
         if function is None:
             raise ValueError(f"{self.info.path}: the model loaded from it cannot run {call}")
@@ -153,8 +175,18 @@ class Predictor:
         if vis.shape[-1] == 1:
             vis = np.repeat(vis, 3, axis=-1)
         nir = np.asarray(nir, np.float32)
-        result = function(tf.constant(vis[None]), tf.constant(nir[None]))
-        return {key: result[key].numpy()[0] for key in outputs}
+        inputs = [tf.constant(vis[None]), tf.constant(nir[None])]
+        extra = {}
+        if call == COARSE_SIFT_CALL:
+            estimate = baselines.sift_affine(
+                np.asarray(luma(vis.astype(np.float64)))[..., 0] * 255.0,
+                nir[..., 0].astype(np.float64) * 255.0,
+            )
+            start = IDENTITY_AFFINE if estimate.failed else estimate.theta
+            inputs.append(tf.constant(np.asarray(start, np.float32)[None, None]))
+            extra["sift_failed"] = estimate.failed
+        result = function(*inputs)
+        return {**{key: result[key].numpy()[0] for key in outputs if key in result}, **extra}
 
 
 def load_predictor(info: WeightsInfo, coarse_refinement_steps: int | None = None) -> Predictor:
@@ -190,19 +222,25 @@ def load_predictor(info: WeightsInfo, coarse_refinement_steps: int | None = None
     config = model_config(model)
     # Traced on first use only: a call the evaluation does not need costs nothing.
     fine = tf.function(model.fine, input_signature=[VIS_SPEC, NIR_SPEC]) if info.has_fine else None
+    start = None
+    if info.has_coarse:
+        start = tf.function(
+            lambda vis, nir, start: model.coarse(vis, nir, extra_starts=start),
+            input_signature=[VIS_SPEC, NIR_SPEC, tf.TensorSpec([None, 1, 2, 3], tf.float32)],
+        )
     if info.has_full:
 
         @tf.function(input_signature=[VIS_SPEC, NIR_SPEC])
         def full(vis, nir):
             return model([vis, nir], training=False)
 
-        return Predictor(info, FULL_OUTPUTS, full, config, fine)
+        return Predictor(info, FULL_OUTPUTS, full, config, fine, start)
     if not info.has_coarse:
         return Predictor(info, (), None, config, fine)
 
     @tf.function(input_signature=[VIS_SPEC, NIR_SPEC])
     def coarse(vis, nir):
         outputs = model.coarse(vis, nir)
-        return {"affine": outputs["affine"], "registered_coarse": outputs["registered"]}
+        return {**outputs, "registered_coarse": outputs["registered"]}
 
-    return Predictor(info, COARSE_OUTPUTS, coarse, config, fine)
+    return Predictor(info, COARSE_OUTPUTS, coarse, config, fine, start)

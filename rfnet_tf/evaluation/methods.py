@@ -6,6 +6,8 @@ frame into the moving VIS, ``T(p) = T_theta(p + phi(p))`` (ARCHITECTURE section 
 
 * ``rfnet``: the full model, RFNet's affine then its dense flow;
 * ``rfnet_coarse``: the coarse module alone, the affine of the same call;
+* ``rfnet_coarse_sift``: the coarse module with a SIFT estimate as one more start of
+  its guarded search (an option beyond the paper; a call of its own);
 * ``rfnet_fine``: F2M alone on the unregistered pair, its dense flow (``RFNet.fine``,
   a call of its own; the paper's Fig. 10(a));
 * ``identity``: the unaligned VIS ("unaligned VIS" in Table 1);
@@ -47,7 +49,8 @@ import numpy as np
 
 from rfnet_tf import baselines
 from rfnet_tf.colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
-from rfnet_tf.evaluation.inference import COARSE_PARTS, FINE_CALL, MODEL_CALL
+from rfnet_tf.evaluation.inference import COARSE_PARTS, COARSE_SIFT_CALL, FINE_CALL, MODEL_CALL
+from rfnet_tf.networks.refine import LOW_CONFIDENCE_NCC, LOW_CONFIDENCE_OVERLAP
 from rfnet_tf.evaluation.sources import Sample
 from rfnet_tf.metrics import (
     fusion_metrics,
@@ -61,7 +64,9 @@ from rfnet_tf.metrics import (
 from rfnet_tf.metrics.registration import endpoint_error, registration_psnr, registration_ssim
 from rfnet_tf.weights import PARTS
 
-REGISTRATION_METHODS = ("rfnet", "rfnet_coarse", "rfnet_fine", "identity", "ecc", "sift")
+REGISTRATION_METHODS = (
+    "rfnet", "rfnet_coarse", "rfnet_coarse_sift", "rfnet_fine", "identity", "ecc", "sift",
+)
 FUSION_METHODS = ("rfnet", "rfnet_fine", "average", "laplacian")
 # What each fusion method computes, for the notes under the tables.
 FUSION_RULES = {
@@ -73,14 +78,32 @@ FUSION_RULES = {
         "absolute detail at each pixel and level, the mean of the bases"
     ),
 }
-METHODS = ("rfnet", "rfnet_coarse", "rfnet_fine", "identity", "ecc", "sift", "average", "laplacian")
-# F2M alone is an ablation (the paper's Fig. 10(a)): evaluated when named.
-DEFAULT_METHODS = tuple(method for method in METHODS if method != "rfnet_fine")
+METHODS = (*REGISTRATION_METHODS, "average", "laplacian")
+# F2M alone is an ablation (the paper's Fig. 10(a)) and the SIFT start an option beyond
+# the paper: evaluated when named.
+DEFAULT_METHODS = tuple(
+    method for method in METHODS if method not in ("rfnet_fine", "rfnet_coarse_sift")
+)
 # Methods that need the RFNet model: the parts each needs, and the call of
 # ``inference.Predictor`` it reads (one call of the whole model feeds rfnet and
 # rfnet_coarse; F2M alone is a call of its own).
-MODEL_PARTS = {"rfnet": PARTS, "rfnet_coarse": COARSE_PARTS, "rfnet_fine": ("f2m",)}
-MODEL_CALLS = {"rfnet": MODEL_CALL, "rfnet_coarse": MODEL_CALL, "rfnet_fine": FINE_CALL}
+MODEL_PARTS = {
+    "rfnet": PARTS,
+    "rfnet_coarse": COARSE_PARTS,
+    "rfnet_coarse_sift": COARSE_PARTS,
+    "rfnet_fine": ("f2m",),
+}
+MODEL_CALLS = {
+    "rfnet": MODEL_CALL,
+    "rfnet_coarse": MODEL_CALL,
+    "rfnet_coarse_sift": COARSE_SIFT_CALL,
+    "rfnet_fine": FINE_CALL,
+}
+# Methods whose registration is the coarse module's (only an affine), with its
+# confidence (``coarse_ncc``, ``coarse_overlap``; unsure below the thresholds of
+# rfnet_tf.networks.refine).
+AFFINE_ONLY_METHODS = ("rfnet_coarse", "rfnet_coarse_sift")
+CONFIDENT_METHODS = ("rfnet", "rfnet_coarse", "rfnet_coarse_sift")
 # Registration methods with a dense flow (shown as an image), and fusion methods whose
 # fused image is the model's own.
 FLOW_METHODS = ("rfnet", "rfnet_fine")
@@ -118,8 +141,9 @@ class Registration:
       theta: ``(2, 3)`` normalised backward affine, or ``None`` (identity).
       flow: ``(H, W, 2)`` backward flow ``(dy, dx)`` px after the affine, or ``None``.
       failed, reason: the outcome of a method of :data:`FALLIBLE_METHODS`.
-      details: what such a method reports besides (ECC: ``correlation``; SIFT:
-        ``matches``, ``inliers``), for results.json.
+      details: what the method reports besides, for results.json (ECC:
+        ``correlation``; SIFT: ``matches``, ``inliers``; RFNet's coarse registration:
+        ``coarse_ncc``, ``coarse_overlap`` and ``unsure``, see :func:`confidence`).
       seconds: the method's own run time (the RFNet calls are timed separately).
     """
 
@@ -184,8 +208,11 @@ def register(
     if method in MODEL_CALLS:
         prediction = predictions[MODEL_CALLS[method]]
         theta = None if method == "rfnet_fine" else np.asarray(prediction["affine"], np.float64)
-        flow = None if method == "rfnet_coarse" else np.asarray(prediction["flow"], np.float64)
-        return Registration(method, theta=theta, flow=flow)
+        flow = None if method in AFFINE_ONLY_METHODS else np.asarray(prediction["flow"], np.float64)
+        details = confidence(prediction) if method in CONFIDENT_METHODS else {}
+        if "sift_failed" in prediction:
+            details["sift_failed"] = bool(prediction["sift_failed"])
+        return Registration(method, theta=theta, flow=flow, details=details)
     if method not in FALLIBLE_METHODS:
         raise ValueError(
             f"unknown registration method {method!r}; methods are {REGISTRATION_METHODS}"
@@ -209,6 +236,21 @@ def register(
         details=details,
         seconds=time.perf_counter() - start,
     )
+
+
+def confidence(prediction: dict) -> dict:
+    """The coarse registration's confidence from an RFNet call's outputs: ``coarse_ncc``,
+    ``coarse_overlap`` and ``unsure`` (either below ``LOW_CONFIDENCE_NCC`` /
+    ``LOW_CONFIDENCE_OVERLAP``); empty for outputs without them (older SavedModels)."""
+    if "coarse_ncc" not in prediction:
+        return {}
+    correlation = float(prediction["coarse_ncc"])
+    overlap = float(prediction["coarse_overlap"])
+    return {
+        "coarse_ncc": finite_or_none(correlation),
+        "coarse_overlap": finite_or_none(overlap),
+        "unsure": not (correlation >= LOW_CONFIDENCE_NCC and overlap >= LOW_CONFIDENCE_OVERLAP),
+    }
 
 
 def method_settings(method: str, ecc_levels: int) -> dict:

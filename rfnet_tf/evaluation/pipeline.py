@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from absl import logging
 from tqdm import tqdm
 
 from rfnet_tf import visualize
@@ -33,6 +34,7 @@ from rfnet_tf.evaluation.inference import (
     WeightsInfo,
 )
 from rfnet_tf.evaluation.sources import EvaluationSet, Sample
+from rfnet_tf.networks.refine import LOW_CONFIDENCE_NCC, LOW_CONFIDENCE_OVERLAP
 
 CONVENTIONS = {
     False: "standard (ARCHITECTURE section 6; e.g. fusion PSNR with peak 255 on 0-255 luma)",
@@ -206,12 +208,12 @@ def evaluate_sample(
     for method in plan.registration:
         registration = methods_lib.register(method, sample, predictions, options.ecc_levels)
         registered[method] = methods_lib.apply_registration(sample, registration, truth)
-        registration_record[method] = dict(registered[method].metrics)
+        registration_record[method] = {**registered[method].metrics, **registration.details}
         if method in methods_lib.FALLIBLE_METHODS:
             seconds[method] = registration.seconds
-            registration_record[method].update(
-                failed=registration.failed, reason=registration.reason, **registration.details
-            )
+            registration_record[method].update(failed=registration.failed, reason=registration.reason)
+        if registration.details.get("unsure"):
+            logging.warning("%s: %s", pair.name, unsure_text(method, registration.details))
     fusion_record = {}
     fused_images = {}
     if plan.fusion:
@@ -253,6 +255,19 @@ def evaluate_sample(
         "seconds": seconds,
     }
     return record, images
+
+
+def unsure_text(method: str, details: dict) -> str:
+    """Why a coarse registration is flagged as unsure (its confidence, the thresholds)."""
+    return (
+        f"the {method} registration is unsure (NCC {_two(details['coarse_ncc'])} of the "
+        f"translated pair, overlap {_two(details['coarse_overlap'])}; flagged below "
+        f"{LOW_CONFIDENCE_NCC} / {LOW_CONFIDENCE_OVERLAP}): check it"
+    )
+
+
+def _two(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _notes(
@@ -323,6 +338,28 @@ def _notes(
         else:
             notes.append(
                 f"{label} {methods_lib.SUCCESS_MEANS[method]} on all {len(per_image)} pair(s)."
+            )
+    for method in methods_lib.CONFIDENT_METHODS:
+        if method not in plan.registration:
+            continue
+        unsure = [r for r in per_image if r["registration"][method].get("unsure")]
+        label = report.METHOD_LABELS[method]
+        if unsure:
+            listing = "; ".join(
+                f"{r['name']} (NCC {_two(r['registration'][method]['coarse_ncc'])}, overlap "
+                f"{_two(r['registration'][method]['coarse_overlap'])})"
+                for r in unsure
+            )
+            notes.append(
+                f"UNSURE: {label}'s coarse registration of {len(unsure)} of {len(per_image)} "
+                f"pair(s) has an NCC of the translated pair below {LOW_CONFIDENCE_NCC} or an "
+                f"overlap below {LOW_CONFIDENCE_OVERLAP} (per_image: coarse_ncc, coarse_overlap, "
+                f"unsure); check them: {listing}."
+            )
+        elif any("unsure" in r["registration"][method] for r in per_image):
+            notes.append(
+                f"{label}'s coarse registration is above the confidence thresholds (NCC "
+                f"{LOW_CONFIDENCE_NCC}, overlap {LOW_CONFIDENCE_OVERLAP}) on every pair."
             )
     if plan.fusion:
         if plan.fusion_registration == "rfnet":

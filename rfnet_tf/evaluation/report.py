@@ -34,6 +34,7 @@ MISSING_CELL = "n/a"
 METHOD_LABELS = {
     "rfnet": "RFNet",
     "rfnet_coarse": "RFNet coarse",
+    "rfnet_coarse_sift": "RFNet coarse + SIFT start",
     "rfnet_fine": "RFNet fine (F2M alone)",
     "identity": "unaligned (identity)",
     "ecc": "ECC affine",

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from rfnet_tf import baselines
 from rfnet_tf.evaluation import inference
 from rfnet_tf.weights import WeightsError
 
@@ -93,6 +94,33 @@ def test_the_fine_call_is_rfnet_fine_and_needs_f2m_only(weights_dirs, untrained_
     coarse = inference.load_predictor(inference.inspect_weights(weights_dirs["coarse"]))
     with pytest.raises(ValueError, match="cannot run rfnet_fine"):
         coarse(vis, nir, inference.FINE_CALL)
+
+
+def test_the_sift_call_passes_the_sift_estimate_as_a_start(weights_dirs, untrained_model, rng):
+    """A textured pair shifted by a few pixels: SIFT finds the shift and the coarse
+    module's search receives it as a start (the call's result equals RFNet.coarse with
+    that start); a pair without features passes the identity and says SIFT failed."""
+    from scipy.ndimage import gaussian_filter, shift
+
+    texture = gaussian_filter(rng.standard_normal((96, 128)), 1.5)
+    texture = ((texture - texture.min()) / (texture.max() - texture.min())).astype(np.float32)
+    vis = np.repeat(shift(texture, (3.0, -4.0), mode="reflect")[..., None], 3, axis=-1)
+    nir = texture[..., None]
+    predictor = inference.load_predictor(inference.inspect_weights(weights_dirs["coarse"]))
+    result = predictor(vis, nir, inference.COARSE_SIFT_CALL)
+    assert set(result) == set(inference.COARSE_SIFT_OUTPUTS) and not result["sift_failed"]
+    estimate = baselines.sift_affine(
+        np.asarray(vis[..., 0], np.float64) * 255.0, np.asarray(texture, np.float64) * 255.0
+    )
+    expected = untrained_model.coarse(
+        tf.constant(vis[None]), tf.constant(nir[None]),
+        extra_starts=tf.constant(estimate.theta[None, None], tf.float32),
+    )
+    np.testing.assert_allclose(result["affine"], expected["affine"].numpy()[0], atol=1e-5)
+    np.testing.assert_allclose(result["coarse_ncc"], expected["coarse_ncc"].numpy()[0], atol=1e-5)
+    flat = np.full((48, 64, 3), 0.5, np.float32)
+    failed = predictor(flat, flat[..., :1], inference.COARSE_SIFT_CALL)
+    assert failed["sift_failed"] and np.all(np.isfinite(failed["affine"]))
 
 
 def test_refinement_steps_override_the_stored_ones(weights_dirs, tmp_path):

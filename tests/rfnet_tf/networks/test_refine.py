@@ -214,3 +214,19 @@ def test_rfnet_config_carries_the_refinement():
         RFNet(coarse_refinement_steps=-1)
     with pytest.raises(ValueError, match="coarse_refinement_fine_size"):
         RFNet(coarse_refinement_fine_size=-1)
+
+
+def test_a_pair_misaligned_only_locally_keeps_the_identity():
+    """A smooth local field (no affine to find): an affine fitted to it gains little NCC,
+    below Guards.min_gain, so the identity is returned exactly."""
+    from layers import warp_flow
+
+    size = 64
+    fixed = _texture(size, seed=12)[None, ..., None]
+    yy, xx = np.meshgrid(np.linspace(0, np.pi, size), np.linspace(0, np.pi, size), indexing="ij")
+    field = np.stack([1.5 * np.sin(2 * xx), 1.5 * np.cos(2 * yy)], axis=-1)[None].astype(np.float32)
+    moving, _ = warp_flow(tf.constant(fixed), tf.constant(field), padding_mode="reflect")
+    refined, confidence = _search(tf.constant(IDENTITY[None]), moving, tf.constant(fixed))
+    np.testing.assert_array_equal(refined.numpy()[0], IDENTITY)
+    expected, _ = affine_ncc(tf.constant(IDENTITY[None]), moving, tf.constant(fixed))
+    np.testing.assert_allclose(confidence.ncc.numpy(), expected.numpy(), atol=1e-6)

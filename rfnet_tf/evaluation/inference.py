@@ -8,8 +8,8 @@ retraced between pairs of different sizes.
 
 A predictor makes three calls: :data:`MODEL_CALL`, the whole model (or its coarse
 module), :data:`FINE_CALL`, F2M alone on the unregistered pair (``RFNet.fine``), and
-:data:`COARSE_SIFT_CALL`, the coarse module with a SIFT estimate as one more start of
-its search (an option beyond the paper).
+:data:`COARSE_SIFT_CALL`, the coarse module whose search starts from a SIFT estimate
+instead of its grid (an option beyond the paper).
 A weights directory may hold only some parts (each training stage exports what it has
 trained so far): with TransNet and AffineNet the coarse module runs alone (outputs
 ``affine`` and ``registered_coarse``); with all three parts the full model runs; with
@@ -31,7 +31,6 @@ import tensorflow as tf
 from rfnet_tf import baselines
 from rfnet_tf.colour import luma
 from rfnet_tf.export import NIR_SPEC, VIS_SPEC, is_saved_model, load_serving_function
-from rfnet_tf.networks.affinenet import IDENTITY_AFFINE
 from rfnet_tf.weights import (
     PARTS,
     WeightsError,
@@ -54,8 +53,8 @@ FULL_OUTPUTS = (
 FINE_OUTPUTS = ("registered", "fused", "fused_rgb", "flow", "mask")
 MODEL_CALL = "rfnet"
 FINE_CALL = "rfnet_fine"
-# The coarse module with a SIFT estimate (rfnet_tf.baselines.sift_affine) as one more
-# start of its search: an option beyond the paper.
+# The coarse module whose search starts from a SIFT estimate (rfnet_tf.baselines.sift_affine)
+# instead of its grid: an option beyond the paper.
 COARSE_SIFT_CALL = "rfnet_coarse_sift"
 COARSE_SIFT_OUTPUTS = ("affine", *CONFIDENCE_OUTPUTS, "sift_failed")
 # The calls a SavedModel serves.
@@ -127,7 +126,7 @@ class Predictor:
         SavedModel).
       fine_function: the fine call (``RFNet.fine``, :data:`FINE_OUTPUTS`), same
         signature; ``None`` when the weights cannot run it.
-      start_function: the coarse module with one more start of its search,
+      start_function: the coarse module whose search starts from a given estimate,
         ``(vis, nir, start (B, 1, 2, 3)) -> dict`` (``RFNet.coarse(extra_starts=)``);
         ``None`` when the weights cannot run it.
     """
@@ -153,8 +152,9 @@ class Predictor:
             three equal channels, whose luma is the grey image itself).
           nir: ``(H, W, 1)`` in ``[0, 1]``.
           call: :data:`MODEL_CALL`, :data:`FINE_CALL` or :data:`COARSE_SIFT_CALL` (which
-            first estimates the affine with SIFT on the luma and passes it as a start;
-            a failed estimate passes the identity, ``sift_failed`` says so).
+            first estimates the affine with SIFT on the luma and starts the coarse
+            search from it instead of the search's grid; where SIFT fails, it is the
+            model's own call; ``sift_failed`` says which).
 
         Returns:
           ``{key: array}`` for the call's outputs, batch axis removed: images
@@ -182,9 +182,11 @@ class Predictor:
                 np.asarray(luma(vis.astype(np.float64)))[..., 0] * 255.0,
                 nir[..., 0].astype(np.float64) * 255.0,
             )
-            start = IDENTITY_AFFINE if estimate.failed else estimate.theta
-            inputs.append(tf.constant(np.asarray(start, np.float32)[None, None]))
             extra["sift_failed"] = estimate.failed
+            if estimate.failed:
+                function = self.function
+            else:
+                inputs.append(tf.constant(np.asarray(estimate.theta, np.float32)[None, None]))
         result = function(*inputs)
         return {**{key: result[key].numpy()[0] for key in outputs if key in result}, **extra}
 

@@ -6,8 +6,10 @@ frame into the moving VIS, ``T(p) = T_theta(p + phi(p))`` (ARCHITECTURE section 
 
 * ``rfnet``: the full model, RFNet's affine then its dense flow;
 * ``rfnet_coarse``: the coarse module alone, the affine of the same call;
-* ``rfnet_coarse_sift``: the coarse module with a SIFT estimate as one more start of
-  its guarded search (an option beyond the paper; a call of its own);
+* ``rfnet_coarse_sift``: the coarse module whose guarded search starts from a SIFT
+  estimate (with AffineNet's prediction and the identity) instead of its grid of
+  similarities, or ``rfnet_coarse`` where SIFT fails (an option beyond the paper; a
+  call of its own);
 * ``rfnet_fine``: F2M alone on the unregistered pair, its dense flow (``RFNet.fine``,
   a call of its own; the paper's Fig. 10(a));
 * ``identity``: the unaligned VIS ("unaligned VIS" in Table 1);

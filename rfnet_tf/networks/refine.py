@@ -290,7 +290,8 @@ def refine_affine(
       fine_steps: Adam steps at the fine level (default ``steps``).
       extra_starts: ``(B, E, 2, 3)`` more starts (and fallbacks), or ``None``.
       top_k: starts of each image that descend at the coarsest level.
-      grid: the start similarities (see :func:`start_transforms`).
+      grid: the start similarities (see :func:`start_transforms`); empty: the
+        fallbacks are the only starts.
       guards: see :class:`Guards`.
 
     Returns:
@@ -311,16 +312,14 @@ def refine_affine(
     fallback_count = len(fallbacks)
     fallbacks = tf.concat(fallbacks, axis=0)
 
-    transforms = start_transforms(aspect, grid, dtype)
-    count = len(grid)
-    starts = tf.concat(
-        [
-            fallbacks,
-            compose_affines(tf.tile(theta, [count, 1, 1]), tf.repeat(transforms, batch, axis=0)),
-        ],
-        axis=0,
-    )
-    count += fallback_count
+    starts = fallbacks
+    if grid:
+        transforms = start_transforms(aspect, grid, dtype)
+        grid_starts = compose_affines(
+            tf.tile(theta, [len(grid), 1, 1]), tf.repeat(transforms, batch, axis=0)
+        )
+        starts = tf.concat([fallbacks, grid_starts], axis=0)
+    count = fallback_count + len(grid)
 
     coarsest = 2 ** (levels - 1)
     moving_level, fixed_level = _pooled(moving, coarsest), _pooled(fixed, coarsest)

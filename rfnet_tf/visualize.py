@@ -263,6 +263,83 @@ def _log_ticks(low: float, high: float) -> list[float]:
     return ticks
 
 
+def linear_ticks(low: float, high: float, count: int = 6) -> list[float]:
+    """About ``count`` round values (1, 2 or 5 times a power of ten apart) spanning
+    ``[low, high]`` and covering it."""
+    if not high > low:
+        high = low + 1.0
+    raw = (high - low) / max(count - 1, 1)
+    power = 10.0 ** math.floor(math.log10(raw))
+    step = next(factor * power for factor in (1, 2, 5, 10) if factor * power >= raw)
+    first = math.floor(low / step + 1e-9) * step
+    return [first + index * step for index in range(math.ceil((high - first) / step - 1e-9) + 1)]
+
+
+class _PlotFrame:
+    """A white plot image with its plot area (``_PLOT_MARGINS``), axes and legend.
+
+    ``column(value)`` and ``row(value)`` map data to pixels (``x_log``: a logarithmic x
+    axis); the axes get grid lines at the ticks, labelled with ``x_format`` /
+    ``y_format``; series go in :data:`PLOT_COLOURS`, in order, without anti-aliasing so
+    that their pixels carry exactly that colour.
+    """
+
+    def __init__(self, shape, x_range, y_range, x_log=False):
+        height, width = shape
+        self.image = np.full((height, width, 3), 255, np.uint8)
+        self.left, self.top = _PLOT_MARGINS["left"], _PLOT_MARGINS["top"]
+        self.right = width - _PLOT_MARGINS["right"]
+        self.bottom = height - _PLOT_MARGINS["bottom"]
+        self.x_range, self.y_range, self.x_log = x_range, y_range, x_log
+        self.series = 0
+
+    def column(self, value: float) -> int:
+        low, high = self.x_range
+        if self.x_log:
+            value, low, high = math.log10(value), math.log10(low), math.log10(high)
+        return round(self.left + (value - low) / (high - low) * (self.right - self.left))
+
+    def row(self, value: float) -> int:
+        low, high = self.y_range
+        return round(self.bottom - (value - low) / (high - low) * (self.bottom - self.top))
+
+    def text(self, words: str, origin: tuple[int, int], scale: float = 0.45) -> None:
+        cv2.putText(self.image, words, origin, LABEL_FONT, scale, _PLOT_TEXT, 1, cv2.LINE_AA)
+
+    def axes(self, x_ticks, y_ticks, x_label, y_label, x_format="{:g}", y_format="{:g}"):
+        for tick in y_ticks:
+            row = self.row(tick)
+            cv2.line(self.image, (self.left, row), (self.right, row), _PLOT_GRID, 1)
+            self.text(y_format.format(tick), (6, row + 5))
+        for tick in x_ticks:
+            column = self.column(tick)
+            cv2.line(self.image, (column, self.top), (column, self.bottom), _PLOT_GRID, 1)
+            self.text(x_format.format(tick), (column - 8, self.bottom + 18))
+        cv2.rectangle(self.image, (self.left, self.top), (self.right, self.bottom), _PLOT_TEXT, 1)
+        height = self.image.shape[0]
+        self.text(x_label, ((self.left + self.right) // 2 - 60, height - 10), 0.5)
+        self.text(y_label, (self.left, self.top - 12), 0.5)
+
+    def vertical(self, value: float) -> None:
+        column = self.column(value)
+        cv2.line(self.image, (column, self.top), (column, self.bottom), _PLOT_MARK, 1)
+
+    def line(self, label: str, columns, rows) -> None:
+        """A series through pixel points, and its legend entry right of the plot."""
+        colour = PLOT_COLOURS[self.series]
+        points = np.stack([columns, rows], axis=1).astype(np.int32).reshape(-1, 1, 2)
+        cv2.polylines(self.image, [points], False, colour, 2)
+        legend_top = self.top + 22 * self.series
+        cv2.line(self.image, (self.right + 14, legend_top + 6), (self.right + 40, legend_top + 6), colour, 2)
+        self.text(label, (self.right + 46, legend_top + 11))
+        self.series += 1
+
+
+def _check_series_count(series) -> None:
+    if len(series) > len(PLOT_COLOURS):
+        raise ValueError(f"at most {len(PLOT_COLOURS)} series, got {len(series)}")
+
+
 def cumulative_share_plot(
     series: dict[str, Sequence[float]],
     x_label: str,
@@ -292,54 +369,50 @@ def cumulative_share_plot(
     low, high = x_range
     if not 0 < low < high:
         raise ValueError(f"x_range must be two increasing positive values, got {x_range}")
-    if len(series) > len(PLOT_COLOURS):
-        raise ValueError(f"at most {len(PLOT_COLOURS)} series, got {len(series)}")
-    height, width = shape
-    left, top = _PLOT_MARGINS["left"], _PLOT_MARGINS["top"]
-    right = width - _PLOT_MARGINS["right"]
-    bottom = height - _PLOT_MARGINS["bottom"]
-    image = np.full((height, width, 3), 255, np.uint8)
-    span = math.log10(high) - math.log10(low)
-
-    def column(value: float) -> int:
-        return round(left + (math.log10(value) - math.log10(low)) / span * (right - left))
-
-    def row(share: float) -> int:
-        return round(bottom - share * (bottom - top))
-
-    def text(words: str, origin: tuple[int, int], scale: float = 0.45) -> None:
-        cv2.putText(image, words, origin, LABEL_FONT, scale, _PLOT_TEXT, 1, cv2.LINE_AA)
-
-    for share in np.linspace(0.0, 1.0, 6):
-        cv2.line(image, (left, row(share)), (right, row(share)), _PLOT_GRID, 1)
-        text(f"{100 * share:.0f}%", (6, row(share) + 5))
-    for tick in _log_ticks(low, high):
-        cv2.line(image, (column(tick), top), (column(tick), bottom), _PLOT_GRID, 1)
-        text(f"{tick:g}", (column(tick) - 8, bottom + 18))
+    _check_series_count(series)
+    frame = _PlotFrame(shape, x_range, (0.0, 1.0), x_log=True)
+    frame.axes(_log_ticks(low, high), np.linspace(0.0, 1.0, 6), x_label,
+               "share of pairs within x", y_format="{:.0%}")
     for mark in marks:
         if low <= mark <= high:
-            cv2.line(image, (column(mark), top), (column(mark), bottom), _PLOT_MARK, 1)
-    cv2.rectangle(image, (left, top), (right, bottom), _PLOT_TEXT, 1)
-    text(x_label, ((left + right) // 2 - 60, height - 10), 0.5)
-    text("share of pairs within x", (left, top - 12), 0.5)
-
-    columns = np.arange(left, right + 1)
-    thresholds = 10.0 ** (math.log10(low) + (columns - left) / (right - left) * span)
-    for index, (label, values) in enumerate(series.items()):
-        colour = PLOT_COLOURS[index]
+            frame.vertical(mark)
+    columns = np.arange(frame.left, frame.right + 1)
+    span = math.log10(high) - math.log10(low)
+    thresholds = 10.0 ** (math.log10(low) + (columns - frame.left) / (frame.right - frame.left) * span)
+    for label, values in series.items():
         values = np.asarray(values, dtype=np.float64)
         shares = (
             (values[:, None] <= thresholds[None, :]).mean(axis=0)
             if values.size
             else np.zeros(len(columns))
         )
-        rows = np.array([row(share) for share in shares])
+        rows = np.array([frame.row(share) for share in shares])
         # A step line: at each column, first the previous level, then the new one.
-        points = np.stack(
-            [np.repeat(columns, 2), np.stack([np.roll(rows, 1), rows], axis=1).ravel()], axis=1
-        )[1:]
-        cv2.polylines(image, [points.astype(np.int32).reshape(-1, 1, 2)], False, colour, 2)
-        legend_top = top + 22 * index
-        cv2.line(image, (right + 14, legend_top + 6), (right + 40, legend_top + 6), colour, 2)
-        text(label, (right + 46, legend_top + 11))
-    return image
+        frame.line(label, np.repeat(columns, 2)[1:], np.stack([np.roll(rows, 1), rows], axis=1).ravel()[1:])
+    return frame.image
+
+
+def line_plot(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    x_label: str,
+    y_label: str,
+    y_range: tuple[float, float] | None = None,
+    shape: tuple[int, int] = (420, 860),
+) -> np.ndarray:
+    """A plot of each series ``{label: (x, y)}`` as a line through its points, on linear
+    axes with round ticks (the y axis over ``y_range``, default the data's), the legend
+    to the right of the plot (e.g. a learning curve).
+
+    Returns:
+      ``(H, W, 3)`` uint8 RGB on white.
+    """
+    _check_series_count(series)
+    xs = np.concatenate([np.asarray(x, np.float64) for x, _ in series.values()])
+    ys = np.concatenate([np.asarray(y, np.float64) for _, y in series.values()])
+    x_ticks = linear_ticks(float(xs.min()), float(xs.max()))
+    y_ticks = linear_ticks(*(y_range or (float(ys.min()), float(ys.max()))))
+    frame = _PlotFrame(shape, (x_ticks[0], x_ticks[-1]), (y_ticks[0], y_ticks[-1]))
+    frame.axes(x_ticks, y_ticks, x_label, y_label)
+    for label, (x, y) in series.items():
+        frame.line(label, [frame.column(v) for v in x], [frame.row(v) for v in y])
+    return frame.image

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from rfnet_tf.plots import line_plot
+from rfnet_tf.visualize import line_plot, save_png
 from rfnet_tf.training.validation import VALIDATION_LOG
 
 flags.DEFINE_multi_string("stage_dir", None, "A training stage directory holding validation.jsonl.")
@@ -71,8 +71,9 @@ def main(argv) -> int:
         print(f"plot_validation: {error}", file=sys.stderr)
         return 2
     highest = max(max(values) for _, values in series.values())
-    line_plot(series, FLAGS.out, FLAGS.title, "training step", "landmark RMSE (px)",
-              y_range=(0.0, highest))
+    image = line_plot(series, "training step", f"{FLAGS.title}: landmark RMSE (px)",
+                      y_range=(0.0, highest))
+    save_png(FLAGS.out, image)
     print(f"wrote {FLAGS.out}")
     return 0
 

@@ -216,3 +216,30 @@ def test_cumulative_share_plot_draws_each_series_in_its_own_colour():
     assert len(series_pixels(plot, 3)) == 0
     with pytest.raises(ValueError, match="increasing positive"):
         visualize.cumulative_share_plot(series, "x", x_range=(0.0, 10.0))
+
+
+@pytest.mark.parametrize("low, high", [(0.0, 1.0), (3.2, 87.0), (0.0, 2600.0), (-1.5, 0.2)])
+def test_linear_ticks_are_round_and_cover_the_range(low, high):
+    ticks = np.array(visualize.linear_ticks(low, high))
+    assert ticks[0] <= low and ticks[-1] >= high - 1e-9 and 3 <= len(ticks) <= 12
+    steps = np.diff(ticks)
+    np.testing.assert_allclose(steps, steps[0])
+    mantissa = steps[0] / 10 ** np.floor(np.log10(steps[0]))
+    assert min(abs(mantissa - m) for m in (1, 2, 5, 10)) < 1e-9
+
+
+def test_line_plot_draws_each_series_at_its_data_coordinates():
+    """A flat line at y = 0.5 crosses the middle row of the plot area; a rising one from
+    (0, 0) to (10, 1) is at a quarter of the height from the top at x = 7.5."""
+    plot = visualize.line_plot(
+        {"flat": ([0.0, 10.0], [0.5, 0.5]), "rising": ([0.0, 10.0], [0.0, 1.0])},
+        "x", "y", y_range=(0.0, 1.0), shape=(300, 700),
+    )
+    margins = visualize._PLOT_MARGINS
+    left, right = margins["left"], 700 - margins["right"]
+    top, bottom = margins["top"], 300 - margins["bottom"]
+    column = round(left + 0.75 * (right - left))
+    for index, expected in ((0, (top + bottom) / 2), (1, top + 0.25 * (bottom - top))):
+        pixels = series_pixels(plot, index)
+        rows = pixels[np.abs(pixels[:, 1] - column) <= 0, 0]
+        assert len(rows) and abs(rows.mean() - expected) <= 2, index

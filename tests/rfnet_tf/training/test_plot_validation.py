@@ -49,7 +49,7 @@ def test_the_command_writes_the_png(tmp_path):
         capture_output=True, text=True, check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert Image.open(out).size == (800, 500)
+    assert Image.open(out).size == (860, 420)
     missing = subprocess.run(
         [sys.executable, "-m", "rfnet_tf.training.plot_validation",
          f"--stage_dir={tmp_path / 'none'}", f"--out={out}"],

@@ -12,11 +12,12 @@ RFNet's ``affine_input_size``), ``levels - 1`` rounds of 2x2 average pooling bel
 and optionally a finer pair above it (TransNet's translation of a larger copy of the
 VIS, for sub-pixel precision at full resolution).
 
-1. *Starts* (coarsest level): the identity, the prediction, the prediction composed
-   with every similarity of :data:`START_GRID` (rotations to 15 degrees, scales
-   0.8-1.25, shifts to 15 % of each side, built in the image's own pixel frame so that
-   a rotation is a rotation of the scene whatever the aspect ratio) and any extra
-   starts (e.g. a feature-based estimate). Each is scored by its guarded NCC, without
+1. *Starts* (coarsest level): the identity, the prediction, every similarity of
+   :data:`START_GRID` (rotations to 15 degrees, scales 0.8-1.25, shifts to 15 % of
+   each side, built in the image's own pixel frame so that a rotation is a rotation of
+   the scene whatever the aspect ratio; about the identity, so that a poor prediction
+   cannot move the grid away from the truth) and any extra starts (e.g. a
+   feature-based estimate). Each is scored by its guarded NCC, without
    descent: many cheap starts where they cost least.
 2. The ``top_k`` best starts of each image descend ``steps`` Adam steps at the
    coarsest level; the best by guarded NCC goes on.
@@ -133,12 +134,6 @@ def start_transforms(aspect, grid=START_GRID, dtype=tf.float32) -> tf.Tensor:
     )
     bottom = tf.tile(tf.constant([[[0.0, 0.0, 1.0]]], dtype), [len(grid), 1, 1])
     return tf.concat([matrices, bottom], axis=1)
-
-
-def compose_affines(outer: tf.Tensor, inner: tf.Tensor) -> tf.Tensor:
-    """``(N, 2, 3)`` affine of ``p -> outer(inner(p))`` for ``(N, 2, 3)`` and ``(N, 3, 3)``."""
-    bottom = tf.tile(tf.constant([[[0.0, 0.0, 1.0]]], outer.dtype), [tf.shape(outer)[0], 1, 1])
-    return tf.matmul(tf.concat([outer, bottom], axis=1), inner)[:, :2, :]
 
 
 def pixel_linear_part(theta: tf.Tensor, aspect) -> tf.Tensor:
@@ -314,11 +309,10 @@ def refine_affine(
 
     starts = fallbacks
     if grid:
-        transforms = start_transforms(aspect, grid, dtype)
-        grid_starts = compose_affines(
-            tf.tile(theta, [len(grid), 1, 1]), tf.repeat(transforms, batch, axis=0)
-        )
-        starts = tf.concat([fallbacks, grid_starts], axis=0)
+        # The grid spans the misalignments about the identity, not about the prediction:
+        # a poor prediction would move the whole grid away from the truth.
+        transforms = start_transforms(aspect, grid, dtype)[:, :2, :]
+        starts = tf.concat([fallbacks, tf.repeat(transforms, batch, axis=0)], axis=0)
     count = fallback_count + len(grid)
 
     coarsest = 2 ** (levels - 1)

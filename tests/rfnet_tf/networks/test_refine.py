@@ -14,7 +14,6 @@ from rfnet_tf.networks.refine import (
     START_GRID,
     Guards,
     affine_ncc,
-    compose_affines,
     guarded_scores,
     linear_parameters,
     refine_affine,
@@ -80,14 +79,6 @@ def test_start_transforms_are_pixel_frame_similarities_in_normalised_units():
     np.testing.assert_allclose(parameters["anisotropy"], [1.0, 1.0], rtol=1e-5)
     np.testing.assert_allclose(matrices[0, :2, 2], [-0.2, 0.1], atol=1e-7)  # 2 x the shift
     assert start_transforms(1.0).shape == (len(START_GRID), 3, 3)
-
-
-def test_compose_affines_is_the_product_of_homogeneous_matrices():
-    rng = np.random.default_rng(0)
-    outer = rng.standard_normal((4, 2, 3)).astype(np.float32)
-    inner = np.stack([_homogeneous(a) for a in rng.standard_normal((4, 2, 3))]).astype(np.float32)
-    expected = np.stack([(_homogeneous(o) @ i)[:2] for o, i in zip(outer, inner)])
-    np.testing.assert_allclose(compose_affines(tf.constant(outer), tf.constant(inner)), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_guards_refuse_implausible_affines_and_too_little_overlap():

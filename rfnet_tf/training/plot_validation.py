@@ -43,15 +43,18 @@ def read_validation_log(stage_dir: str | Path) -> list[dict]:
     return [records[step] for step in sorted(records)]
 
 
-def learning_curve_series(records: list[dict], label: str = "") -> dict:
-    """``{name: (steps, values)}``: mean and median RMSE and the unregistered mean."""
+def learning_curve_series(records: list[dict], label: str = "", unregistered: bool = True) -> dict:
+    """``{name: (steps, values)}``: mean and median RMSE and (``unregistered``) the
+    unregistered input's mean."""
     steps = [record["step"] for record in records]
     prefix = f"{label}: " if label else ""
-    return {
+    series = {
         f"{prefix}mean": (steps, [record["rmse_mean"] for record in records]),
         f"{prefix}median": (steps, [record["rmse_median"] for record in records]),
-        f"{prefix}unregistered (mean)": (steps, [record["identity_rmse_mean"] for record in records]),
     }
+    if unregistered:
+        series["unregistered (mean)"] = (steps, [record["identity_rmse_mean"] for record in records])
+    return series
 
 
 def main(argv) -> int:
@@ -66,7 +69,9 @@ def main(argv) -> int:
     try:
         for index, stage_dir in enumerate(FLAGS.stage_dir):
             label = labels[index] if labels else (Path(stage_dir).name if len(FLAGS.stage_dir) > 1 else "")
-            series.update(learning_curve_series(read_validation_log(stage_dir), label))
+            # The runs validate on the same pairs: one unregistered line for all.
+            records = read_validation_log(stage_dir)
+            series.update(learning_curve_series(records, label, unregistered=index == 0))
     except (OSError, ValueError) as error:
         print(f"plot_validation: {error}", file=sys.stderr)
         return 2

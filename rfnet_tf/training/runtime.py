@@ -83,13 +83,23 @@ def configure_mixed_precision(enabled: bool) -> str:
     return policy
 
 
+def flagfile_line(name: str, value) -> str | None:
+    """``--name=value`` as absl parses it back: a list comma-separated; ``None`` (a flag
+    left at its ``None`` default) has no line."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(item) for item in value)
+    return f"--{name}={value}"
+
+
 def save_flags(directory: Path, values: dict) -> None:
     """Writes the effective flags beside the checkpoints: ``flags.json`` and a
     ``flags.txt`` usable as ``--flagfile`` to repeat the run."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "flags.json").write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
-    lines = [f"--{name}={value}" for name, value in sorted(values.items())]
-    (directory / "flags.txt").write_text("\n".join(lines) + "\n")
+    lines = [flagfile_line(name, value) for name, value in sorted(values.items())]
+    (directory / "flags.txt").write_text("\n".join(line for line in lines if line) + "\n")
 
 
 def stage_directory(root: str | os.PathLike, stage: str) -> Path:

@@ -29,7 +29,8 @@ def test_a_step_logged_twice_keeps_its_last_record_in_step_order(tmp_path):
     assert [r["step"] for r in records] == [0, 100] and records[1]["rmse_mean"] == 35.0
     series = learning_curve_series(records, "run")
     assert series["run: mean"] == ([0, 100], [80.0, 35.0])
-    assert series["run: unregistered (mean)"][1] == [80.0, 80.0]
+    assert series["unregistered (mean)"][1] == [80.0, 80.0]
+    assert set(learning_curve_series(records, "other", unregistered=False)) == {"other: mean", "other: median"}
 
 
 def test_a_missing_or_broken_log_is_named(tmp_path):

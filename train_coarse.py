@@ -36,6 +36,7 @@ from rfnet_tf.training.common_flags import (
     validate_common_flags,
 )
 from rfnet_tf.training.scripts import TRAINING_ERRORS, run_coarse
+from rfnet_tf.training.stages import LossWeights
 
 flags.DEFINE_enum("stage", "all", ["transnet", "affinenet", "all"], "Which coarse stage(s) to train.")
 flags.DEFINE_integer(
@@ -48,14 +49,14 @@ flags.DEFINE_bool(
     "Train on crops of the pairs at their own resolution instead (the paper's text), "
     "although inference sees resized copies.",
 )
-flags.DEFINE_float("eta", 2.0, "Weight of the translation term, Eq. 2.")
+flags.DEFINE_float("eta", LossWeights.eta, "Weight of the translation term, Eq. 2.")
 flags.DEFINE_integer(
-    "ncc_scales", 1,
+    "ncc_scales", LossWeights.ncc_scales,
     "Average Eq. 4 over this many dyadic scales (1: the paper's loss). More scales widen "
     "the loss's reach for large misalignments on short schedules.",
 )
 flags.DEFINE_float(
-    "affine_supervision", 0.0,
+    "affine_supervision", LossWeights.affine_supervision,
     "Weight of a supervised term on the synthetic ground-truth affine (0: unsupervised, "
     "as in the paper).",
 )

@@ -39,18 +39,19 @@ from rfnet_tf.training.common_flags import (
     validate_common_flags,
 )
 from rfnet_tf.training.scripts import TRAINING_ERRORS, run_f2m
+from rfnet_tf.training.stages import LossWeights
 
 flags.DEFINE_enum("phase", "all", ["fusion", "deformation", "all"], "Which F2M phase(s) to train.")
 flags.DEFINE_string("coarse_dir", "", "Coarse module weights that align the training pairs first ('' = pairs used as given).")
 flags.DEFINE_string("fusion_dir", "", "Where the fusion phase was trained (default --model_dir).")
-flags.DEFINE_float("gamma", 0.7, "Weight of the NIR intensity term, Eq. 7.")
-flags.DEFINE_float("delta", 100.0, "Weight of the gradient loss, Eq. 6.")
+flags.DEFINE_float("gamma", LossWeights.gamma, "Weight of the NIR intensity term, Eq. 7.")
+flags.DEFINE_float("delta", LossWeights.delta, "Weight of the gradient loss, Eq. 6.")
 flags.DEFINE_float(
-    "lambda_smooth", 0.1,
+    "lambda_smooth", LossWeights.lambda_smooth,
     "Weight of the smoothness term, Eq. 9; Eq. 10 measures the field in normalised units "
     "(2 px / (size - 1) per axis; losses.deformation).",
 )
-flags.DEFINE_float("alpha", 0.5, "Edge sensitivity of the bilateral smoothness, Eq. 10.")
+flags.DEFINE_float("alpha", LossWeights.alpha, "Edge sensitivity of the bilateral smoothness, Eq. 10.")
 flags.DEFINE_float("max_displacement", 16.0, "Bound of the deformation field, pixels.")
 flags.DEFINE_integer(
     "attention_window",

@@ -22,13 +22,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-PADDING_MODES = ("zeros", "border", "reflect")
+from rfnet_tf.conventions import MASK_TOLERANCE_PX
 
-# A sample point counts as inside the image if it lies within this many pixels of
-# [0, H-1] x [0, W-1]: coordinates that went through the normalised affine convention
-# and back carry round-off of order 1e-6 px, which must not mark the image's own
-# border pixels invalid.
-MASK_TOLERANCE_PX = 1e-3
+PADDING_MODES = ("zeros", "border", "reflect")
 
 
 def _check_padding_mode(padding_mode: str) -> None:

@@ -49,6 +49,7 @@ import numpy as np
 
 from rfnet_tf import baselines
 from rfnet_tf.colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
+from rfnet_tf.conventions import CONTENT_THRESHOLD
 from rfnet_tf.evaluation.inference import COARSE_PARTS, COARSE_SIFT_CALL, FINE_CALL, MODEL_CALL
 from rfnet_tf.networks.refine import LOW_CONFIDENCE_NCC, LOW_CONFIDENCE_OVERLAP
 from rfnet_tf.evaluation.sources import Sample
@@ -126,9 +127,6 @@ FUSION_METRICS = ("en", "std", "ag", "sf", "psnr", "mi", "ssim", "qabf")
 # PSNR / SSIM and every fusion metric) is better high.
 LOWER_IS_BETTER = {"registration": frozenset({"rmse", "mae", "mee", "epe"}), "fusion": frozenset()}
 
-# A warped validity mask counts a pixel as content only if (almost) all of its bilinear
-# weight falls on content, so blends with the black border are excluded.
-CONTENT_THRESHOLD = 0.999
 PEAK = 255.0
 
 

@@ -37,7 +37,7 @@ from rfnet_tf.data import (
     read_pair,
 )
 from rfnet_tf.data.demo import DEMO_IMAGES
-from rfnet_tf.data.io import KNOWN_AFFINE_SUFFIX
+from rfnet_tf.data.io import KNOWN_AFFINE_SUFFIX, LAYOUTS
 from rfnet_tf.data.splits import select_pairs
 from rfnet_tf.data.synthetic import (
     MISALIGNMENT_KINDS,
@@ -54,7 +54,8 @@ from rfnet_tf.metrics.registration import (
 )
 from rfnet_tf.networks.f2m import MIN_IMAGE_SIZE
 
-FOLDER_LAYOUTS = ("auto", "pairs", "nirscene", "known_affine")
+# --data_dir reads every layout but the landmark files' (read by --landmarks_dir).
+FOLDER_LAYOUTS = tuple(layout for layout in LAYOUTS if layout != "landmarks")
 # What --data_dir's pairs get: a synthetic misalignment, or none ("none": taken as they are).
 FOLDER_MISALIGNMENTS = (*MISALIGNMENT_KINDS, "none")
 # The known-affine metric's grid: this many fixed points a side, corner to corner.

@@ -30,10 +30,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-# As layers/resampler.py: a sample point counts as inside the image within this many
-# pixels of [0, H-1] x [0, W-1], so that affine round-off (~1e-6 px) cannot mark the
-# image's own border pixels invalid.
-MASK_TOLERANCE_PX = 1e-3
+from rfnet_tf.conventions import MASK_TOLERANCE_PX
+
 
 # SSIM (Wang et al., IEEE TIP 2004): 11x11 Gaussian window, sigma 1.5, K1 = 0.01,
 # K2 = 0.03, dynamic range L = 255.

@@ -23,14 +23,12 @@ import dataclasses
 import tensorflow as tf
 
 from layers import affine_grid, warp_affine, warp_flow
-from losses import deformation_loss, fusion_loss, multiscale_coarse_loss, transnet_loss
+from losses import PAPER, deformation_loss, fusion_loss, multiscale_coarse_loss, transnet_loss
 from rfnet_tf.colour import luma
+from rfnet_tf.conventions import CONTENT_THRESHOLD
 from rfnet_tf.networks import RFNet
 
 STAGES = ("transnet", "affinenet", "fusion", "deformation")
-
-# A bilinearly warped binary mask is 1 only where all four corners were valid.
-_VALID_THRESHOLD = 0.999
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,11 +42,11 @@ class LossWeights:
     points, which makes the stage no longer unsupervised.
     """
 
-    eta: float = 2.0
-    gamma: float = 0.7
-    delta: float = 100.0
-    lambda_smooth: float = 0.1
-    alpha: float = 0.5
+    eta: float = PAPER.eta
+    gamma: float = PAPER.gamma
+    delta: float = PAPER.delta
+    lambda_smooth: float = PAPER.lambda_smooth
+    alpha: float = PAPER.alpha
     ncc_scales: int = 1
     affine_supervision: float = 0.0
 
@@ -57,7 +55,7 @@ def warped_mask(mask: tf.Tensor, transform: tf.Tensor) -> tf.Tensor:
     """Validity of a warped image: its content mask warped along, times in-image."""
     warp = warp_affine if len(transform.shape) == 3 else warp_flow
     moved, inside = warp(mask, transform)
-    return tf.cast(moved >= _VALID_THRESHOLD, mask.dtype) * inside
+    return tf.cast(moved >= CONTENT_THRESHOLD, mask.dtype) * inside
 
 
 class Stage:

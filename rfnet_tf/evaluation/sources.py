@@ -20,7 +20,6 @@ Everything is read (and misaligned) up front, so bad input fails before any infe
 from __future__ import annotations
 
 import dataclasses
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +40,11 @@ from rfnet_tf.data.io import KNOWN_AFFINE_SUFFIX, LAYOUTS
 from rfnet_tf.data.splits import select_pairs
 from rfnet_tf.data.synthetic import (
     MISALIGNMENT_KINDS,
+    MISALIGNMENT_STREAM,
     AffineRanges,
     LocalFieldRanges,
     invert_affine,
+    pair_rng,
 )
 from rfnet_tf.metrics.registration import (
     grid_points,
@@ -64,8 +65,6 @@ GRID_POINTS_PER_SIDE = 9
 # registration's inverse: the paper's reading) or in the moving one (fixed landmarks
 # carried by the registration's backward map: the known-affine benchmark's reading).
 LANDMARK_FRAMES = ("fixed", "moving")
-# The generator of a folder pair's misalignment is keyed on (seed, crc32(name), this).
-_MISALIGNMENT_STREAM = 1
 
 
 @dataclasses.dataclass(eq=False)
@@ -206,12 +205,6 @@ def landmark_folder(root: str | Path, skip_bad: bool = False) -> EvaluationSet:
     )
 
 
-def misalignment_rng(seed: int, name: str) -> np.random.Generator:
-    """The generator of one pair's synthetic misalignment: keyed on the seed and the
-    pair's name only, so a pair's misalignment does not depend on the other pairs."""
-    return np.random.default_rng([seed, zlib.crc32(name.encode()), _MISALIGNMENT_STREAM])
-
-
 def misalign(
     pair: Pair,
     kind: str,
@@ -228,7 +221,7 @@ def misalign(
     try:
         truth = make_misaligned_pair(
             pair,
-            misalignment_rng(seed, pair.name),
+            pair_rng(seed, pair.name, MISALIGNMENT_STREAM),
             kind,
             num_landmarks,
             affine_ranges,

@@ -46,6 +46,16 @@ def test_identity_landmark_error_is_the_known_misalignment(rng):
     assert metrics["rmse"] > 1.0
 
 
+def test_a_pair_without_landmarks_or_truth_scores_psnr_and_ssim_only(rng):
+    """Landmark metrics need landmarks and ``epe`` a ground truth; the rest is always there."""
+    pair = make_pair(rng)
+    grey = Pair(pair.name, vis=np.repeat(pair.nir, 3, axis=-1), nir=pair.nir)
+    metrics = methods.apply_registration(Sample(grey), methods.register("identity", Sample(grey), None)).metrics
+    assert set(metrics) == {"psnr", "ssim"}
+    assert metrics["psnr"] is None or metrics["psnr"] > 60  # identical images: infinite -> None
+    assert metrics["ssim"] == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("kind", ["affine", "both"])
 def test_the_true_registration_has_no_error(rng, kind):
     sample = synthetic_sample(rng, kind)

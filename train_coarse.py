@@ -36,7 +36,7 @@ from rfnet_tf.training.common_flags import (
     validate_common_flags,
 )
 from rfnet_tf.training.scripts import TRAINING_ERRORS, run_coarse
-from rfnet_tf.training.stages import LossWeights
+from rfnet_tf.training.stages import AffineSettings, LossWeights
 
 flags.DEFINE_enum("stage", "all", ["transnet", "affinenet", "all"], "Which coarse stage(s) to train.")
 flags.DEFINE_integer(
@@ -51,12 +51,12 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_float("eta", LossWeights.eta, "Weight of the translation term, Eq. 2.")
 flags.DEFINE_integer(
-    "ncc_scales", LossWeights.ncc_scales,
+    "ncc_scales", AffineSettings.ncc_scales,
     "Average Eq. 4 over this many dyadic scales (1: the paper's loss). More scales widen "
     "the loss's reach for large misalignments on short schedules.",
 )
 flags.DEFINE_float(
-    "affine_supervision", LossWeights.affine_supervision,
+    "affine_supervision", AffineSettings.affine_supervision,
     "Weight of a supervised term on the synthetic ground-truth affine (0: unsupervised, "
     "as in the paper).",
 )

@@ -13,14 +13,7 @@ from absl import flags
 
 from rfnet_tf import misalignment_flags
 from rfnet_tf.colour import luma
-from rfnet_tf.data import (
-    DataError,
-    Pair,
-    affinenet_dataset,
-    f2m_dataset,
-    steps_per_epoch,
-    transnet_dataset,
-)
+from rfnet_tf.data import DataError, Pair, steps_per_epoch
 from rfnet_tf.networks import RFNet
 from rfnet_tf.networks.rfnet import resize_for_affine
 from rfnet_tf.staging import DestinationError
@@ -54,12 +47,6 @@ TRAINING_ERRORS = (
     NonFiniteLossError,
     CheckpointError,
 )
-DATASETS = {
-    "transnet": transnet_dataset,
-    "affinenet": affinenet_dataset,
-    "fusion": f2m_dataset,
-    "deformation": f2m_dataset,
-}
 
 
 def effective_flags(script_file: str) -> dict:
@@ -171,7 +158,7 @@ def translate_pairs(model: RFNet, pairs: list[Pair]) -> list[np.ndarray]:
 
 
 def _train(values, script_file, strategy, name, pairs, model, carried, weights,
-           validation=None, model_inputs=None, **dataset_options):
+           validation=None, model_inputs=None, stage_settings=None, **dataset_options):
     """Trains stage ``name``. ``model_inputs(model)``, if given, returns more dataset
     arguments made from the model once its checkpoint is restored (e.g. translations
     by the frozen TransNet)."""
@@ -187,8 +174,9 @@ def _train(values, script_file, strategy, name, pairs, model, carried, weights,
         "replicas": strategy.num_replicas_in_sync,
     }
     config = _loop_config(values, stage_dir, pairs, carried, provenance, validation)
+    stage = Stage(name, model, weights, **(stage_settings or {}))
     make = functools.partial(
-        DATASETS[name],
+        stage.dataset,
         pairs,
         crop_size=values.crop_size,
         batch_size=values.batch_size,
@@ -196,7 +184,6 @@ def _train(values, script_file, strategy, name, pairs, model, carried, weights,
         crops_per_image=values.crops_per_image,
         **dataset_options,
     )
-    stage = Stage(name, model, weights)
     print(
         f"[{name}] {len(pairs)} pairs, {config.steps_per_epoch} steps per epoch, "
         f"training to step {config.total_steps} in {stage_dir}",
@@ -284,9 +271,8 @@ def run_coarse(values, script_file: str) -> None:
         sizes = np.array([(pair.height, pair.width) for pair in pairs])
         affine_options["sampling_frame"] = tuple(int(v) for v in np.median(sizes, axis=0))
         pairs = [resize_pair(pair, values.affine_input_size) for pair in pairs]
-    weights = LossWeights(
-        eta=values.eta, ncc_scales=values.ncc_scales, affine_supervision=values.affine_supervision
-    )
+    weights = LossWeights(eta=values.eta)
+    affine_settings = {"ncc_scales": values.ncc_scales, "affine_supervision": values.affine_supervision}
     for name in stages:
         with strategy.scope():
             model = RFNet(deformable=values.deformable, affine_input_size=values.affine_input_size)
@@ -297,7 +283,7 @@ def run_coarse(values, script_file: str) -> None:
             carried = ("transnet",)
         options = {}
         if name == "affinenet":
-            options = dict(affine_options, validation=validation)
+            options = dict(affine_options, validation=validation, stage_settings=affine_settings)
             if values.translation_cache:
                 options["model_inputs"] = lambda model: {"translated": translate_pairs(model, pairs)}
         _train(values, script_file, strategy, name, pairs, model, carried, weights, **options)

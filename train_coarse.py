@@ -36,6 +36,7 @@ from rfnet_tf.training.common_flags import (
     validate_common_flags,
 )
 from rfnet_tf.training.scripts import TRAINING_ERRORS, run_coarse
+from rfnet_tf.training.settings import CoarseSettings
 from rfnet_tf.training.stages import AffineSettings, LossWeights
 
 flags.DEFINE_enum("stage", "all", ["transnet", "affinenet", "all"], "Which coarse stage(s) to train.")
@@ -92,7 +93,7 @@ def main(argv) -> None:
             f"--crop_size {FLAGS.crop_size} exceeds the resized pairs' --affine_input_size "
             f"{FLAGS.affine_input_size}"
         )
-    run_coarse(FLAGS, sys.modules[__name__].__file__)
+    run_coarse(CoarseSettings.from_flags(FLAGS, sys.modules[__name__].__file__))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from rfnet_tf.training.common_flags import (
     validate_common_flags,
 )
 from rfnet_tf.training.scripts import TRAINING_ERRORS, run_f2m
+from rfnet_tf.training.settings import F2MSettings
 from rfnet_tf.training.stages import LossWeights
 
 flags.DEFINE_enum("phase", "all", ["fusion", "deformation", "all"], "Which F2M phase(s) to train.")
@@ -77,7 +78,7 @@ def main(argv) -> None:
         raise FlagError(f"--max_displacement must be positive, got {FLAGS.max_displacement}")
     if FLAGS.attention_window is not None and FLAGS.attention_window < 0:
         raise FlagError(f"--attention_window must be >= 0, got {FLAGS.attention_window}")
-    run_f2m(FLAGS, sys.modules[__name__].__file__)
+    run_f2m(F2MSettings.from_flags(FLAGS, sys.modules[__name__].__file__))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@
 
 Each stage keeps its checkpoints, flags, TensorBoard events and final weights export in
 ``<model_dir>/<stage>/``; a run started where a checkpoint exists resumes from it. The
-AffineNet stage reads TransNet from ``--transnet_dir`` (default
-``<model_dir>/transnet``). ``train_f2m.py --coarse_dir=<model_dir>/affinenet`` continues.
+AffineNet stage reads TransNet from ``--transnet_dir`` (default ``--model_dir``).
+``train_f2m.py --coarse_dir=<model_dir>`` continues. A flag naming an earlier stage's
+output takes that stage's directory, its weights directory, or the model directory
+holding it (``rfnet_tf.training.settings.stage_weights``).
 
 Bad flags, input or weights, a non-finite loss and a stage none of whose checkpoints
 restores end the run with one line and exit code 2; SIGINT / SIGTERM with one line and
@@ -67,7 +69,11 @@ flags.DEFINE_bool(
     "misalign the translation with the VIS in the input pipeline, instead of running "
     "TransNet on every batch (over twice the steps per hour; see README, Performance).",
 )
-flags.DEFINE_string("transnet_dir", "", "TransNet weights for the AffineNet stage (default <model_dir>/transnet).")
+flags.DEFINE_string(
+    "transnet_dir", "",
+    "TransNet weights for the AffineNet stage: the transnet stage's directory, its weights "
+    "directory, or the model directory holding transnet/ (default --model_dir).",
+)
 flags.DEFINE_bool("deformable", True, "Deformable convolutions in AffineNet (False: the paper's ablation ii).")
 define_common_flags(default_model_dir="runs/coarse", default_epochs=100)
 misalignment_flags.define_affine_flags()

@@ -7,8 +7,10 @@ With ``--coarse_dir`` the coarse module registers every training pair first, so 
 learns on coarse-aligned pairs (to which the pipeline adds a synthetic local
 misalignment), and the export of the last phase is the complete RFNet. Each phase keeps
 its checkpoints, flags, events and export in ``<model_dir>/<phase>/``; the deformation
-phase starts from ``<fusion_dir>/fusion`` (``--fusion_dir`` defaults to
-``--model_dir``).
+phase starts from the fusion weights of ``--fusion_dir`` (default ``--model_dir``).
+``--coarse_dir`` and ``--fusion_dir`` each take the earlier stage's directory
+(``runs/coarse/affinenet``, ``runs/f2m/fusion``), its weights directory, or the model
+directory holding it (``runs/coarse``, ``runs/f2m``).
 
 Bad flags, input or weights, a non-finite loss and a stage none of whose checkpoints
 restores end the run with one line and exit code 2; SIGINT / SIGTERM with one line and
@@ -43,8 +45,17 @@ from rfnet_tf.training.settings import F2MSettings
 from rfnet_tf.training.stages import LossWeights
 
 flags.DEFINE_enum("phase", "all", ["fusion", "deformation", "all"], "Which F2M phase(s) to train.")
-flags.DEFINE_string("coarse_dir", "", "Coarse module weights that align the training pairs first ('' = pairs used as given).")
-flags.DEFINE_string("fusion_dir", "", "Where the fusion phase was trained (default --model_dir).")
+flags.DEFINE_string(
+    "coarse_dir", "",
+    "Coarse module weights that align the training pairs first: the affinenet stage's "
+    "directory, its weights directory, or the model directory holding affinenet/ ('' = "
+    "pairs used as given).",
+)
+flags.DEFINE_string(
+    "fusion_dir", "",
+    "The fusion phase's weights for the deformation phase: the fusion stage's directory, its "
+    "weights directory, or the model directory holding fusion/ (default --model_dir).",
+)
 flags.DEFINE_float("gamma", LossWeights.gamma, "Weight of the NIR intensity term, Eq. 7.")
 flags.DEFINE_float("delta", LossWeights.delta, "Weight of the gradient loss, Eq. 6.")
 flags.DEFINE_float(

@@ -23,7 +23,7 @@ from rfnet_tf.training.runtime import (
     save_flags,
     stage_directory,
 )
-from rfnet_tf.training.settings import CoarseSettings, F2MSettings, TrainingSettings
+from rfnet_tf.training.settings import CoarseSettings, F2MSettings, TrainingSettings, stage_weights
 from rfnet_tf.training.stages import Stage, TrainingStage
 from rfnet_tf.training.validation import Validation
 from rfnet_tf.weights import WeightsError, load_parts, model_from_weights, read_config
@@ -118,9 +118,10 @@ def _trained_attention_window(fusion_dir, default: int | None) -> int | None:
     """The attention window stored with the fusion weights (``None`` in exports older
     than the option: the global max); ``default`` if there are none."""
     try:
-        return read_config(fusion_dir)["model"].get("attention_window")
-    except WeightsError:
+        directory = stage_weights(fusion_dir, "fusion", ("f2m",), "--fusion_dir")
+    except FlagError:
         return default
+    return read_config(directory)["model"].get("attention_window")
 
 
 def _validation(settings: TrainingSettings, stage: str, training_pairs, **ranges) -> Validation | None:
@@ -152,7 +153,10 @@ def run_coarse(settings: CoarseSettings) -> None:
         options = {}
         if name == "affinenet":
             if not tf.train.latest_checkpoint(affinenet_dir):
-                load_parts(model, settings.transnet_dir, required=("transnet",))
+                transnet_dir = stage_weights(
+                    settings.transnet_dir, "transnet", ("transnet",), "--transnet_dir"
+                )
+                load_parts(model, transnet_dir, required=("transnet",))
             carried = ("transnet",)
             options = dict(affine_options, validation=validation)
             if settings.translation_cache:
@@ -190,7 +194,8 @@ def run_f2m(settings: F2MSettings) -> None:
             if coarse_dir is not None:
                 load_parts(model, coarse_dir, required=("transnet", "affinenet"))
             if name == "deformation":
-                load_parts(model, settings.fusion_dir, required=("f2m",))
+                fusion_dir = stage_weights(settings.fusion_dir, "fusion", ("f2m",), "--fusion_dir")
+                load_parts(model, fusion_dir, required=("f2m",))
         phase_carried = carried + (("f2m",) if name == "deformation" else ())
         phase_validation = validation if name == "deformation" else None
         stage = Stage(name, model, settings.weights)

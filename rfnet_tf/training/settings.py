@@ -21,7 +21,13 @@ from rfnet_tf.data.synthetic import AffineRanges, Curriculum, LocalFieldRanges
 from rfnet_tf.training.common_flags import FlagError
 from rfnet_tf.training.runtime import stage_directory
 from rfnet_tf.training.stages import AffineSettings
-from rfnet_tf.weights import WeightsError, read_config, resolve_weights_dir
+from rfnet_tf.weights import (
+    CONFIG_FILE,
+    EXPORT_SUBDIR,
+    WeightsError,
+    read_config,
+    resolve_weights_dir,
+)
 
 # The modules whose flags a run records (flags.json, the export's provenance).
 _RECORDED_FLAG_MODULES = ("train_coarse.py", "train_f2m.py", "common_flags", "misalignment_flags")
@@ -106,7 +112,9 @@ class CoarseSettings:
       weights: the loss weights (``eta``).
       affine: the AffineNet stage's settings.
       affine_input_size, native_resolution, translation_cache, deformable: the flags.
-      transnet_dir: TransNet's weights for the AffineNet stage.
+      transnet_dir: where TransNet's weights for the AffineNet stage are
+        (:func:`stage_weights`; found when the stage starts, after a TransNet stage
+        of the same run).
       misalignment: the synthetic affine misalignment.
     """
 
@@ -125,13 +133,10 @@ class CoarseSettings:
     def from_flags(cls, values, script_file: str) -> CoarseSettings:
         """Raises ``FlagError`` for weights or misalignment flags that cannot work."""
         common = TrainingSettings.from_flags(values, script_file)
-        transnet_dir = (
-            Path(values.transnet_dir) if values.transnet_dir
-            else stage_directory(common.model_dir, "transnet")
-        )
+        transnet_dir = Path(values.transnet_dir or common.model_dir)
         affinenet_dir = stage_directory(common.model_dir, "affinenet")
         if values.stage == "affinenet" and not tf.train.latest_checkpoint(affinenet_dir):
-            require_weights(transnet_dir, ("transnet",), "--transnet_dir")
+            stage_weights(transnet_dir, "transnet", ("transnet",), "--transnet_dir")
         return cls(
             common=common,
             stages=("transnet", "affinenet") if values.stage == "all" else (values.stage,),
@@ -157,7 +162,8 @@ class F2MSettings:
       phases: the phases to train, in order.
       weights: the loss weights (``gamma``, ``delta``, ``lambda_smooth``, ``alpha``).
       coarse_dir: the coarse module's weights directory, or ``None``.
-      fusion_dir: the fusion phase's stage directory.
+      fusion_dir: where the fusion phase's weights are (:func:`stage_weights`; found
+        when the deformation phase starts, after a fusion phase of the same run).
       max_displacement: the flag.
       attention_window: the attention's window for the fusion phase (``None``: the
         global max): ``--attention_window``, by default ``--crop_size``.
@@ -177,15 +183,15 @@ class F2MSettings:
     def from_flags(cls, values, script_file: str) -> F2MSettings:
         """Raises ``FlagError`` for weights or misalignment flags that cannot work."""
         common = TrainingSettings.from_flags(values, script_file)
-        fusion_dir = stage_directory(values.fusion_dir or common.model_dir, "fusion")
+        fusion_dir = Path(values.fusion_dir or common.model_dir)
         deformation_dir = stage_directory(common.model_dir, "deformation")
         coarse_dir = None
         if values.coarse_dir:
-            coarse_dir = require_weights(
-                Path(values.coarse_dir), ("transnet", "affinenet"), "--coarse_dir"
+            coarse_dir = stage_weights(
+                values.coarse_dir, "affinenet", ("transnet", "affinenet"), "--coarse_dir"
             )
         if values.phase == "deformation" and not tf.train.latest_checkpoint(deformation_dir):
-            require_weights(fusion_dir, ("f2m",), "--fusion_dir")
+            stage_weights(fusion_dir, "fusion", ("f2m",), "--fusion_dir")
         # With windows of the crop size the attention is the paper's on every training
         # crop, and an image larger than the crops gets the statistics it was trained on.
         window = values.attention_window
@@ -216,14 +222,34 @@ def effective_flags(script_file: str) -> dict:
     return {name: flags.FLAGS[name].value for name in sorted(names)}
 
 
-def require_weights(path: Path, required: tuple[str, ...], flag: str) -> Path:
-    """The weights directory at ``path`` if it holds ``required``; else ``FlagError``."""
-    try:
-        directory = resolve_weights_dir(path)
-        parts = read_config(directory).get("parts", [])
-    except WeightsError as error:
-        raise FlagError(f"{flag}: {error}") from error
-    missing = [part for part in required if part not in parts]
-    if missing:
-        raise FlagError(f"{flag} {directory}: holds {parts}, needs {missing}")
-    return directory
+def stage_weights(path: str | Path, stage: str, required: tuple[str, ...], flag: str) -> Path:
+    """The weights directory of an earlier stage's output, named by a flag such as
+    ``--transnet_dir``, ``--coarse_dir`` or ``--fusion_dir``.
+
+    ``path`` may be the stage's directory (``<model_dir>/<stage>``, holding
+    ``export/``), a weights directory (``rfnet.json`` and the parts), or the model
+    directory holding the stage's directory: ``path`` is tried first, then
+    ``path/<stage>`` (each as itself or its ``export/``).
+
+    Raises:
+      FlagError: neither holds weights, or they lack a ``required`` part.
+    """
+    path = Path(path)
+    for candidate in (path, path / stage):
+        try:
+            directory = resolve_weights_dir(candidate)
+        except WeightsError:
+            continue
+        try:
+            parts = read_config(directory).get("parts", [])
+        except WeightsError as error:
+            raise FlagError(f"{flag}: {error}") from error
+        missing = [part for part in required if part not in parts]
+        if missing:
+            raise FlagError(f"{flag} {directory}: holds {parts}, needs {missing}")
+        return directory
+    raise FlagError(
+        f"{flag} {path}: no RFNet weights here nor in {path / stage} (expected {CONFIG_FILE} "
+        f"in one of them or in its {EXPORT_SUBDIR}/: pass the {stage} stage's directory, its "
+        "weights directory, or the model directory holding it)"
+    )

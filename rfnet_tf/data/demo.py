@@ -14,13 +14,12 @@ import skimage.data
 
 from rfnet_tf.data.io import Pair
 from rfnet_tf.data.synthetic import (
-    MISALIGNMENT_STREAM,
     NOISE_STREAM,
     AffineRanges,
     LocalFieldRanges,
     MisalignedPair,
-    make_misaligned_pair,
     pair_rng,
+    seeded_misalignment,
 )
 
 DEMO_IMAGES = ("astronaut", "coffee", "chelsea", "rocket")
@@ -116,14 +115,7 @@ def demo_misaligned(
       affine_ranges, field_ranges: the misalignment ranges.
     """
     return [
-        make_misaligned_pair(
-            pair,
-            pair_rng(seed, pair.name, MISALIGNMENT_STREAM),
-            kind,
-            num_landmarks,
-            affine_ranges,
-            field_ranges,
-        )
+        seeded_misalignment(pair, seed, kind, num_landmarks, affine_ranges, field_ranges)
         for pair in demo_pairs(seed, names)
     ]
 

@@ -556,6 +556,21 @@ def make_misaligned_pair(
     return misaligned
 
 
+def seeded_misalignment(
+    pair: Pair,
+    seed: int,
+    kind: str = "affine",
+    num_landmarks: int = 5,
+    affine_ranges: AffineRanges = AffineRanges(),
+    field_ranges: LocalFieldRanges = LocalFieldRanges(),
+) -> MisalignedPair:
+    """:func:`make_misaligned_pair` drawn from the pair's own generator
+    (:func:`pair_rng` of ``seed`` and its name): the same pair gets the same
+    misalignment whatever other pairs are drawn (the demo set, evaluate.py's folders)."""
+    rng = pair_rng(seed, pair.name, MISALIGNMENT_STREAM)
+    return make_misaligned_pair(pair, rng, kind, num_landmarks, affine_ranges, field_ranges)
+
+
 def flip_image(image: tf.Tensor, flip_vertical, flip_horizontal) -> tf.Tensor:
     """Flips an ``(H, W, C)`` image upside down and / or left-right (bool scalars)."""
     image = tf.cond(flip_vertical, lambda: tf.reverse(image, [0]), lambda: image)

@@ -30,7 +30,6 @@ from rfnet_tf.data import (
     Pair,
     demo_misaligned,
     detect_layout,
-    make_misaligned_pair,
     read_dataset,
     read_landmark_folder,
     read_pair,
@@ -40,11 +39,10 @@ from rfnet_tf.data.io import KNOWN_AFFINE_SUFFIX, LAYOUTS
 from rfnet_tf.data.splits import select_pairs
 from rfnet_tf.data.synthetic import (
     MISALIGNMENT_KINDS,
-    MISALIGNMENT_STREAM,
     AffineRanges,
     LocalFieldRanges,
     invert_affine,
-    pair_rng,
+    seeded_misalignment,
 )
 from rfnet_tf.metrics.registration import (
     grid_points,
@@ -219,14 +217,7 @@ def misalign(
       DataError: the image is too small to hold the landmarks (names the file).
     """
     try:
-        truth = make_misaligned_pair(
-            pair,
-            pair_rng(seed, pair.name, MISALIGNMENT_STREAM),
-            kind,
-            num_landmarks,
-            affine_ranges,
-            field_ranges,
-        )
+        truth = seeded_misalignment(pair, seed, kind, num_landmarks, affine_ranges, field_ranges)
     except ValueError as error:
         where = pair.vis_path or pair.name
         raise DataError(f"{where}: cannot be misaligned synthetically: {error}") from error

@@ -134,9 +134,8 @@ class CoarseSettings:
         """Raises ``FlagError`` for weights or misalignment flags that cannot work."""
         common = TrainingSettings.from_flags(values, script_file)
         transnet_dir = Path(values.transnet_dir or common.model_dir)
-        affinenet_dir = stage_directory(common.model_dir, "affinenet")
-        if values.stage == "affinenet" and not tf.train.latest_checkpoint(affinenet_dir):
-            stage_weights(transnet_dir, "transnet", ("transnet",), "--transnet_dir")
+        if values.stage == "affinenet":
+            _check_earlier_stage(common, "affinenet", transnet_dir, "transnet", ("transnet",))
         return cls(
             common=common,
             stages=("transnet", "affinenet") if values.stage == "all" else (values.stage,),
@@ -183,15 +182,14 @@ class F2MSettings:
     def from_flags(cls, values, script_file: str) -> F2MSettings:
         """Raises ``FlagError`` for weights or misalignment flags that cannot work."""
         common = TrainingSettings.from_flags(values, script_file)
-        fusion_dir = Path(values.fusion_dir or common.model_dir)
-        deformation_dir = stage_directory(common.model_dir, "deformation")
         coarse_dir = None
         if values.coarse_dir:
             coarse_dir = stage_weights(
                 values.coarse_dir, "affinenet", ("transnet", "affinenet"), "--coarse_dir"
             )
-        if values.phase == "deformation" and not tf.train.latest_checkpoint(deformation_dir):
-            stage_weights(fusion_dir, "fusion", ("f2m",), "--fusion_dir")
+        fusion_dir = Path(values.fusion_dir or common.model_dir)
+        if values.phase == "deformation":
+            _check_earlier_stage(common, "deformation", fusion_dir, "fusion", ("f2m",))
         # With windows of the crop size the attention is the paper's on every training
         # crop, and an image larger than the crops gets the statistics it was trained on.
         window = values.attention_window
@@ -220,6 +218,15 @@ def effective_flags(script_file: str) -> dict:
         if module.endswith(_RECORDED_FLAG_MODULES) or module == script_file:
             names.update(flag.name for flag in module_flags)
     return {name: flags.FLAGS[name].value for name in sorted(names)}
+
+
+def _check_earlier_stage(
+    common: TrainingSettings, stage: str, path: Path, earlier: str, required: tuple[str, ...]
+) -> None:
+    """Before anything starts: ``stage``, run alone and without a checkpoint to resume,
+    needs the ``earlier`` stage's weights at ``path`` (its ``--<earlier>_dir`` flag)."""
+    if not tf.train.latest_checkpoint(stage_directory(common.model_dir, stage)):
+        stage_weights(path, earlier, required, f"--{earlier}_dir")
 
 
 def stage_weights(path: str | Path, stage: str, required: tuple[str, ...], flag: str) -> Path:

@@ -141,20 +141,26 @@ class TrainingStage:
         raise NotImplementedError
 
 
+class NetworkStage(TrainingStage):
+    """A stage that trains one whole network of RFNet, its one trained part."""
+
+    @property
+    def variables(self) -> list:
+        (part,) = self.trained_parts
+        return getattr(self.model, part).variable_group
+
+    def _unfreeze(self) -> None:
+        (part,) = self.trained_parts
+        getattr(self.model, part).trainable = True
+
+
 @_register
-class TransNetStage(TrainingStage):
+class TransNetStage(NetworkStage):
     """TransNet on aligned pairs, Eqs. 1-2."""
 
     name = "transnet"
     trained_parts = ("transnet",)
     dataset = staticmethod(transnet_dataset)
-
-    @property
-    def variables(self) -> list:
-        return self.model.transnet.variable_group
-
-    def _unfreeze(self) -> None:
-        self.model.transnet.trainable = True
 
     def _compute(self, batch, vis_luma, training):
         nir = batch["nir"]
@@ -170,20 +176,13 @@ class TransNetStage(TrainingStage):
 
 
 @_register
-class AffineNetStage(TrainingStage):
+class AffineNetStage(NetworkStage):
     """AffineNet with TransNet frozen, on synthetically misaligned pairs, Eqs. 4-5."""
 
     name = "affinenet"
     trained_parts = ("affinenet",)
     dataset = staticmethod(affinenet_dataset)
     Settings = AffineSettings
-
-    @property
-    def variables(self) -> list:
-        return self.model.affinenet.variable_group
-
-    def _unfreeze(self) -> None:
-        self.model.affinenet.trainable = True
 
     def _compute(self, batch, vis_luma, training):
         nir = batch["nir"]
@@ -259,8 +258,7 @@ class F2MStage(TrainingStage):
 class FusionStage(F2MStage):
     """F2M phase 1: everything but the deformation block, Eqs. 6-8."""
 
-    name = "fusion"
-    trains_deformation = False
+    name, trains_deformation = "fusion", False
 
     def _loss(self, fused, vis_luma, nir, flow, mask):
         gamma, delta = self.weights.gamma, self.weights.delta
@@ -271,8 +269,7 @@ class FusionStage(F2MStage):
 class DeformationStage(F2MStage):
     """F2M phase 2: the deformation block alone, Eqs. 9-10."""
 
-    name = "deformation"
-    trains_deformation = True
+    name, trains_deformation = "deformation", True
 
     def _loss(self, fused, vis_luma, nir, flow, mask):
         lambda_smooth, alpha = self.weights.lambda_smooth, self.weights.alpha

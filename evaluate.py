@@ -46,9 +46,9 @@ from absl import flags, logging
 
 from rfnet_tf import misalignment_flags
 from rfnet_tf import cli
-from rfnet_tf.data.demo import DEMO_IMAGES
 from rfnet_tf.evaluation import INPUT_ERRORS, default_weights_dir, execute, settings_from_flags
-from rfnet_tf.evaluation.methods import DEFAULT_METHODS
+from rfnet_tf.evaluation.command import Settings as EvaluationSettings
+from rfnet_tf.evaluation.methods import DEFAULT_METHODS, methods_help
 from rfnet_tf.evaluation.sources import FOLDER_LAYOUTS, FOLDER_MISALIGNMENTS
 
 flags.DEFINE_string("vis", None, "One real pair: the VIS (RGB or grey) image file. Needs --nir.")
@@ -60,15 +60,15 @@ flags.DEFINE_string(
     "known affines (RGB-NIR Scene layout plus NNNN_nir.npy), evaluated as they are.",
 )
 flags.DEFINE_enum(
-    "layout", "auto", list(FOLDER_LAYOUTS),
+    "layout", EvaluationSettings.layout, list(FOLDER_LAYOUTS),
     "Layout of --data_dir (auto: detected; known_affine: NNNN_rgb / NNNN_nir images and an "
     "NNNN_nir.npy affine in category folders).",
 )
-flags.DEFINE_string("vis_dir", "vis", "--data_dir 'pairs' layout: the VIS folder's name.")
+flags.DEFINE_string("vis_dir", EvaluationSettings.vis_dir, "--data_dir 'pairs' layout: the VIS folder's name.")
 flags.DEFINE_string(
-    "nir_dir", "nir", "--data_dir 'pairs' layout: the NIR folder's name (RoadScene: ir)."
+    "nir_dir", EvaluationSettings.nir_dir, "--data_dir 'pairs' layout: the NIR folder's name (RoadScene: ir)."
 )
-flags.DEFINE_bool("skip_bad", False, "Skip (and log) unreadable pairs instead of stopping.")
+flags.DEFINE_bool("skip_bad", EvaluationSettings.skip_bad, "Skip (and log) unreadable pairs instead of stopping.")
 flags.DEFINE_string(
     "exclude", "",
     "--data_dir only: comma-separated pair names to leave out (e.g. pairs that are not "
@@ -87,17 +87,17 @@ flags.DEFINE_string(
     "errors from the files.",
 )
 flags.DEFINE_enum(
-    "misalign", "both", list(FOLDER_MISALIGNMENTS),
+    "misalign", EvaluationSettings.misalign, list(FOLDER_MISALIGNMENTS),
     "Synthetic misalignment for --data_dir and the demo set: a global affine, a smooth "
     "local field, or both (affine, then local; RFNet's coarse-to-fine case); none (--data_dir "
     "only): the pairs as they are, registered and fused without scores.",
 )
 flags.DEFINE_integer(
-    "seed", 0, "Seed of the synthetic misalignment (and of the demo's simulated NIR noise)."
+    "seed", EvaluationSettings.seed, "Seed of the synthetic misalignment (and of the demo's simulated NIR noise)."
 )
-flags.DEFINE_integer("num_landmarks", 5, "Landmarks per synthetic pair (the paper uses 5).")
+flags.DEFINE_integer("num_landmarks", EvaluationSettings.num_landmarks, "Landmarks per synthetic pair (the paper uses 5).")
 flags.DEFINE_string(
-    "demo_images", ",".join(DEMO_IMAGES),
+    "demo_images", ",".join(EvaluationSettings.demo_images),
     "Demo set only: which scikit-image photographs (comma-separated; default all four; "
     "name fewer for a quick run).",
 )
@@ -108,21 +108,15 @@ flags.DEFINE_string(
     "to this script.",
 )
 flags.DEFINE_string(
-    "methods", ",".join(DEFAULT_METHODS),
-    "Comma-separated methods. Registration: rfnet (affine + flow), rfnet_coarse (affine "
-    "only), rfnet_fine (F2M alone on the unregistered pair: its flow; not by default), "
-    "identity (unaligned), ecc (OpenCV ECC affine), sift (SIFT matches, RANSAC affine). "
-    "Fusion of the NIR and the VIS registered by rfnet, else by the first registration "
-    "method: rfnet (F2M), rfnet_fine (F2M alone, fusing the VIS its own flow registered), "
-    "average (their mean), laplacian (Laplacian pyramids).",
+    "methods", ",".join(DEFAULT_METHODS), methods_help(),
 )
 flags.DEFINE_string("out_dir", "results", "Output directory (replaced as a whole at the end).")
 flags.DEFINE_bool(
-    "paper_conventions", False,
+    "paper_conventions", EvaluationSettings.paper_conventions,
     "Fusion STD, AG and PSNR as in the paper's Table 2 instead of the standard definitions.",
 )
-flags.DEFINE_integer("checkerboard_tiles", 8, "Tiles per side of the checkerboard images.")
-flags.DEFINE_integer("ecc_levels", 3, "Pyramid levels of the ECC baseline.")
+flags.DEFINE_integer("checkerboard_tiles", EvaluationSettings.checkerboard_tiles, "Tiles per side of the checkerboard images.")
+flags.DEFINE_integer("ecc_levels", EvaluationSettings.ecc_levels, "Pyramid levels of the ECC baseline.")
 flags.DEFINE_integer(
     "coarse_refinement_steps", None,
     "Test-time refinement of RFNet's affine: Adam steps per pyramid level on the coarse "

@@ -4,8 +4,10 @@
 
 Each stage keeps its checkpoints, flags, TensorBoard events and final weights export in
 ``<model_dir>/<stage>/``; a run started where a checkpoint exists resumes from it. The
-AffineNet stage reads TransNet from ``--transnet_dir`` (default
-``<model_dir>/transnet``). ``train_f2m.py --coarse_dir=<model_dir>/affinenet`` continues.
+AffineNet stage reads TransNet from ``--transnet_dir`` (default ``--model_dir``).
+``train_f2m.py --coarse_dir=<model_dir>`` continues. A flag naming an earlier stage's
+output takes that stage's directory, its weights directory, or the model directory
+holding it (``rfnet_tf.training.settings.stage_weights``).
 
 Bad flags, input or weights, a non-finite loss and a stage none of whose checkpoints
 restores end the run with one line and exit code 2; SIGINT / SIGTERM with one line and
@@ -36,6 +38,8 @@ from rfnet_tf.training.common_flags import (
     validate_common_flags,
 )
 from rfnet_tf.training.scripts import TRAINING_ERRORS, run_coarse
+from rfnet_tf.training.settings import CoarseSettings
+from rfnet_tf.training.stages import AffineSettings, LossWeights
 
 flags.DEFINE_enum("stage", "all", ["transnet", "affinenet", "all"], "Which coarse stage(s) to train.")
 flags.DEFINE_integer(
@@ -48,14 +52,14 @@ flags.DEFINE_bool(
     "Train on crops of the pairs at their own resolution instead (the paper's text), "
     "although inference sees resized copies.",
 )
-flags.DEFINE_float("eta", 2.0, "Weight of the translation term, Eq. 2.")
+flags.DEFINE_float("eta", LossWeights.eta, "Weight of the translation term, Eq. 2.")
 flags.DEFINE_integer(
-    "ncc_scales", 1,
+    "ncc_scales", AffineSettings.ncc_scales,
     "Average Eq. 4 over this many dyadic scales (1: the paper's loss). More scales widen "
     "the loss's reach for large misalignments on short schedules.",
 )
 flags.DEFINE_float(
-    "affine_supervision", 0.0,
+    "affine_supervision", AffineSettings.affine_supervision,
     "Weight of a supervised term on the synthetic ground-truth affine (0: unsupervised, "
     "as in the paper).",
 )
@@ -65,7 +69,11 @@ flags.DEFINE_bool(
     "misalign the translation with the VIS in the input pipeline, instead of running "
     "TransNet on every batch (over twice the steps per hour; see README, Performance).",
 )
-flags.DEFINE_string("transnet_dir", "", "TransNet weights for the AffineNet stage (default <model_dir>/transnet).")
+flags.DEFINE_string(
+    "transnet_dir", "",
+    "TransNet weights for the AffineNet stage: the transnet stage's directory, its weights "
+    "directory, or the model directory holding transnet/ (default --model_dir).",
+)
 flags.DEFINE_bool("deformable", True, "Deformable convolutions in AffineNet (False: the paper's ablation ii).")
 define_common_flags(default_model_dir="runs/coarse", default_epochs=100)
 misalignment_flags.define_affine_flags()
@@ -91,7 +99,7 @@ def main(argv) -> None:
             f"--crop_size {FLAGS.crop_size} exceeds the resized pairs' --affine_input_size "
             f"{FLAGS.affine_input_size}"
         )
-    run_coarse(FLAGS, sys.modules[__name__].__file__)
+    run_coarse(CoarseSettings.from_flags(FLAGS, sys.modules[__name__].__file__))
 
 
 if __name__ == "__main__":

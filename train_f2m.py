@@ -7,8 +7,10 @@ With ``--coarse_dir`` the coarse module registers every training pair first, so 
 learns on coarse-aligned pairs (to which the pipeline adds a synthetic local
 misalignment), and the export of the last phase is the complete RFNet. Each phase keeps
 its checkpoints, flags, events and export in ``<model_dir>/<phase>/``; the deformation
-phase starts from ``<fusion_dir>/fusion`` (``--fusion_dir`` defaults to
-``--model_dir``).
+phase starts from the fusion weights of ``--fusion_dir`` (default ``--model_dir``).
+``--coarse_dir`` and ``--fusion_dir`` each take the earlier stage's directory
+(``runs/coarse/affinenet``, ``runs/f2m/fusion``), its weights directory, or the model
+directory holding it (``runs/coarse``, ``runs/f2m``).
 
 Bad flags, input or weights, a non-finite loss and a stage none of whose checkpoints
 restores end the run with one line and exit code 2; SIGINT / SIGTERM with one line and
@@ -39,18 +41,29 @@ from rfnet_tf.training.common_flags import (
     validate_common_flags,
 )
 from rfnet_tf.training.scripts import TRAINING_ERRORS, run_f2m
+from rfnet_tf.training.settings import F2MSettings
+from rfnet_tf.training.stages import LossWeights
 
 flags.DEFINE_enum("phase", "all", ["fusion", "deformation", "all"], "Which F2M phase(s) to train.")
-flags.DEFINE_string("coarse_dir", "", "Coarse module weights that align the training pairs first ('' = pairs used as given).")
-flags.DEFINE_string("fusion_dir", "", "Where the fusion phase was trained (default --model_dir).")
-flags.DEFINE_float("gamma", 0.7, "Weight of the NIR intensity term, Eq. 7.")
-flags.DEFINE_float("delta", 100.0, "Weight of the gradient loss, Eq. 6.")
+flags.DEFINE_string(
+    "coarse_dir", "",
+    "Coarse module weights that align the training pairs first: the affinenet stage's "
+    "directory, its weights directory, or the model directory holding affinenet/ ('' = "
+    "pairs used as given).",
+)
+flags.DEFINE_string(
+    "fusion_dir", "",
+    "The fusion phase's weights for the deformation phase: the fusion stage's directory, its "
+    "weights directory, or the model directory holding fusion/ (default --model_dir).",
+)
+flags.DEFINE_float("gamma", LossWeights.gamma, "Weight of the NIR intensity term, Eq. 7.")
+flags.DEFINE_float("delta", LossWeights.delta, "Weight of the gradient loss, Eq. 6.")
 flags.DEFINE_float(
-    "lambda_smooth", 0.1,
+    "lambda_smooth", LossWeights.lambda_smooth,
     "Weight of the smoothness term, Eq. 9; Eq. 10 measures the field in normalised units "
     "(2 px / (size - 1) per axis; losses.deformation).",
 )
-flags.DEFINE_float("alpha", 0.5, "Edge sensitivity of the bilateral smoothness, Eq. 10.")
+flags.DEFINE_float("alpha", LossWeights.alpha, "Edge sensitivity of the bilateral smoothness, Eq. 10.")
 flags.DEFINE_float("max_displacement", 16.0, "Bound of the deformation field, pixels.")
 flags.DEFINE_integer(
     "attention_window",
@@ -76,7 +89,7 @@ def main(argv) -> None:
         raise FlagError(f"--max_displacement must be positive, got {FLAGS.max_displacement}")
     if FLAGS.attention_window is not None and FLAGS.attention_window < 0:
         raise FlagError(f"--attention_window must be >= 0, got {FLAGS.attention_window}")
-    run_f2m(FLAGS, sys.modules[__name__].__file__)
+    run_f2m(F2MSettings.from_flags(FLAGS, sys.modules[__name__].__file__))
 
 
 if __name__ == "__main__":

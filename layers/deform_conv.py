@@ -48,6 +48,8 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
+from layers.resampler import bilinear_cell, bilinear_weights
+
 # Output pixels times channels (the larger of Cin and Cout) per chunk of the compiled
 # loops, rounded down to whole output rows (at least one). A chunk's intermediates, a
 # few (taps * pixels, C) arrays, then stay near a core's L2 cache: at 384 x 384 this
@@ -204,26 +206,16 @@ class _Chunks:
         x_pos = tf.cast(out_cols * g.stride_w - g.pad_w + tf.reshape(tap_cols, [1, 1, 1, 1, taps]), dtype)
         y = y + offset[..., 0]
         x_pos = x_pos + offset[..., 1]
-        # The floor is a constant of the cell: at an integer position the derivative is
-        # the one of the cell [floor, floor + 1].
-        y0 = tf.floor(y)
-        x0 = tf.floor(x_pos)
-        h = tf.cast(height, dtype)
-        w = tf.cast(width, dtype)
-        # Cells with at least one corner in the image; beyond them every corner reads 0.
-        valid = (y0 >= -1.0) & (y0 <= h - 1.0) & (x0 >= -1.0) & (x0 <= w - 1.0)
-        # +1: index into the padded image; outside cells get a clamped, harmless index.
-        row = tf.cast(tf.clip_by_value(y0, -1.0, h - 1.0), tf.int32) + 1
-        col = tf.cast(tf.clip_by_value(x0, -1.0, w - 1.0), tf.int32) + 1
+        row, col, frac_y, frac_x, valid = bilinear_cell(y, x_pos, height, width)
         image_start = tf.reshape(tf.range(batch) * ((height + 2) * self.padded_width), [-1, 1, 1, 1, 1])
         def per_chunk(t):  # (B, blocks, rows, Wo, taps) -> (chunks, samples)
             if tap_major:
                 t = tf.transpose(t, [0, 1, 4, 2, 3])
             return tf.reshape(t, [self.count, self.samples])
         self.index = per_chunk(image_start + row * self.padded_width + col)
-        self.frac_y = per_chunk(y - y0)
-        self.frac_x = per_chunk(x_pos - x0)
-        self.valid = per_chunk(tf.cast(valid, dtype))
+        self.frac_y = per_chunk(frac_y)
+        self.frac_x = per_chunk(frac_x)
+        self.valid = per_chunk(valid)
         self.mask = None
         if mask is not None:
             self.mask = per_chunk(self._pixel_major(tf.reshape(mask, [batch, out_h, out_w, taps])))
@@ -257,16 +249,6 @@ class _Chunks:
         return [tf.gather(self.flat, index + shift) for shift in (0, 1, step, step + 1)]
 
 
-def _bilinear_weights(frac_y: tf.Tensor, frac_x: tf.Tensor) -> list[tf.Tensor]:
-    """Weights of the corners top-left, top-right, bottom-left, bottom-right."""
-    return [
-        (1.0 - frac_y) * (1.0 - frac_x),
-        (1.0 - frac_y) * frac_x,
-        frac_y * (1.0 - frac_x),
-        frac_y * frac_x,
-    ]
-
-
 @tf.function(jit_compile=True, reduce_retracing=True)
 def _forward(geometry: _Geometry, channels: int, x, offset, kernel, mask):
     chunks = _Chunks(geometry, x, offset, mask, channels, tap_major=True)
@@ -276,7 +258,7 @@ def _forward(geometry: _Geometry, channels: int, x, offset, kernel, mask):
 
     def body(i, outputs):
         scale = chunks.valid[i] if chunks.mask is None else chunks.valid[i] * chunks.mask[i]
-        weights = _bilinear_weights(chunks.frac_y[i], chunks.frac_x[i])
+        weights = bilinear_weights(chunks.frac_y[i], chunks.frac_x[i])
         corners = chunks.corners(chunks.index[i])
         columns = tf.add_n([(w * scale)[:, None] * c for w, c in zip(weights, corners)])
         columns = tf.reshape(columns, [taps, chunks.pixels, cin])
@@ -309,7 +291,7 @@ def _backward(geometry: _Geometry, channels: int, out_grad, x, offset, kernel, m
         # d out / d columns: (pixels, taps * Cin) = out_grad @ kernel^T, as (samples, Cin).
         column_grad = tf.matmul(pixel_grad, kernel, transpose_b=True)
         column_grad = tf.reshape(column_grad, [chunks.samples, cin])
-        weights = _bilinear_weights(frac_y, frac_x)
+        weights = bilinear_weights(frac_y, frac_x)
         top_left, top_right, bottom_left, bottom_right = corners = chunks.corners(index)
         columns = tf.add_n([(w * valid)[:, None] * c for w, c in zip(weights, corners)])
         if chunks.mask is not None:

@@ -22,13 +22,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-PADDING_MODES = ("zeros", "border", "reflect")
+from rfnet_tf.conventions import MASK_TOLERANCE_PX
 
-# A sample point counts as inside the image if it lies within this many pixels of
-# [0, H-1] x [0, W-1]: coordinates that went through the normalised affine convention
-# and back carry round-off of order 1e-6 px, which must not mark the image's own
-# border pixels invalid.
-MASK_TOLERANCE_PX = 1e-3
+PADDING_MODES = ("zeros", "border", "reflect")
 
 
 def _check_padding_mode(padding_mode: str) -> None:
@@ -53,16 +49,16 @@ def reflect_coordinates(coords: tf.Tensor, height, width) -> tf.Tensor:
     return tf.stack([fold(coords[..., 0], height), fold(coords[..., 1], width)], axis=-1)
 
 
-def _cell(coords: tf.Tensor, height, width):
-    """Bilinear cell of zero-padded sampling: ``(row, col, frac_y, frac_x, valid)``.
+def bilinear_cell(y: tf.Tensor, x: tf.Tensor, height, width):
+    """Bilinear cell of zero-padded sampling at ``(y, x)``: ``(row, col, frac_y, frac_x,
+    valid)``; shared by the resampler and the deformable convolution.
 
     ``row``/``col`` (int32) index the top-left corner in the image padded by one pixel
     on every side; ``frac_y``/``frac_x`` are the position inside the cell; ``valid`` is
     1 for cells with at least one corner in the image and 0 beyond (where the clamped
-    index is harmless and every weight is 0).
+    index is harmless and every weight is 0). The floor is a constant of the cell: at
+    an integer position the derivative is the one of the cell ``[floor, floor + 1]``.
     """
-    y = coords[..., 0]
-    x = coords[..., 1]
     y0 = tf.stop_gradient(tf.floor(y))
     x0 = tf.stop_gradient(tf.floor(x))
     h = tf.cast(height, y.dtype)
@@ -74,6 +70,16 @@ def _cell(coords: tf.Tensor, height, width):
     row = tf.cast(tf.clip_by_value(y0, -1.0, h - 1.0), tf.int32) + 1
     col = tf.cast(tf.clip_by_value(x0, -1.0, w - 1.0), tf.int32) + 1
     return row, col, y - y0, x - x0, valid
+
+
+def bilinear_weights(frac_y: tf.Tensor, frac_x: tf.Tensor) -> list[tf.Tensor]:
+    """Weights of the cell's corners top-left, top-right, bottom-left, bottom-right."""
+    return [
+        (1.0 - frac_y) * (1.0 - frac_x),
+        (1.0 - frac_y) * frac_x,
+        frac_y * (1.0 - frac_x),
+        frac_y * frac_x,
+    ]
 
 
 def bilinear_corners(coords: tf.Tensor, height: tf.Tensor, width: tf.Tensor):
@@ -97,10 +103,8 @@ def bilinear_corners(coords: tf.Tensor, height: tf.Tensor, width: tf.Tensor):
       corner in the padded image; ``weights`` ``(..., 4)`` for the corners
       (top-left, top-right, bottom-left, bottom-right).
     """
-    row, col, fy, fx, valid = _cell(coords, height, width)
-    weights = tf.stack(
-        [(1.0 - fy) * (1.0 - fx), (1.0 - fy) * fx, fy * (1.0 - fx), fy * fx], axis=-1
-    ) * valid[..., None]
+    row, col, fy, fx, valid = bilinear_cell(coords[..., 0], coords[..., 1], height, width)
+    weights = tf.stack(bilinear_weights(fy, fx), axis=-1) * valid[..., None]
     return row, col, weights
 
 
@@ -197,7 +201,9 @@ def _sample_padded_grad(padded: tf.Tensor, coords: tf.Tensor, sampled_grad: tf.T
     """
     shape = tf.shape(padded)
     batch, padded_height, padded_width, channels = shape[0], shape[1], shape[2], shape[3]
-    row, col, fy, fx, valid = _cell(coords, padded_height - 2, padded_width - 2)
+    row, col, fy, fx, valid = bilinear_cell(
+        coords[..., 0], coords[..., 1], padded_height - 2, padded_width - 2
+    )
     batch_offset = tf.reshape(tf.range(batch) * padded_height * padded_width, [-1, 1, 1])
     top_left = tf.reshape(batch_offset + row * padded_width + col, [-1])
     fy, fx, valid = (tf.reshape(t, [-1, 1]) for t in (fy, fx, valid))

@@ -11,9 +11,12 @@ from losses.common import laplacian_valid_mask, masked_mean, matching_tensors
 from losses.deformation import bilateral_smoothness, deformation_loss
 from losses.fusion import content_loss, fusion_loss, gradient_loss, gradient_target, image_gradient
 from losses.registration import NCCLoss, coarse_loss, multiscale_coarse_loss, ncc, transnet_loss
+from losses.weights import PAPER, LossWeights
 
 __all__ = [
+    "LossWeights",
     "NCCLoss",
+    "PAPER",
     "bilateral_smoothness",
     "coarse_loss",
     "content_loss",

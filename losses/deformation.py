@@ -34,6 +34,7 @@ import tensorflow as tf
 from layers import normalised_flow
 from losses.common import laplacian_valid_mask, masked_mean, matching_tensors
 from losses.fusion import image_gradient
+from losses.weights import PAPER
 
 
 def _neighbour_differences(x: tf.Tensor) -> list[tf.Tensor]:
@@ -51,7 +52,7 @@ def _neighbour_differences(x: tf.Tensor) -> list[tf.Tensor]:
     ]
 
 
-def bilateral_smoothness(flow: tf.Tensor, fused: tf.Tensor, alpha: float = 0.5) -> tf.Tensor:
+def bilateral_smoothness(flow: tf.Tensor, fused: tf.Tensor, alpha: float = PAPER.alpha) -> tf.Tensor:
     """Edge-aware smoothness ``L_smooth`` of the fine deformation field (paper Eq. 10).
 
     ``sum over p_n in {right, down, down-right, down-left} of
@@ -91,8 +92,8 @@ def deformation_loss(
     fused: tf.Tensor,
     nir: tf.Tensor,
     flow: tf.Tensor,
-    lambda_smooth: float = 0.1,
-    alpha: float = 0.5,
+    lambda_smooth: float = PAPER.lambda_smooth,
+    alpha: float = PAPER.alpha,
     mask: tf.Tensor | None = None,
 ) -> dict[str, tf.Tensor]:
     """``L_defor = mean|∇I_f - ∇I_y| + mean|∇I_f| + lambda * L_smooth`` (paper Eq. 9).

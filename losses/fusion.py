@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from layers.gradients import laplacian
 from losses.common import laplacian_valid_mask, masked_mean, matching_tensors
+from losses.weights import PAPER
 
 
 def image_gradient(image: tf.Tensor) -> tf.Tensor:
@@ -35,7 +36,7 @@ def content_loss(
     fused: tf.Tensor,
     vis_luma: tf.Tensor,
     nir: tf.Tensor,
-    gamma: float = 0.7,
+    gamma: float = PAPER.gamma,
     mask: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """``L_content = (1 - gamma) mean|I_f - Y(I_x^C)| + gamma mean|I_f - I_y|`` (Eq. 7).
@@ -114,8 +115,8 @@ def fusion_loss(
     fused: tf.Tensor,
     vis_luma: tf.Tensor,
     nir: tf.Tensor,
-    gamma: float = 0.7,
-    delta: float = 100.0,
+    gamma: float = PAPER.gamma,
+    delta: float = PAPER.delta,
     mask: tf.Tensor | None = None,
 ) -> dict[str, tf.Tensor]:
     """``L_fus = L_content + delta * L_gradient`` (Eq. 6).

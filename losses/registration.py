@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from losses.common import masked_mean, matching_tensors
+from losses.weights import PAPER
 
 
 def ncc(s: tf.Tensor, g: tf.Tensor, mask: tf.Tensor | None = None, eps: float = 1e-5) -> tf.Tensor:
@@ -108,7 +109,7 @@ def transnet_loss(
     nir_recon: tf.Tensor,
     vis_to_nir: tf.Tensor,
     nir_to_vis: tf.Tensor,
-    eta: float = 2.0,
+    eta: float = PAPER.eta,
     mask: tf.Tensor | None = None,
 ) -> dict[str, tf.Tensor]:
     """TransNet loss ``L_recon + eta * L_trans`` (paper Eqs. 1-2).

@@ -24,6 +24,8 @@ import numpy as np
 from rfnet_tf.metrics.registration import affine_to_pixel_matrix, pixel_matrix_to_affine
 
 REPRESENTATIONS = ("intensity", "gradient")
+# ECC baseline (ecc_affine): pyramid levels, coarse to fine.
+ECC_LEVELS = 3
 # SIFT baseline (sift_affine): Lowe's ratio, RANSAC's inlier distance and the fewest
 # inliers accepted as a registration (OpenCV's feature-homography tutorial asks for 10).
 SIFT_REPRESENTATION = "intensity"
@@ -114,7 +116,7 @@ def _registration_inputs(
 def ecc_affine(
     moving_luma,
     fixed_luma,
-    levels: int = 3,
+    levels: int = ECC_LEVELS,
     iterations: int = 200,
     eps: float = 1e-6,
     representation: str = "intensity",

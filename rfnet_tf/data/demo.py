@@ -9,23 +9,21 @@ results on it say nothing about real VIS / NIR registration or fusion.
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import skimage.data
 
 from rfnet_tf.data.io import Pair
 from rfnet_tf.data.synthetic import (
+    NOISE_STREAM,
     AffineRanges,
     LocalFieldRanges,
     MisalignedPair,
-    make_misaligned_pair,
+    pair_rng,
+    seeded_misalignment,
 )
 
 DEMO_IMAGES = ("astronaut", "coffee", "chelsea", "rocket")
 DEFAULT_NOISE_STD = 0.01
-_NOISE_STREAM = 0
-_MISALIGNMENT_STREAM = 1
 
 # Simulated NIR response (see simulate_nir): red-weighted luma ...
 _NIR_RGB_WEIGHTS = np.array([0.6, 0.3, 0.1])
@@ -90,7 +88,7 @@ def demo_pairs(
     pairs = []
     for name in names:
         vis = getattr(skimage.data, name)().astype(np.float32) / np.float32(255.0)
-        nir = simulate_nir(vis, _image_rng(seed, name, _NOISE_STREAM), noise_std)
+        nir = simulate_nir(vis, pair_rng(seed, name, NOISE_STREAM), noise_std)
         pairs.append(Pair(name=name, vis=vis, nir=nir))
     return pairs
 
@@ -117,18 +115,7 @@ def demo_misaligned(
       affine_ranges, field_ranges: the misalignment ranges.
     """
     return [
-        make_misaligned_pair(
-            pair,
-            _image_rng(seed, pair.name, _MISALIGNMENT_STREAM),
-            kind,
-            num_landmarks,
-            affine_ranges,
-            field_ranges,
-        )
+        seeded_misalignment(pair, seed, kind, num_landmarks, affine_ranges, field_ranges)
         for pair in demo_pairs(seed, names)
     ]
 
-
-def _image_rng(seed: int, name: str, stream: int) -> np.random.Generator:
-    """A generator keyed on the seed, the photograph's name and the purpose."""
-    return np.random.default_rng([seed, zlib.crc32(name.encode()), stream])

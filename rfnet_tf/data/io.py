@@ -43,7 +43,6 @@ from rfnet_tf.data.errors import DataError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
 IMAGE_KINDS = ("vis", "nir")
-LAYOUTS = ("auto", "pairs", "nirscene", "known_affine", "landmarks")
 LANDMARK_KEYS = ("I_move", "I_fix", "LMmove", "LMfix")
 NIRSCENE_SUFFIXES = {"_rgb": "vis", "_nir": "nir"}
 KNOWN_AFFINE_SUFFIX = ".npy"
@@ -429,6 +428,19 @@ def read_landmark_folder(root: str | Path, skip_bad: bool = False) -> list[Pair]
     return _read_all(jobs, [], skip_bad, root)
 
 
+# Each layout's reader, called as ``reader(root, vis_dir, nir_dir, skip_bad)``; a new
+# layout adds its reader here and its recognition to :func:`detect_layout`. The scripts'
+# ``--layout`` flags take their choices from :data:`LAYOUTS`.
+_READERS: dict[str, Callable[[Path, str, str, bool], list[Pair]]] = {
+    "pairs": read_pair_folder,
+    "nirscene": lambda root, vis_dir, nir_dir, skip_bad: read_nirscene(root, skip_bad),
+    "known_affine": lambda root, vis_dir, nir_dir, skip_bad: read_known_affine(root, skip_bad),
+    "landmarks": lambda root, vis_dir, nir_dir, skip_bad: read_landmark_folder(root, skip_bad),
+}
+# "auto" detects the layout (:func:`detect_layout`).
+LAYOUTS = ("auto", *_READERS)
+
+
 def detect_layout(root: str | Path, vis_dir: str = "vis", nir_dir: str = "nir") -> str:
     """The layout of ``root``: ``"pairs"``, ``"landmarks"``, ``"known_affine"`` or
     ``"nirscene"``.
@@ -480,13 +492,7 @@ def read_dataset(
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if layout == "auto":
         layout = detect_layout(root, vis_dir, nir_dir)
-    if layout == "pairs":
-        return read_pair_folder(root, vis_dir, nir_dir, skip_bad)
-    if layout == "nirscene":
-        return read_nirscene(root, skip_bad)
-    if layout == "known_affine":
-        return read_known_affine(root, skip_bad)
-    return read_landmark_folder(root, skip_bad)
+    return _READERS[layout](root, vis_dir, nir_dir, skip_bad)
 
 
 def _decode_tiff(path: Path) -> np.ndarray:

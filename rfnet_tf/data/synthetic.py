@@ -44,12 +44,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 
 import numpy as np
 import tensorflow as tf
 
 from layers import identity_grid, resample, warp_affine, warp_flow
 from rfnet_tf.data.io import Pair
+from rfnet_tf.metrics.registration import affine_to_pixel_matrix
 
 MISALIGNMENT_KINDS = ("affine", "local", "both")
 # How the moving image is filled where it samples beyond the aligned VIS: mirrored, not
@@ -61,6 +63,17 @@ INVERSION_TOLERANCE_PX = 1e-4
 MAX_INVERSION_ITERATIONS = 30
 # The affine parameters are drawn from this many independent U(0, 1) samples.
 NUM_AFFINE_SAMPLES = 5
+
+# The streams of :func:`pair_rng`, one per purpose.
+NOISE_STREAM = 0
+MISALIGNMENT_STREAM = 1
+
+
+def pair_rng(seed: int, name: str, stream: int = MISALIGNMENT_STREAM) -> np.random.Generator:
+    """The generator of one pair's draws for one purpose (``stream``): keyed on the seed,
+    the pair's name and the stream only, so a pair's draws do not depend on the other
+    pairs (the demo's simulated NIR noise, the evaluation's synthetic misalignments)."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode()), stream])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,11 +197,11 @@ class SyntheticAffine:
 
     def misalignment_pixels(self) -> np.ndarray:
         """``(2, 3)`` ``M`` acting on ``[x, y, 1]`` pixel coordinates."""
-        return normalised_to_pixel(self.misalignment, self.height, self.width)
+        return affine_to_pixel_matrix(self.misalignment, (self.height, self.width))
 
     def registration_pixels(self) -> np.ndarray:
         """``(2, 3)`` ``A`` acting on ``[x, y, 1]`` pixel coordinates."""
-        return normalised_to_pixel(self.registration, self.height, self.width)
+        return affine_to_pixel_matrix(self.registration, (self.height, self.width))
 
 
 @dataclasses.dataclass(eq=False)
@@ -257,25 +270,6 @@ class MisalignedPair:
         return self.registration_coordinates() - _pixel_grid(self.pair.height, self.pair.width)
 
 
-def normalisation_matrix(height: int, width: int) -> np.ndarray:
-    """``(3, 3)`` map from pixel ``[x, y, 1]`` to normalised ``[u, v, 1]`` (align corners)."""
-    return np.array(
-        [[2.0 / (width - 1), 0.0, -1.0], [0.0, 2.0 / (height - 1), -1.0], [0.0, 0.0, 1.0]]
-    )
-
-
-def normalised_to_pixel(theta: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``(2, 3)`` normalised affine -> ``(2, 3)`` affine on ``[x, y, 1]`` pixels (same size)."""
-    norm = normalisation_matrix(height, width)
-    return (np.linalg.inv(norm) @ _homogeneous(theta) @ norm)[:2]
-
-
-def pixel_to_normalised(matrix: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``(2, 3)`` affine on ``[x, y, 1]`` pixels -> ``(2, 3)`` normalised affine."""
-    norm = normalisation_matrix(height, width)
-    return (norm @ _homogeneous(matrix) @ np.linalg.inv(norm))[:2]
-
-
 def invert_affine(theta: tf.Tensor) -> tf.Tensor:
     """The exact inverse of ``(..., 2, 3)`` affines (tensor in, tensor out; numpy accepted)."""
     theta = tf.convert_to_tensor(theta)
@@ -286,7 +280,7 @@ def invert_affine(theta: tf.Tensor) -> tf.Tensor:
 def transform_points(theta: np.ndarray, points: np.ndarray, height: int, width: int) -> np.ndarray:
     """Applies a ``(2, 3)`` normalised affine to ``(N, 2)`` ``(y, x)`` pixel points."""
     points = np.asarray(points, dtype=np.float64)
-    pixel = normalised_to_pixel(np.asarray(theta, dtype=np.float64), height, width)
+    pixel = affine_to_pixel_matrix(theta, (height, width))
     xy1 = np.stack([points[:, 1], points[:, 0], np.ones(len(points))], axis=0)
     x, y = pixel @ xy1
     return np.stack([y, x], axis=-1)
@@ -562,6 +556,21 @@ def make_misaligned_pair(
     return misaligned
 
 
+def seeded_misalignment(
+    pair: Pair,
+    seed: int,
+    kind: str = "affine",
+    num_landmarks: int = 5,
+    affine_ranges: AffineRanges = AffineRanges(),
+    field_ranges: LocalFieldRanges = LocalFieldRanges(),
+) -> MisalignedPair:
+    """:func:`make_misaligned_pair` drawn from the pair's own generator
+    (:func:`pair_rng` of ``seed`` and its name): the same pair gets the same
+    misalignment whatever other pairs are drawn (the demo set, evaluate.py's folders)."""
+    rng = pair_rng(seed, pair.name, MISALIGNMENT_STREAM)
+    return make_misaligned_pair(pair, rng, kind, num_landmarks, affine_ranges, field_ranges)
+
+
 def flip_image(image: tf.Tensor, flip_vertical, flip_horizontal) -> tf.Tensor:
     """Flips an ``(H, W, C)`` image upside down and / or left-right (bool scalars)."""
     image = tf.cond(flip_vertical, lambda: tf.reverse(image, [0]), lambda: image)
@@ -632,10 +641,6 @@ def _jacobian(flow: tf.Tensor) -> tf.Tensor:
     d_dy = along_rows(flow)
     d_dx = tf.transpose(along_rows(tf.transpose(flow, [1, 0, 2])), [1, 0, 2])
     return tf.stack([d_dy[..., 0], d_dx[..., 0], d_dy[..., 1], d_dx[..., 1]], axis=-1)
-
-
-def _homogeneous(matrix: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.asarray(matrix, dtype=np.float64), [[0.0, 0.0, 1.0]]], axis=0)
 
 
 def _pixel_grid(height: int, width: int) -> np.ndarray:

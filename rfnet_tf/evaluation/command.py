@@ -96,9 +96,9 @@ class Settings:
     seed: int = 0
     num_landmarks: int = 5
     demo_images: tuple[str, ...] = DEMO_IMAGES
-    paper_conventions: bool = False
-    checkerboard_tiles: int = 8
-    ecc_levels: int = 3
+    paper_conventions: bool = Options.paper_conventions
+    checkerboard_tiles: int = Options.checkerboard_tiles
+    ecc_levels: int = Options.ecc_levels
     coarse_refinement_steps: int | None = None
     progress: bool = True
 

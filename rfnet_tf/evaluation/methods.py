@@ -1,23 +1,15 @@
 """The compared methods and their metrics on one sample (paper Tables 1 and 2).
 
+Every method is one :class:`Method` entry of :data:`REGISTRY`: its label, what it
+needs of the RFNet model, how it registers and / or fuses, and its notes.
+
 Registration methods (Table 1) each give a backward transform from the fixed (NIR)
 frame into the moving VIS, ``T(p) = T_theta(p + phi(p))`` (ARCHITECTURE section 1;
-``rfnet_tf.metrics.registration``):
-
-* ``rfnet``: the full model, RFNet's affine then its dense flow;
-* ``rfnet_coarse``: the coarse module alone, the affine of the same call;
-* ``rfnet_coarse_sift``: the coarse module whose guarded search starts from a SIFT
-  estimate (with AffineNet's prediction and the identity) instead of its grid of
-  similarities, or ``rfnet_coarse`` where SIFT fails (an option beyond the paper; a
-  call of its own);
-* ``rfnet_fine``: F2M alone on the unregistered pair, its dense flow (``RFNet.fine``,
-  a call of its own; the paper's Fig. 10(a));
-* ``identity``: the unaligned VIS ("unaligned VIS" in Table 1);
-* ``ecc``: OpenCV's ECC affine, coarse to fine (``rfnet_tf.baselines.ecc_affine``);
-* ``sift``: SIFT keypoints, ratio test, RANSAC affine (``rfnet_tf.baselines.sift_affine``).
-
-The classic methods (:data:`FALLIBLE_METHODS`) can fail: a failed run is reported
-(``failed``, ``reason`` and the method's own ``details``) and registers with the identity.
+``rfnet_tf.metrics.registration``): RFNet's (read from the outputs of an
+``inference.Predictor`` call), the identity, and the classic baselines
+(``rfnet_tf.baselines``). The classic methods (:data:`FALLIBLE_METHODS`) can fail: a
+failed run is reported (``failed``, ``reason`` and the method's own ``details``) and
+registers with the identity.
 
 Every method's registered VIS is made by the same numpy warp of the moving VIS at its
 ``T(p)`` (for RFNet this reproduces the model's own composed single interpolation), so
@@ -25,13 +17,8 @@ the methods differ only in their transforms.
 
 Fusion methods (Table 2) fuse the NIR with the VIS registered by *one* registration
 (the "fusion registration": ``rfnet`` when evaluated, else the first registration
-method requested), so they compare fusion rules on equal footing:
-
-* ``rfnet``: F2M's fused luma;
-* ``rfnet_fine``: F2M's fused luma of the unregistered pair (F2M alone, registering it
-  by its own flow);
-* ``average``: the mean of that registered VIS luma and the NIR;
-* ``laplacian``: Laplacian-pyramid fusion of the two (``rfnet_tf.baselines.laplacian_fusion``).
+method requested), so they compare fusion rules on equal footing; a model's fusion
+(``rfnet``, ``rfnet_fine``) is its own fused image.
 
 Validity. PSNR and SSIM use the fixed pixels whose sample point lies inside the moving
 image and, for a synthetic misalignment, on its content (the black border a synthetic
@@ -46,11 +33,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 from rfnet_tf import baselines
 from rfnet_tf.colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
+from rfnet_tf.conventions import CONTENT_THRESHOLD
 from rfnet_tf.evaluation.inference import COARSE_PARTS, COARSE_SIFT_CALL, FINE_CALL, MODEL_CALL
 from rfnet_tf.networks.refine import LOW_CONFIDENCE_NCC, LOW_CONFIDENCE_OVERLAP
 from rfnet_tf.evaluation.sources import Sample
@@ -66,57 +55,208 @@ from rfnet_tf.metrics import (
 from rfnet_tf.metrics.registration import endpoint_error, registration_psnr, registration_ssim
 from rfnet_tf.weights import PARTS
 
-REGISTRATION_METHODS = (
-    "rfnet", "rfnet_coarse", "rfnet_coarse_sift", "rfnet_fine", "identity", "ecc", "sift",
-)
-FUSION_METHODS = ("rfnet", "rfnet_fine", "average", "laplacian")
-# What each fusion method computes, for the notes under the tables.
-FUSION_RULES = {
-    "rfnet": "F2M's fused luma",
-    "rfnet_fine": "F2M's fused luma of the unregistered pair, registered by its own flow alone",
-    "average": "(registered VIS luma + NIR) / 2",
-    "laplacian": (
-        f"Laplacian pyramids of both ({baselines.LAPLACIAN_LEVELS} detail levels), the larger "
-        "absolute detail at each pixel and level, the mean of the bases"
-    ),
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One compared method: everything the evaluation knows of it (:data:`REGISTRY`).
+
+    Attributes:
+      name: the name ``--methods`` takes; label: its column heading in the tables.
+      registers: what its registration is (``--methods`` help), or ``""``: no
+        registration method (fusion only).
+      register: its registration, ``register(name, sample, predictions, ecc_levels)``
+        -> :class:`Registration` (see :func:`register`).
+      fuses: what its fusion computes (help and results.json notes), or ``""``: no
+        fusion method (registration only).
+      fuse: a fusion rule ``fuse(registered VIS luma, NIR)`` on 0-255 lumas, or ``None``
+        for a fusion method whose fused image is the model's own (``fused`` of its call).
+      parts: the RFNet parts it needs (``()``: no model).
+      call: the ``inference.Predictor`` call it reads, for a method with ``parts``.
+      flow: its registration has a dense flow (shown as an image).
+      confident: it reports the coarse registration's confidence (:func:`confidence`).
+      succeeds: for a method that may fail (reported, then registered with the
+        identity, and timed on its own), what its success means; else ``""``.
+      settings: such a method's settings for results.json, ``settings(ecc_levels)``.
+      default: evaluated without ``--methods``.
+    """
+
+    name: str
+    label: str
+    registers: str = ""
+    register: Callable | None = None
+    fuses: str = ""
+    fuse: Callable | None = None
+    parts: tuple[str, ...] = ()
+    call: str | None = None
+    flow: bool = False
+    confident: bool = False
+    succeeds: str = ""
+    settings: Callable[[int], dict] | None = None
+    default: bool = True
+
+    def __post_init__(self):
+        if bool(self.parts) != (self.call is not None):
+            raise ValueError(f"{self.name}: a method needs both model parts and a call, or neither")
+        if bool(self.registers) != (self.register is not None):
+            raise ValueError(f"{self.name}: a registration needs its text and its function")
+
+
+def _identity(name, sample, predictions, ecc_levels) -> Registration:
+    return Registration(name)
+
+
+def _model_registration(affine: bool, flow: bool) -> Callable:
+    """The registration read from an RFNet call's outputs: its affine and / or flow."""
+
+    def register_from(name, sample, predictions, ecc_levels) -> Registration:
+        method = REGISTRY[name]
+        prediction = predictions[method.call]
+        theta = np.asarray(prediction["affine"], np.float64) if affine else None
+        field = np.asarray(prediction["flow"], np.float64) if flow else None
+        details = confidence(prediction) if method.confident else {}
+        if "sift_failed" in prediction:
+            details["sift_failed"] = bool(prediction["sift_failed"])
+        return Registration(name, theta=theta, flow=field, details=details)
+
+    return register_from
+
+
+def _baseline_registration(run: Callable) -> Callable:
+    """A classic method that may fail: ``run(moving, fixed, mask, ecc_levels)`` on 0-255
+    lumas returns ``(result, details)``; timed here."""
+
+    def register_with(name, sample, predictions, ecc_levels) -> Registration:
+        start = time.perf_counter()
+        moving = luma_255(sample.pair.vis)
+        fixed = sample.pair.nir[..., 0].astype(np.float64) * PEAK
+        result, details = run(moving, fixed, sample.moving_mask, ecc_levels)
+        return Registration(
+            name,
+            theta=None if result.failed else result.theta,
+            failed=result.failed,
+            reason=result.reason,
+            details=details,
+            seconds=time.perf_counter() - start,
+        )
+
+    return register_with
+
+
+def _ecc(moving, fixed, moving_mask, ecc_levels):
+    result = baselines.ecc_affine(moving, fixed, levels=ecc_levels, moving_mask=moving_mask)
+    return result, {"correlation": None if result.failed else result.correlation}
+
+
+def _sift(moving, fixed, moving_mask, ecc_levels):
+    result = baselines.sift_affine(moving, fixed, moving_mask=moving_mask)
+    return result, {"matches": result.matches, "inliers": result.inliers}
+
+
+def _sift_settings(ecc_levels: int) -> dict:
+    return {
+        "representation": baselines.SIFT_REPRESENTATION,
+        "ratio": baselines.SIFT_RATIO,
+        "ransac_threshold_px": baselines.SIFT_RANSAC_THRESHOLD_PX,
+        "min_inliers": baselines.SIFT_MIN_INLIERS,
+    }
+
+
+# Every method, in table order: registration methods (Table 1), then fusion-only ones
+# (Table 2). A new method is one entry here (and its test).
+REGISTRY = {
+    method.name: method
+    for method in (
+        # The full model: RFNet's affine, then its dense flow.
+        Method(
+            "rfnet", "RFNet", registers="affine + flow",
+            register=_model_registration(affine=True, flow=True),
+            fuses="F2M's fused luma", parts=PARTS, call=MODEL_CALL, flow=True, confident=True,
+        ),
+        Method(
+            "rfnet_coarse", "RFNet coarse", registers="the coarse module: affine only",
+            register=_model_registration(affine=True, flow=False),
+            parts=COARSE_PARTS, call=MODEL_CALL, confident=True,
+        ),
+        # The coarse module whose guarded search starts from a SIFT estimate (with
+        # AffineNet's prediction and the identity) instead of its grid of similarities, or
+        # rfnet_coarse where SIFT fails; a call of its own: an option beyond the paper,
+        # evaluated when named.
+        Method(
+            "rfnet_coarse_sift", "RFNet coarse + SIFT start",
+            registers="the coarse module's search started from a SIFT estimate",
+            register=_model_registration(affine=True, flow=False),
+            parts=COARSE_PARTS, call=COARSE_SIFT_CALL, confident=True, default=False,
+        ),
+        # F2M alone (RFNet.fine, a call of its own) is an ablation (the paper's
+        # Fig. 10(a)): evaluated when named.
+        Method(
+            "rfnet_fine", "RFNet fine (F2M alone)",
+            registers="F2M alone on the unregistered pair: its flow",
+            register=_model_registration(affine=False, flow=True),
+            fuses="F2M's fused luma of the unregistered pair, registered by its own flow alone",
+            parts=("f2m",), call=FINE_CALL, flow=True, default=False,
+        ),
+        # "Unaligned VIS" in Table 1.
+        Method("identity", "unaligned (identity)", registers="unaligned", register=_identity),
+        # OpenCV's ECC affine, coarse to fine (baselines.ecc_affine); SIFT keypoints, the
+        # ratio test and a RANSAC affine (baselines.sift_affine).
+        Method(
+            "ecc", "ECC affine", registers="OpenCV ECC affine",
+            register=_baseline_registration(_ecc), succeeds="converged",
+            settings=lambda ecc_levels: {"levels": ecc_levels},
+        ),
+        Method(
+            "sift", "SIFT affine", registers="SIFT matches, RANSAC affine",
+            register=_baseline_registration(_sift),
+            succeeds=f"found an affine with at least {baselines.SIFT_MIN_INLIERS} RANSAC inliers",
+            settings=_sift_settings,
+        ),
+        Method(
+            "average", "average", fuses="(registered VIS luma + NIR) / 2",
+            fuse=baselines.average_fusion,
+        ),
+        Method(
+            "laplacian", "Laplacian pyramid",
+            fuses=(
+                f"Laplacian pyramids of both ({baselines.LAPLACIAN_LEVELS} detail levels), the "
+                "larger absolute detail at each pixel and level, the mean of the bases"
+            ),
+            fuse=baselines.laplacian_fusion,
+        ),
+    )
 }
-METHODS = (*REGISTRATION_METHODS, "average", "laplacian")
-# F2M alone is an ablation (the paper's Fig. 10(a)) and the SIFT start an option beyond
-# the paper: evaluated when named.
-DEFAULT_METHODS = tuple(
-    method for method in METHODS if method not in ("rfnet_fine", "rfnet_coarse_sift")
-)
-# Methods that need the RFNet model: the parts each needs, and the call of
-# ``inference.Predictor`` it reads (one call of the whole model feeds rfnet and
-# rfnet_coarse; F2M alone is a call of its own).
-MODEL_PARTS = {
-    "rfnet": PARTS,
-    "rfnet_coarse": COARSE_PARTS,
-    "rfnet_coarse_sift": COARSE_PARTS,
-    "rfnet_fine": ("f2m",),
-}
-MODEL_CALLS = {
-    "rfnet": MODEL_CALL,
-    "rfnet_coarse": MODEL_CALL,
-    "rfnet_coarse_sift": COARSE_SIFT_CALL,
-    "rfnet_fine": FINE_CALL,
-}
-# Methods whose registration is the coarse module's (only an affine), with its
-# confidence (``coarse_ncc``, ``coarse_overlap``; unsure below the thresholds of
-# rfnet_tf.networks.refine).
-AFFINE_ONLY_METHODS = ("rfnet_coarse", "rfnet_coarse_sift")
-CONFIDENT_METHODS = ("rfnet", "rfnet_coarse", "rfnet_coarse_sift")
-# Registration methods with a dense flow (shown as an image), and fusion methods whose
-# fused image is the model's own.
-FLOW_METHODS = ("rfnet", "rfnet_fine")
-MODEL_FUSION_METHODS = ("rfnet", "rfnet_fine")
-# Registration methods that may fail (reported, then registered with the identity) and
-# are timed on their own, with what their success means.
-FALLIBLE_METHODS = ("ecc", "sift")
-SUCCESS_MEANS = {
-    "ecc": "converged",
-    "sift": f"found an affine with at least {baselines.SIFT_MIN_INLIERS} RANSAC inliers",
-}
+
+# Views of the registry.
+METHODS = tuple(REGISTRY)
+REGISTRATION_METHODS = tuple(name for name, m in REGISTRY.items() if m.register is not None)
+FUSION_METHODS = tuple(name for name, m in REGISTRY.items() if m.fuses)
+DEFAULT_METHODS = tuple(name for name, m in REGISTRY.items() if m.default)
+# The methods that need the RFNet model: the parts each needs and the call it reads.
+MODEL_PARTS = {name: m.parts for name, m in REGISTRY.items() if m.parts}
+MODEL_CALLS = {name: m.call for name, m in REGISTRY.items() if m.call is not None}
+FUSION_RULES = {name: REGISTRY[name].fuses for name in FUSION_METHODS}
+FLOW_METHODS = tuple(name for name, m in REGISTRY.items() if m.flow)
+CONFIDENT_METHODS = tuple(name for name, m in REGISTRY.items() if m.confident)
+MODEL_FUSION_METHODS = tuple(name for name in FUSION_METHODS if REGISTRY[name].fuse is None)
+FALLIBLE_METHODS = tuple(name for name, m in REGISTRY.items() if m.succeeds)
+SUCCESS_MEANS = {name: REGISTRY[name].succeeds for name in FALLIBLE_METHODS}
+
+
+def methods_help() -> str:
+    """The ``--methods`` help: every method and what it does, from the registry."""
+
+    def listing(names, text):
+        return ", ".join(
+            f"{name} ({text(REGISTRY[name])}{'' if REGISTRY[name].default else '; not by default'})"
+            for name in names
+        )
+
+    return (
+        f"Comma-separated methods. Registration: "
+        f"{listing(REGISTRATION_METHODS, lambda m: m.registers)}. Fusion of the NIR and the "
+        f"VIS registered by rfnet, else by the first registration method: "
+        f"{listing(FUSION_METHODS, lambda m: m.fuses)}."
+    )
+
 
 LANDMARK_METRICS = ("rmse", "mae", "mee")
 # A pair counts as registered within t px when its landmark RMSE is below t.
@@ -128,9 +268,6 @@ FUSION_METRICS = ("en", "std", "ag", "sf", "psnr", "mi", "ssim", "qabf")
 # PSNR / SSIM and every fusion metric) is better high.
 LOWER_IS_BETTER = {"registration": frozenset({"rmse", "mae", "mee", "epe"}), "fusion": frozenset()}
 
-# A warped validity mask counts a pixel as content only if (almost) all of its bilinear
-# weight falls on content, so blends with the black border are excluded.
-CONTENT_THRESHOLD = 0.999
 PEAK = 255.0
 
 
@@ -192,7 +329,7 @@ def register(
     method: str,
     sample: Sample,
     predictions: dict[str, dict[str, np.ndarray]],
-    ecc_levels: int = 3,
+    ecc_levels: int = baselines.ECC_LEVELS,
 ) -> Registration:
     """The transform of ``method`` for ``sample``.
 
@@ -200,44 +337,15 @@ def register(
       method: one of :data:`REGISTRATION_METHODS`.
       sample: the pair.
       predictions: ``{call: outputs}`` of the RFNet calls made for the pair
-        (``inference.Predictor``; :data:`MODEL_CALLS`): ``rfnet`` reads ``affine`` and
-        ``flow``, ``rfnet_coarse`` ``affine`` of the whole model's call, ``rfnet_fine``
-        ``flow`` of the fine call.
+        (``inference.Predictor``; :attr:`Method.call`): a model method reads the
+        ``affine`` and / or ``flow`` of its call.
       ecc_levels: ECC pyramid levels.
     """
-    if method == "identity":
-        return Registration(method)
-    if method in MODEL_CALLS:
-        prediction = predictions[MODEL_CALLS[method]]
-        theta = None if method == "rfnet_fine" else np.asarray(prediction["affine"], np.float64)
-        flow = None if method in AFFINE_ONLY_METHODS else np.asarray(prediction["flow"], np.float64)
-        details = confidence(prediction) if method in CONFIDENT_METHODS else {}
-        if "sift_failed" in prediction:
-            details["sift_failed"] = bool(prediction["sift_failed"])
-        return Registration(method, theta=theta, flow=flow, details=details)
-    if method not in FALLIBLE_METHODS:
+    if method not in REGISTRATION_METHODS:
         raise ValueError(
             f"unknown registration method {method!r}; methods are {REGISTRATION_METHODS}"
         )
-    start = time.perf_counter()
-    moving = luma_255(sample.pair.vis)
-    fixed = sample.pair.nir[..., 0].astype(np.float64) * PEAK
-    if method == "ecc":
-        result = baselines.ecc_affine(
-            moving, fixed, levels=ecc_levels, moving_mask=sample.moving_mask
-        )
-        details = {"correlation": None if result.failed else result.correlation}
-    else:
-        result = baselines.sift_affine(moving, fixed, moving_mask=sample.moving_mask)
-        details = {"matches": result.matches, "inliers": result.inliers}
-    return Registration(
-        method,
-        theta=None if result.failed else result.theta,
-        failed=result.failed,
-        reason=result.reason,
-        details=details,
-        seconds=time.perf_counter() - start,
-    )
+    return REGISTRY[method].register(method, sample, predictions, ecc_levels)
 
 
 def confidence(prediction: dict) -> dict:
@@ -257,14 +365,7 @@ def confidence(prediction: dict) -> dict:
 
 def method_settings(method: str, ecc_levels: int) -> dict:
     """The settings a method of :data:`FALLIBLE_METHODS` runs with, for results.json."""
-    if method == "ecc":
-        return {"levels": ecc_levels}
-    return {
-        "representation": baselines.SIFT_REPRESENTATION,
-        "ratio": baselines.SIFT_RATIO,
-        "ransac_threshold_px": baselines.SIFT_RANSAC_THRESHOLD_PX,
-        "min_inliers": baselines.SIFT_MIN_INLIERS,
-    }
+    return REGISTRY[method].settings(ecc_levels)
 
 
 def finite_or_none(value: float) -> float | None:
@@ -368,15 +469,11 @@ def fuse(method: str, registered: Registered, nir: np.ndarray, predictions: dict
       predictions: ``{call: outputs}`` of the RFNet calls (:func:`register`); a method
         of :data:`MODEL_FUSION_METHODS` takes ``fused`` of its call.
     """
+    if method not in FUSION_METHODS:
+        raise ValueError(f"unknown fusion method {method!r}; methods are {FUSION_METHODS}")
     if method in MODEL_FUSION_METHODS:
         return np.asarray(predictions[MODEL_CALLS[method]]["fused"], np.float64)[..., 0] * PEAK
-    if method == "average":
-        return baselines.average_fusion(registered.vis_luma, nir[..., 0].astype(np.float64) * PEAK)
-    if method == "laplacian":
-        return baselines.laplacian_fusion(
-            registered.vis_luma, nir[..., 0].astype(np.float64) * PEAK
-        )
-    raise ValueError(f"unknown fusion method {method!r}; methods are {FUSION_METHODS}")
+    return REGISTRY[method].fuse(registered.vis_luma, nir[..., 0].astype(np.float64) * PEAK)
 
 
 def fused_rgb(fused_luma: np.ndarray, registered_vis: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from pathlib import Path
 from absl import logging
 from tqdm import tqdm
 
-from rfnet_tf import visualize
+from rfnet_tf import baselines, visualize
 from rfnet_tf.evaluation import methods as methods_lib
 from rfnet_tf.evaluation import outputs, report, sources
 from rfnet_tf.evaluation.inference import (
@@ -97,7 +97,7 @@ class Options:
 
     paper_conventions: bool = False
     checkerboard_tiles: int = 8
-    ecc_levels: int = 3
+    ecc_levels: int = baselines.ECC_LEVELS
     progress: bool = True
 
 

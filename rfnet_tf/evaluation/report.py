@@ -24,6 +24,7 @@ import numpy as np
 
 from rfnet_tf.evaluation.methods import (
     LOWER_IS_BETTER,
+    REGISTRY,
     SUCCESS_METRICS,
     SUCCESS_THRESHOLDS_PX,
 )
@@ -31,17 +32,8 @@ from rfnet_tf.staging import write_atomically
 
 PRECISION = 3
 MISSING_CELL = "n/a"
-METHOD_LABELS = {
-    "rfnet": "RFNet",
-    "rfnet_coarse": "RFNet coarse",
-    "rfnet_coarse_sift": "RFNet coarse + SIFT start",
-    "rfnet_fine": "RFNet fine (F2M alone)",
-    "identity": "unaligned (identity)",
-    "ecc": "ECC affine",
-    "sift": "SIFT affine",
-    "average": "average",
-    "laplacian": "Laplacian pyramid",
-}
+# Column headings: each method's label (rfnet_tf.evaluation.methods.REGISTRY).
+METHOD_LABELS = {name: method.label for name, method in REGISTRY.items()}
 # The rows of the per-category registration table.
 CATEGORY_METRICS = ("rmse", *SUCCESS_METRICS)
 METRIC_LABELS = {

@@ -20,7 +20,6 @@ Everything is read (and misaligned) up front, so bad input fails before any infe
 from __future__ import annotations
 
 import dataclasses
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -31,19 +30,19 @@ from rfnet_tf.data import (
     Pair,
     demo_misaligned,
     detect_layout,
-    make_misaligned_pair,
     read_dataset,
     read_landmark_folder,
     read_pair,
 )
 from rfnet_tf.data.demo import DEMO_IMAGES
-from rfnet_tf.data.io import KNOWN_AFFINE_SUFFIX
+from rfnet_tf.data.io import KNOWN_AFFINE_SUFFIX, LAYOUTS
 from rfnet_tf.data.splits import select_pairs
 from rfnet_tf.data.synthetic import (
     MISALIGNMENT_KINDS,
     AffineRanges,
     LocalFieldRanges,
     invert_affine,
+    seeded_misalignment,
 )
 from rfnet_tf.metrics.registration import (
     grid_points,
@@ -54,7 +53,8 @@ from rfnet_tf.metrics.registration import (
 )
 from rfnet_tf.networks.f2m import MIN_IMAGE_SIZE
 
-FOLDER_LAYOUTS = ("auto", "pairs", "nirscene", "known_affine")
+# --data_dir reads every layout but the landmark files' (read by --landmarks_dir).
+FOLDER_LAYOUTS = tuple(layout for layout in LAYOUTS if layout != "landmarks")
 # What --data_dir's pairs get: a synthetic misalignment, or none ("none": taken as they are).
 FOLDER_MISALIGNMENTS = (*MISALIGNMENT_KINDS, "none")
 # The known-affine metric's grid: this many fixed points a side, corner to corner.
@@ -63,8 +63,6 @@ GRID_POINTS_PER_SIDE = 9
 # registration's inverse: the paper's reading) or in the moving one (fixed landmarks
 # carried by the registration's backward map: the known-affine benchmark's reading).
 LANDMARK_FRAMES = ("fixed", "moving")
-# The generator of a folder pair's misalignment is keyed on (seed, crc32(name), this).
-_MISALIGNMENT_STREAM = 1
 
 
 @dataclasses.dataclass(eq=False)
@@ -205,12 +203,6 @@ def landmark_folder(root: str | Path, skip_bad: bool = False) -> EvaluationSet:
     )
 
 
-def misalignment_rng(seed: int, name: str) -> np.random.Generator:
-    """The generator of one pair's synthetic misalignment: keyed on the seed and the
-    pair's name only, so a pair's misalignment does not depend on the other pairs."""
-    return np.random.default_rng([seed, zlib.crc32(name.encode()), _MISALIGNMENT_STREAM])
-
-
 def misalign(
     pair: Pair,
     kind: str,
@@ -225,14 +217,7 @@ def misalign(
       DataError: the image is too small to hold the landmarks (names the file).
     """
     try:
-        truth = make_misaligned_pair(
-            pair,
-            misalignment_rng(seed, pair.name),
-            kind,
-            num_landmarks,
-            affine_ranges,
-            field_ranges,
-        )
+        truth = seeded_misalignment(pair, seed, kind, num_landmarks, affine_ranges, field_ranges)
     except ValueError as error:
         where = pair.vis_path or pair.name
         raise DataError(f"{where}: cannot be misaligned synthetically: {error}") from error

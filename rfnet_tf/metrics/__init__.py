@@ -6,7 +6,6 @@ from rfnet_tf.metrics.registration import (
     landmark_summary,
     map_fixed_to_moving,
     map_moving_to_fixed,
-    registration_metrics,
     sampling_coordinates,
     warp_image,
 )
@@ -17,7 +16,6 @@ __all__ = [
     "landmark_summary",
     "map_fixed_to_moving",
     "map_moving_to_fixed",
-    "registration_metrics",
     "sampling_coordinates",
     "warp_image",
 ]

@@ -30,10 +30,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-# As layers/resampler.py: a sample point counts as inside the image within this many
-# pixels of [0, H-1] x [0, W-1], so that affine round-off (~1e-6 px) cannot mark the
-# image's own border pixels invalid.
-MASK_TOLERANCE_PX = 1e-3
+from rfnet_tf.conventions import MASK_TOLERANCE_PX
+
 
 # SSIM (Wang et al., IEEE TIP 2004): 11x11 Gaussian window, sigma 1.5, K1 = 0.01,
 # K2 = 0.03, dynamic range L = 255.
@@ -438,44 +436,3 @@ def endpoint_error(flow_pred, flow_true, mask=None) -> float:
     valid = valid > 0.5
     return float(distance[valid].mean()) if valid.any() else float("nan")
 
-
-def registration_metrics(
-    registered_luma,
-    nir,
-    mask=None,
-    landmark_distances=None,
-    flow_pred=None,
-    flow_true=None,
-) -> dict[str, float]:
-    """Paper Table 1 metrics of one registered pair.
-
-    Args:
-      registered_luma: ``(H, W)`` registered VIS luma, 0-255.
-      nir: ``(H, W)`` fixed NIR, 0-255.
-      mask: optional validity mask of the registration (``warp_image``'s or the
-        network's); PSNR and SSIM use only valid pixels.
-      landmark_distances: optional ``(N,)`` landmark errors (``landmark_errors``).
-      flow_pred, flow_true: optional ``(H, W, 2)`` estimated and true total
-        displacement (or ``sampling_coordinates``) fields, for the end-point error
-        over ``mask``.
-
-    Returns:
-      ``{"rmse", "mae", "mee", "psnr", "ssim", "epe"}``. Every key is always present
-      (a fixed set of table columns): the landmark keys are NaN without landmarks and
-      ``epe`` is NaN unless both flows are given (a true field exists only for a
-      synthetic misalignment).
-    """
-    nan = float("nan")
-    if landmark_distances is None:
-        landmarks = {"rmse": nan, "mae": nan, "mee": nan}
-    else:
-        landmarks = landmark_summary(landmark_distances)
-    if (flow_pred is None) != (flow_true is None):
-        raise ValueError("give both flow_pred and flow_true, or neither")
-    epe = nan if flow_pred is None else endpoint_error(flow_pred, flow_true, mask)
-    return {
-        **landmarks,
-        "psnr": registration_psnr(registered_luma, nir, mask),
-        "ssim": registration_ssim(registered_luma, nir, mask),
-        "epe": epe,
-    }

@@ -6,12 +6,20 @@ from pathlib import Path
 
 from absl import flags, logging
 
-from rfnet_tf.data import read_dataset
+from rfnet_tf.data import detect_layout, read_dataset
+from rfnet_tf.data.io import LAYOUTS
 from rfnet_tf.data.splits import select_pairs
 from rfnet_tf.staging import writable_ancestor
+from rfnet_tf.training.loop import LoopConfig
 from rfnet_tf.training.runtime import STRATEGIES
 
-LAYOUTS = ("auto", "pairs", "nirscene", "landmarks")
+# Layouts that are no training data, and why.
+NOT_TRAINING_DATA = {
+    "known_affine": (
+        "the known-affine benchmark, whose NIR images are misaligned by stored affines "
+        "(an evaluation set: evaluate.py --data_dir); training needs aligned pairs"
+    ),
+}
 
 
 class FlagError(ValueError):
@@ -35,18 +43,18 @@ def define_common_flags(default_model_dir: str, default_epochs: int) -> None:
     flags.DEFINE_integer("batch_size", 4, "Global batch size (split across replicas).")
     flags.DEFINE_integer("crops_per_image", 1, "Random crops of each pair per epoch.")
     flags.DEFINE_integer("epochs", default_epochs, "Epochs of each stage.")
-    flags.DEFINE_float("learning_rate", 4e-4, "Initial Adam learning rate.")
-    flags.DEFINE_float("decay_rate", 0.96, "Learning-rate factor per epoch (exponential decay).")
-    flags.DEFINE_float("clip_norm", 0.0, "Clip the gradients' global norm to this (0: no clipping).")
+    flags.DEFINE_float("learning_rate", LoopConfig.learning_rate, "Initial Adam learning rate.")
+    flags.DEFINE_float("decay_rate", LoopConfig.decay_rate, "Learning-rate factor per epoch (exponential decay).")
+    flags.DEFINE_float("clip_norm", LoopConfig.clip_norm, "Clip the gradients' global norm to this (0: no clipping).")
     flags.DEFINE_string("model_dir", default_model_dir, "Where each stage keeps checkpoints, flags, events and export/.")
     flags.DEFINE_integer("seed", 0, "Seed of the data stream and of the initial weights.")
     flags.DEFINE_integer("max_steps", 0, "Stop each stage after this many steps (0: the full schedule).")
-    flags.DEFINE_integer("checkpoint_every", 200, "Steps between checkpoints and image summaries.")
-    flags.DEFINE_integer("log_every", 10, "Steps between progress lines and scalar summaries.")
+    flags.DEFINE_integer("checkpoint_every", LoopConfig.checkpoint_every, "Steps between checkpoints and image summaries.")
+    flags.DEFINE_integer("log_every", LoopConfig.log_every, "Steps between progress lines and scalar summaries.")
     flags.DEFINE_enum("strategy", "default", STRATEGIES, "tf.distribute strategy.")
     flags.DEFINE_integer("cpu_devices", 1, "Logical CPU devices to create (mirrored training without GPUs).")
     flags.DEFINE_bool("mixed_precision", False, "mixed_float16 on GPUs, mixed_bfloat16 on CPUs.")
-    flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA.")
+    flags.DEFINE_bool("jit_compile", LoopConfig.jit_compile, "Compile the training step with XLA.")
     flags.DEFINE_string(
         "validation_data_dir", "",
         "Aligned pairs that the run never trains on: the AffineNet and deformation stages "
@@ -59,7 +67,7 @@ def define_common_flags(default_model_dir: str, default_epochs: int) -> None:
         "to validate on (default: all).",
     )
     flags.DEFINE_integer("validation_draws", 2, "Synthetic misalignments per validation pair.")
-    flags.DEFINE_integer("validate_every", 200, "Steps between validations.")
+    flags.DEFINE_integer("validate_every", LoopConfig.validate_every, "Steps between validations.")
 
 
 def quiet_tensorflow_logs() -> None:
@@ -109,7 +117,7 @@ def read_validation_pairs(values, training_pairs):
     if not values.validation_data_dir:
         return []
     pairs = select_pairs(
-        read_dataset(values.validation_data_dir, layout="auto"),
+        _read_aligned(values.validation_data_dir, "auto", "--validation_data_dir"),
         only=values.validation_pairs,
         where=values.validation_data_dir,
     )
@@ -122,11 +130,17 @@ def read_validation_pairs(values, training_pairs):
 
 def read_training_pairs(values):
     """The pairs of ``--data_dir`` but ``--exclude``; ``DataError`` messages name the bad files."""
-    pairs = read_dataset(
-        values.data_dir,
-        layout=values.layout,
-        vis_dir=values.vis_dir,
-        nir_dir=values.nir_dir,
-        skip_bad=values.skip_bad,
+    pairs = _read_aligned(
+        values.data_dir, values.layout, "--data_dir", values.vis_dir, values.nir_dir, values.skip_bad
     )
     return select_pairs(pairs, exclude=values.exclude, where=values.data_dir)
+
+
+def _read_aligned(root, layout, flag, vis_dir="vis", nir_dir="nir", skip_bad=False):
+    """``read_dataset`` of a folder of training data; ``FlagError`` for a layout of
+    :data:`NOT_TRAINING_DATA` (given, or detected for ``"auto"``)."""
+    if layout == "auto":
+        layout = detect_layout(root, vis_dir, nir_dir)
+    if layout in NOT_TRAINING_DATA:
+        raise FlagError(f"{flag} {root}: layout {layout!r} is {NOT_TRAINING_DATA[layout]}")
+    return read_dataset(root, layout=layout, vis_dir=vis_dir, nir_dir=nir_dir, skip_bad=skip_bad)

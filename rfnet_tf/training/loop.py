@@ -20,7 +20,7 @@ import tensorflow as tf
 from absl import logging
 
 from rfnet_tf.training.runtime import is_chief, worker_name
-from rfnet_tf.training.stages import Stage
+from rfnet_tf.training.stages import TrainingStage
 from rfnet_tf.training.validation import VALIDATION_LOG
 from rfnet_tf.visualize import checkerboard
 from rfnet_tf.weights import EXPORT_SUBDIR, export_weights
@@ -103,7 +103,7 @@ def make_optimizer(config: LoopConfig) -> keras.optimizers.Optimizer:
 
 
 def run_stage(
-    stage: Stage,
+    stage: TrainingStage,
     strategy: tf.distribute.Strategy,
     make_dataset: Callable[[int], tf.data.Dataset],
     config: LoopConfig,
@@ -269,7 +269,7 @@ def _make_train_step(stage, strategy, optimizer, variables, jit_compile):
     return train_step
 
 
-def _validate(stage: Stage, config: LoopConfig, chief: bool, step: int, out: TextIO) -> None:
+def _validate(stage: TrainingStage, config: LoopConfig, chief: bool, step: int, out: TextIO) -> None:
     """Measures the model on the held-out pairs; logs, summarises and appends the result
     to ``validation.jsonl`` (the chief only)."""
     if config.validation is None or not chief:
@@ -288,7 +288,7 @@ def _validate(stage: Stage, config: LoopConfig, chief: bool, step: int, out: Tex
         log.write(json.dumps({"step": step, **results}) + "\n")
 
 
-def _image_summaries(stage: Stage, batch: dict, step: int) -> None:
+def _image_summaries(stage: TrainingStage, batch: dict, step: int) -> None:
     _, images = stage.compute(batch, training=False)
     images = {name: np.clip(value.numpy()[:_SUMMARY_IMAGES], 0.0, 1.0) for name, value in images.items()}
     if "registered" in images:
@@ -298,7 +298,7 @@ def _image_summaries(stage: Stage, batch: dict, step: int) -> None:
         tf.summary.image(f"{stage.name}/{name}", value, step=step, max_outputs=_SUMMARY_IMAGES)
 
 
-def _export(stage: Stage, config: LoopConfig, chief: bool, steps: int) -> None:
+def _export(stage: TrainingStage, config: LoopConfig, chief: bool, steps: int) -> None:
     if not chief:
         return
     parts = tuple(dict.fromkeys(config.carried_parts + stage.trained_parts))

@@ -1,11 +1,13 @@
 """The four training stages of RFNet (paper Sec. 4, ARCHITECTURE section 5).
 
 A stage names the part of ``RFNet`` it trains (its variable group), freezes the rest,
-and computes its loss terms from a batch of the matching ``rfnet_tf.data`` pipeline:
+and computes its loss terms from a batch of the matching ``rfnet_tf.data`` pipeline
+(:attr:`TrainingStage.dataset`). Each is one class, registered by name in
+:data:`STAGES`; :func:`Stage` makes one by name:
 
 * ``transnet``: TransNet on aligned pairs, Eqs. 1-2.
 * ``affinenet``: AffineNet with TransNet frozen, on pairs with a synthetic affine
-  misalignment, Eqs. 4-5.
+  misalignment, Eqs. 4-5 (settings: :class:`AffineSettings`).
 * ``fusion``: F2M phase 1, everything but the deformation block, Eqs. 6-8.
 * ``deformation``: F2M phase 2, the deformation block only, Eq. 9-10 (Eq. 10 on the
   field in normalised units, ``losses.deformation``).
@@ -19,93 +21,98 @@ TransNet's translation of ``vis`` made by the pipeline).
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import tensorflow as tf
 
 from layers import affine_grid, warp_affine, warp_flow
-from losses import deformation_loss, fusion_loss, multiscale_coarse_loss, transnet_loss
+from losses import (
+    LossWeights,
+    deformation_loss,
+    fusion_loss,
+    multiscale_coarse_loss,
+    transnet_loss,
+)
 from rfnet_tf.colour import luma
+from rfnet_tf.conventions import CONTENT_THRESHOLD
+from rfnet_tf.data import affinenet_dataset, f2m_dataset, transnet_dataset
 from rfnet_tf.networks import RFNet
 
-STAGES = ("transnet", "affinenet", "fusion", "deformation")
-
-# A bilinearly warped binary mask is 1 only where all four corners were valid.
-_VALID_THRESHOLD = 0.999
-
-
-@dataclasses.dataclass(frozen=True)
-class LossWeights:
-    """Hyper-parameters of the losses (paper defaults).
-
-    ``ncc_scales`` and ``affine_supervision`` are extensions for short schedules, off by
-    default: the AffineNet loss averaged over a dyadic pyramid
-    (``losses.multiscale_coarse_loss``), and a supervised term, the mean distance (in
-    normalised units) between the predicted and the synthetic ground-truth sampling
-    points, which makes the stage no longer unsupervised.
-    """
-
-    eta: float = 2.0
-    gamma: float = 0.7
-    delta: float = 100.0
-    lambda_smooth: float = 0.1
-    alpha: float = 0.5
-    ncc_scales: int = 1
-    affine_supervision: float = 0.0
+__all__ = ["AffineSettings", "LossWeights", "STAGES", "Stage", "TrainingStage", "warped_mask"]
 
 
 def warped_mask(mask: tf.Tensor, transform: tf.Tensor) -> tf.Tensor:
     """Validity of a warped image: its content mask warped along, times in-image."""
     warp = warp_affine if len(transform.shape) == 3 else warp_flow
     moved, inside = warp(mask, transform)
-    return tf.cast(moved >= _VALID_THRESHOLD, mask.dtype) * inside
+    return tf.cast(moved >= CONTENT_THRESHOLD, mask.dtype) * inside
 
 
-class Stage:
-    """One training stage over a shared ``RFNet``.
+@dataclasses.dataclass(frozen=True)
+class NoSettings:
+    """A stage without settings of its own."""
 
-    Args:
-      name: one of ``STAGES``.
-      model: the RFNet whose parts are trained and frozen.
-      weights: loss hyper-parameters.
+
+@dataclasses.dataclass(frozen=True)
+class AffineSettings:
+    """The AffineNet stage's extensions for short schedules, off by default.
+
+    Attributes:
+      ncc_scales: the loss averaged over this many dyadic scales
+        (``losses.multiscale_coarse_loss``; 1: the paper's Eq. 4).
+      affine_supervision: weight of a supervised term, the mean distance (in normalised
+        units) between the predicted and the synthetic ground-truth sampling points,
+        which makes the stage no longer unsupervised (0: off).
     """
 
-    def __init__(self, name: str, model: RFNet, weights: LossWeights = LossWeights()):
-        if name not in STAGES:
-            raise ValueError(f"unknown stage {name!r}; stages are {STAGES}")
-        self.name = name
+    ncc_scales: int = 1
+    affine_supervision: float = 0.0
+
+
+_REGISTRY: dict[str, type[TrainingStage]] = {}
+
+
+def _register(cls: type[TrainingStage]) -> type[TrainingStage]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+class TrainingStage:
+    """One training stage over a shared ``RFNet``: a subclass per stage.
+
+    Args:
+      model: the RFNet whose parts are trained and frozen.
+      weights: the loss weights.
+      settings: the stage's own settings, a :attr:`Settings`.
+
+    Class attributes of a stage: ``name``; ``trained_parts``, the RFNet parts whose
+    variables it changes (exported with its weights); ``dataset``, the
+    ``rfnet_tf.data`` pipeline of its batches; ``Settings``, its settings' dataclass.
+    """
+
+    name: ClassVar[str]
+    trained_parts: ClassVar[tuple[str, ...]]
+    dataset: ClassVar
+    Settings: ClassVar[type] = NoSettings
+
+    def __init__(self, model: RFNet, weights: LossWeights = LossWeights(), settings=None):
         self.model = model
         self.weights = weights
-
-    @property
-    def trained_parts(self) -> tuple[str, ...]:
-        """The RFNet parts whose variables this stage changes."""
-        return {"transnet": ("transnet",), "affinenet": ("affinenet",)}.get(self.name, ("f2m",))
+        self.settings = self.Settings() if settings is None else settings
 
     @property
     def variables(self) -> list:
         """The variable group this stage updates; everything else stays frozen."""
-        if self.name == "transnet":
-            return self.model.transnet.variable_group
-        if self.name == "affinenet":
-            return self.model.affinenet.variable_group
-        if self.name == "fusion":
-            return self.model.f2m.fusion_variables
-        return self.model.f2m.deformation_variables
+        raise NotImplementedError
 
     def freeze(self) -> None:
         """Marks the frozen parts non-trainable (batch norm then keeps its statistics)."""
-        model = self.model
-        for network in (model.transnet, model.affinenet, model.f2m):
+        for network in (self.model.transnet, self.model.affinenet, self.model.f2m):
             network.trainable = False
-        if self.name == "transnet":
-            model.transnet.trainable = True
-        elif self.name == "affinenet":
-            model.affinenet.trainable = True
-        elif self.name == "fusion":
-            model.f2m.trainable = True
-            model.f2m.deformation_block.trainable = False
-        else:
-            model.f2m.deformation_block.trainable = True
+        self._unfreeze()
+
+    def _unfreeze(self) -> None:
+        raise NotImplementedError
 
     def compute(
         self, batch: dict, training: bool = True, flow: tf.Tensor | None = None
@@ -126,68 +133,158 @@ class Stage:
           ``(B, h, w, 1)`` lumas for TensorBoard (``registered`` and ``nir`` also make
           the checkerboard).
         """
-        if flow is not None and self.trained_parts != ("f2m",):
+        if flow is not None:
             raise ValueError(f"the {self.name} stage has no flow to replace")
+        return self._compute(batch, luma(batch["vis"]), training)
+
+    def _compute(self, batch: dict, vis_luma: tf.Tensor, training: bool) -> tuple[dict, dict]:
+        raise NotImplementedError
+
+
+class NetworkStage(TrainingStage):
+    """A stage that trains one whole network of RFNet, its one trained part."""
+
+    @property
+    def variables(self) -> list:
+        (part,) = self.trained_parts
+        return getattr(self.model, part).variable_group
+
+    def _unfreeze(self) -> None:
+        (part,) = self.trained_parts
+        getattr(self.model, part).trainable = True
+
+
+@_register
+class TransNetStage(NetworkStage):
+    """TransNet on aligned pairs, Eqs. 1-2."""
+
+    name = "transnet"
+    trained_parts = ("transnet",)
+    dataset = staticmethod(transnet_dataset)
+
+    def _compute(self, batch, vis_luma, training):
+        nir = batch["nir"]
+        out = self.model.transnet([vis_luma, nir], training=training)
+        out = {key: tf.cast(value, tf.float32) for key, value in out.items()}
+        terms = transnet_loss(
+            vis_luma, nir, out["vis_recon"], out["nir_recon"], out["vis_to_nir"],
+            out["nir_to_vis"], eta=self.weights.eta, mask=batch["mask"],
+        )
+        images = {"vis": vis_luma, "nir": nir, "vis_to_nir": out["vis_to_nir"],
+                  "nir_to_vis": out["nir_to_vis"]}
+        return terms, images
+
+
+@_register
+class AffineNetStage(NetworkStage):
+    """AffineNet with TransNet frozen, on synthetically misaligned pairs, Eqs. 4-5."""
+
+    name = "affinenet"
+    trained_parts = ("affinenet",)
+    dataset = staticmethod(affinenet_dataset)
+    Settings = AffineSettings
+
+    def _compute(self, batch, vis_luma, training):
+        nir = batch["nir"]
+        settings = self.settings
+        # The pipeline may carry the frozen TransNet's translation, made once per pair
+        # (``affinenet_dataset(translated=...)``); else it is made here.
+        translated = (
+            batch["translated"]
+            if "translated" in batch
+            else tf.cast(self.model.transnet.translate_vis(vis_luma), tf.float32)
+        )
+        affine = tf.cast(
+            self.model.affinenet(tf.concat([translated, nir], axis=-1), training=training),
+            tf.float32,
+        )
+        warped, _ = warp_affine(translated, affine)
+        valid = warped_mask(batch["mask"], affine)
+        ncc_loss = multiscale_coarse_loss(warped, nir, valid, scales=settings.ncc_scales)
+        # Where the predicted and the true registration sample the moving crop: the
+        # mean distance in pixels is monitored; in normalised units it is the
+        # optional supervised term.
+        shape = tf.shape(nir)
+        predicted = affine_grid(affine, shape[1], shape[2])
+        true = affine_grid(tf.cast(batch["affine"], tf.float32), shape[1], shape[2])
+        error_px = tf.reduce_mean(tf.norm(predicted - true, axis=-1))
+        terms = {"total": ncc_loss, "ncc": ncc_loss, "registration_error_px": error_px}
+        if settings.affine_supervision:
+            size = tf.cast(tf.reduce_max(shape[1:3]) - 1, tf.float32)
+            supervised = error_px * 2.0 / size
+            terms["supervised"] = supervised
+            terms["total"] = ncc_loss + settings.affine_supervision * supervised
+        registered, _ = warp_affine(vis_luma, affine)
+        images = {"vis": vis_luma, "nir": nir, "vis_to_nir": translated,
+                  "registered": registered}
+        return terms, images
+
+
+class F2MStage(TrainingStage):
+    """The F2M phases: the model's fused image and flow, a phase's own loss on them.
+    A phase trains either the deformation block alone or everything else of F2M."""
+
+    trained_parts = ("f2m",)
+    dataset = staticmethod(f2m_dataset)
+    trains_deformation: ClassVar[bool]
+
+    @property
+    def variables(self) -> list:
+        f2m = self.model.f2m
+        return f2m.deformation_variables if self.trains_deformation else f2m.fusion_variables
+
+    def _unfreeze(self) -> None:
+        self.model.f2m.trainable = not self.trains_deformation
+        self.model.f2m.deformation_block.trainable = self.trains_deformation
+
+    def compute(self, batch, training=True, flow=None):
         vis_luma = luma(batch["vis"])
         nir = batch["nir"]
-        mask = batch["mask"]
-        weights = self.weights
-        if self.name == "transnet":
-            out = self.model.transnet([vis_luma, nir], training=training)
-            out = {key: tf.cast(value, tf.float32) for key, value in out.items()}
-            terms = transnet_loss(
-                vis_luma, nir, out["vis_recon"], out["nir_recon"], out["vis_to_nir"],
-                out["nir_to_vis"], eta=weights.eta, mask=mask,
-            )
-            images = {"vis": vis_luma, "nir": nir, "vis_to_nir": out["vis_to_nir"],
-                      "nir_to_vis": out["nir_to_vis"]}
-            return terms, images
-
-        if self.name == "affinenet":
-            # The pipeline may carry the frozen TransNet's translation, made once per pair
-            # (``affinenet_dataset(translated=...)``); else it is made here.
-            translated = (
-                batch["translated"]
-                if "translated" in batch
-                else tf.cast(self.model.transnet.translate_vis(vis_luma), tf.float32)
-            )
-            affine = tf.cast(
-                self.model.affinenet(tf.concat([translated, nir], axis=-1), training=training),
-                tf.float32,
-            )
-            warped, _ = warp_affine(translated, affine)
-            valid = warped_mask(mask, affine)
-            ncc_loss = multiscale_coarse_loss(warped, nir, valid, scales=weights.ncc_scales)
-            # Where the predicted and the true registration sample the moving crop: the
-            # mean distance in pixels is monitored; in normalised units it is the
-            # optional supervised term.
-            shape = tf.shape(nir)
-            predicted = affine_grid(affine, shape[1], shape[2])
-            true = affine_grid(tf.cast(batch["affine"], tf.float32), shape[1], shape[2])
-            error_px = tf.reduce_mean(tf.norm(predicted - true, axis=-1))
-            terms = {"total": ncc_loss, "ncc": ncc_loss, "registration_error_px": error_px}
-            if weights.affine_supervision:
-                size = tf.cast(tf.reduce_max(shape[1:3]) - 1, tf.float32)
-                supervised = error_px * 2.0 / size
-                terms["supervised"] = supervised
-                terms["total"] = ncc_loss + weights.affine_supervision * supervised
-            registered, _ = warp_affine(vis_luma, affine)
-            images = {"vis": vis_luma, "nir": nir, "vis_to_nir": translated,
-                      "registered": registered}
-            return terms, images
-
         out = self.model.f2m([vis_luma, nir], training=training, flow=flow)
         fused = tf.cast(out["fused"], tf.float32)
         flow = tf.cast(out["flow"], tf.float32)
-        if self.name == "fusion":
-            terms = fusion_loss(fused, vis_luma, nir, gamma=weights.gamma, delta=weights.delta,
-                                mask=mask)
-        else:
-            valid = warped_mask(mask, flow)
-            terms = deformation_loss(fused, nir, flow, lambda_smooth=weights.lambda_smooth,
-                                     alpha=weights.alpha, mask=valid)
+        terms = self._loss(fused, vis_luma, nir, flow, batch["mask"])
         error = tf.norm(flow - tf.cast(batch["flow"], tf.float32), axis=-1)
         terms["flow_error_px"] = tf.reduce_mean(error)
         registered = tf.cast(out["registered"], tf.float32)
         images = {"vis": vis_luma, "nir": nir, "fused": fused, "registered": registered}
         return terms, images
+
+    def _loss(self, fused, vis_luma, nir, flow, mask) -> dict:
+        raise NotImplementedError
+
+
+@_register
+class FusionStage(F2MStage):
+    """F2M phase 1: everything but the deformation block, Eqs. 6-8."""
+
+    name, trains_deformation = "fusion", False
+
+    def _loss(self, fused, vis_luma, nir, flow, mask):
+        gamma, delta = self.weights.gamma, self.weights.delta
+        return fusion_loss(fused, vis_luma, nir, gamma=gamma, delta=delta, mask=mask)
+
+
+@_register
+class DeformationStage(F2MStage):
+    """F2M phase 2: the deformation block alone, Eqs. 9-10."""
+
+    name, trains_deformation = "deformation", True
+
+    def _loss(self, fused, vis_luma, nir, flow, mask):
+        lambda_smooth, alpha = self.weights.lambda_smooth, self.weights.alpha
+        valid = warped_mask(mask, flow)
+        return deformation_loss(fused, nir, flow, lambda_smooth, alpha, mask=valid)
+
+
+# The stages in training order.
+STAGES = tuple(_REGISTRY)
+
+
+def Stage(name: str, model: RFNet, weights: LossWeights = LossWeights(), **settings) -> TrainingStage:
+    """The stage ``name`` of :data:`STAGES` over ``model``; ``settings`` are its
+    ``Settings``' fields (e.g. ``ncc_scales=`` for ``"affinenet"``)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown stage {name!r}; stages are {STAGES}")
+    cls = _REGISTRY[name]
+    return cls(model, weights, cls.Settings(**settings))

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from layers import affine_grid, identity_grid, warp_affine, warp_flow
 from rfnet_tf.data.io import Pair
+from rfnet_tf.metrics.registration import affine_to_pixel_matrix
 from rfnet_tf.data.synthetic import (
     AffineRanges,
     Curriculum,
@@ -23,9 +24,6 @@ from rfnet_tf.data.synthetic import (
     invert_affine,
     invert_flow,
     make_misaligned_pair,
-    normalisation_matrix,
-    normalised_to_pixel,
-    pixel_to_normalised,
     random_affine,
     random_local_field,
     transform_points,
@@ -89,14 +87,9 @@ def test_pixel_and_normalised_affines_agree_with_layers_affine_grid(rng):
     np.testing.assert_allclose(
         transform_points(theta, points, HEIGHT, WIDTH), coords.reshape(-1, 2), atol=1e-9
     )
-    pixel = normalised_to_pixel(theta, HEIGHT, WIDTH)
+    pixel = affine_to_pixel_matrix(theta, (HEIGHT, WIDTH))
     x, y = pixel @ np.stack([points[:, 1], points[:, 0], np.ones(len(points))])
     np.testing.assert_allclose(np.stack([y, x], -1), coords.reshape(-1, 2), atol=1e-9)
-    np.testing.assert_allclose(pixel_to_normalised(pixel, HEIGHT, WIDTH), theta, atol=1e-12)
-    corners = normalisation_matrix(HEIGHT, WIDTH) @ np.array(
-        [[0, WIDTH - 1], [0, HEIGHT - 1], [1, 1]]
-    )
-    np.testing.assert_allclose(corners[:2], [[-1, 1], [-1, 1]])
 
 
 def test_invert_affine_composes_to_the_identity(rng):

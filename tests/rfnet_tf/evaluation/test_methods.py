@@ -46,6 +46,16 @@ def test_identity_landmark_error_is_the_known_misalignment(rng):
     assert metrics["rmse"] > 1.0
 
 
+def test_a_pair_without_landmarks_or_truth_scores_psnr_and_ssim_only(rng):
+    """Landmark metrics need landmarks and ``epe`` a ground truth; the rest is always there."""
+    pair = make_pair(rng)
+    grey = Pair(pair.name, vis=np.repeat(pair.nir, 3, axis=-1), nir=pair.nir)
+    metrics = methods.apply_registration(Sample(grey), methods.register("identity", Sample(grey), None)).metrics
+    assert set(metrics) == {"psnr", "ssim"}
+    assert metrics["psnr"] is None or metrics["psnr"] > 60  # identical images: infinite -> None
+    assert metrics["ssim"] == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("kind", ["affine", "both"])
 def test_the_true_registration_has_no_error(rng, kind):
     sample = synthetic_sample(rng, kind)
@@ -245,6 +255,26 @@ def test_unknown_methods_are_rejected(rng):
         methods.register("nope", sample, None)
     with pytest.raises(ValueError, match="unknown fusion method"):
         methods.fuse("nope", None, sample.pair.nir, None)
+    # A method of one kind only is unknown as the other.
+    with pytest.raises(ValueError, match="unknown registration method"):
+        methods.register("average", sample, None)
+    with pytest.raises(ValueError, match="unknown fusion method"):
+        methods.fuse("ecc", None, sample.pair.nir, None)
+
+
+def test_an_entry_needs_model_parts_and_a_call_together_and_a_registration_its_text():
+    with pytest.raises(ValueError, match="both model parts and a call"):
+        methods.Method("new", "New", parts=("f2m",))
+    with pytest.raises(ValueError, match="its text and its function"):
+        methods.Method("new", "New", registers="something")
+
+
+def test_the_help_names_every_method_and_marks_those_not_run_by_default():
+    text = methods.methods_help()
+    for name in methods.METHODS:
+        assert f"{name} (" in text
+    listed = methods.REGISTRATION_METHODS + methods.FUSION_METHODS
+    assert text.count("not by default") == sum(name not in methods.DEFAULT_METHODS for name in listed)
 
 
 def test_confidence_flags_a_low_ncc_or_a_small_overlap():

@@ -38,6 +38,23 @@ def test_identity_affine_is_identity_pixel_matrix():
     )
 
 
+def test_the_corner_pixels_are_the_normalised_corners():
+    """Align corners: pixel 0 is -1 and pixel W-1 (H-1) is +1 on each axis."""
+    shift = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])  # [u, v] -> [u + 1, v + 1]
+    matrix = reg.affine_to_pixel_matrix(shift, (17, 23))
+    np.testing.assert_allclose(matrix @ [0.0, 0.0, 1.0], [11.0, 8.0], atol=1e-12)
+    np.testing.assert_allclose(matrix @ [11.0, 8.0, 1.0], [22.0, 16.0], atol=1e-12)
+
+
+def test_a_one_pixel_axis_maps_to_its_only_pixel():
+    """A 1-pixel axis has no extent to normalise: finite matrices, and its pixel 0 stays."""
+    theta = np.array([[0.9, 0.1, 0.2], [0.0, 1.0, 0.0]])
+    matrix = reg.affine_to_pixel_matrix(theta, (1, 9))
+    assert np.isfinite(matrix).all()
+    np.testing.assert_allclose((matrix @ [4.0, 0.0, 1.0])[1], 0.0, atol=1e-12)
+    np.testing.assert_allclose(reg.pixel_matrix_to_affine(matrix, (1, 9)), theta, atol=1e-12)
+
+
 def test_warp_image_matches_scipy_grid_constant(rng):
     image = rng.uniform(0, 255, (9, 11, 2))
     coords = np.stack([rng.uniform(-2, 10, (13, 12)), rng.uniform(-2, 12, (13, 12))], axis=-1)
@@ -203,18 +220,3 @@ def test_endpoint_error_hand_case():
     mask = np.ones((4, 5), bool)
     mask[1:] = False
     assert reg.endpoint_error(pred, true, mask) == pytest.approx(4 * 5.0 / 5)
-
-
-def test_registration_metrics_keys_and_missing_values(rng):
-    a = smooth_image(rng, (30, 30))
-    metrics = reg.registration_metrics(a, a)
-    assert set(metrics) == {"rmse", "mae", "mee", "psnr", "ssim", "epe"}
-    assert np.isnan([metrics["rmse"], metrics["mae"], metrics["mee"], metrics["epe"]]).all()
-    assert metrics["psnr"] == np.inf and metrics["ssim"] == pytest.approx(1.0)
-    field = rng.normal(size=(30, 30, 2))
-    full = reg.registration_metrics(
-        a, a, landmark_distances=[1.0, 2.0], flow_pred=field, flow_true=field
-    )
-    assert full["mae"] == 2.0 and full["epe"] == 0.0
-    with pytest.raises(ValueError):
-        reg.registration_metrics(a, a, flow_pred=field)

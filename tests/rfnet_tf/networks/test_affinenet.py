@@ -28,8 +28,11 @@ def test_none_dimensions_in_tf_function():
     def predict(pair):
         return model(pair)
 
+    # One trace serves every size, and gives the eager model's affine.
     for shape in [(1, 64, 64, 2), (2, 48, 80, 2)]:
-        assert predict(tf.random.uniform(shape)).shape == (shape[0], 2, 3)
+        pair = tf.random.uniform(shape, seed=5)
+        np.testing.assert_allclose(predict(pair).numpy(), model(pair).numpy(), atol=1e-5)
+    assert predict.experimental_get_tracing_count() == 1
 
 
 def test_deformable_switch():
@@ -53,11 +56,9 @@ def test_head_moves_the_affine():
     assert np.abs(affine.numpy() - IDENTITY).max() > 1e-4
 
 
-def test_variable_group_and_summary(capsys):
+def test_variable_group_is_every_trainable_variable():
     model = AffineNet()
     assert {id(v) for v in model.variable_group} == {id(v) for v in model.trainable_variables}
-    model.summary()
-    assert "affine_head" in capsys.readouterr().out
 
 
 def test_config_round_trip():

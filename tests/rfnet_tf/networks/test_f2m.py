@@ -40,9 +40,11 @@ def test_none_dimensions_in_tf_function(f2m):
     def fuse(vis, nir):
         return f2m([vis, nir])["fused"]
 
+    # One trace serves every size, and gives the eager model's fused image.
     for shape in [(1, 50, 77, 1), (2, 33, 40, 1)]:
-        image = tf.random.uniform(shape)
-        assert fuse(image, image).shape == shape
+        vis, nir = tf.random.uniform(shape, seed=1), tf.random.uniform(shape, seed=2)
+        np.testing.assert_allclose(fuse(vis, nir).numpy(), f2m([vis, nir])["fused"].numpy(), atol=1e-5)
+    assert fuse.experimental_get_tracing_count() == 1
 
 
 def test_attention_window_changes_only_images_larger_than_the_window(rng):
@@ -137,11 +139,6 @@ def test_groups_survive_freezing_and_frozen_batch_norm_keeps_statistics():
     model.deformation_block.trainable = True
     model([tf.random.uniform((2, 32, 32, 1)), tf.random.uniform((2, 32, 32, 1))], training=True)
     assert any(np.any(v.numpy() != value) for v, value in zip(statistics, values))
-
-
-def test_summary_prints(f2m, capsys):
-    f2m.summary()
-    assert "deformation_block" in capsys.readouterr().out
 
 
 def test_deformation_block_reduces_a_known_local_shift():

@@ -1,18 +1,22 @@
 """RFNet: the composed pipeline's outputs, identity at initialisation, colour handling, F2M
 alone."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
 from scipy.ndimage import map_coordinates
 
-import rfnet_tf
 from layers import warp_affine
 from losses import ncc
 from rfnet_tf.colour import luma, rgb_to_ycbcr
 from rfnet_tf.networks.f2m import MIN_IMAGE_SIZE
 from rfnet_tf.networks.rfnet import RFNet, resize_for_affine
 
+REPO = Path(__file__).resolve().parents[3]
 KEYS = {"registered_coarse", "registered", "fused", "fused_rgb", "affine", "flow", "mask",
         "coarse_ncc", "coarse_overlap"}
 
@@ -23,8 +27,23 @@ def model():
     return network
 
 
-def test_importable_from_package():
-    assert rfnet_tf.RFNet is RFNet
+def test_the_package_loads_tensorflow_only_when_a_network_is_asked_for():
+    """``rfnet_tf`` and its numpy parts (metrics, conventions) import without
+    TensorFlow; ``rfnet_tf.RFNet`` loads the networks on first use."""
+    code = (
+        "import sys, rfnet_tf, rfnet_tf.metrics, rfnet_tf.conventions\n"
+        "assert 'tensorflow' not in sys.modules, 'imported tensorflow'\n"
+        "from rfnet_tf.networks import RFNet\n"
+        "assert rfnet_tf.RFNet is RFNet\n"
+        "try:\n"
+        "    rfnet_tf.Nothing\n"
+        "except AttributeError:\n"
+        "    pass\n"
+        "else:\n"
+        "    raise AssertionError('no AttributeError')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 @pytest.mark.parametrize("batch,height,width", [(1, 50, 77), (3, 97, 131)])
@@ -166,9 +185,13 @@ def test_none_dimensions_in_tf_function(model):
     def run(vis, nir):
         return model([vis, nir])
 
+    # One trace serves every size, and gives the eager model's outputs.
     for shape in [(1, 50, 77), (2, 64, 40)]:
-        out = run(tf.random.uniform(shape + (3,)), tf.random.uniform(shape + (1,)))
-        assert out["fused"].shape == shape + (1,)
+        vis, nir = tf.random.uniform(shape + (3,), seed=1), tf.random.uniform(shape + (1,), seed=2)
+        out, eager = run(vis, nir), model([vis, nir])
+        for key in ("affine", "flow", "fused"):
+            np.testing.assert_allclose(out[key].numpy(), eager[key].numpy(), atol=1e-4, err_msg=key)
+    assert run.experimental_get_tracing_count() == 1
 
 
 def test_checkpoint_holds_every_variable(tmp_path):

@@ -45,9 +45,12 @@ def test_none_dimensions_in_tf_function(transnet):
     def translate(vis, nir):
         return transnet([vis, nir])["vis_to_nir"]
 
+    # One trace serves every size, and gives the eager model's translation.
     for shape in [(1, 50, 77, 1), (2, 36, 40, 1)]:
-        image = tf.random.uniform(shape)
-        assert translate(image, image).shape == shape
+        vis, nir = tf.random.uniform(shape, seed=1), tf.random.uniform(shape, seed=2)
+        expected = transnet([vis, nir])["vis_to_nir"].numpy()
+        np.testing.assert_allclose(translate(vis, nir).numpy(), expected, atol=1e-5)
+    assert translate.experimental_get_tracing_count() == 1
 
 
 def test_encoders_share_last_block_and_decoders_first(transnet):
@@ -76,11 +79,6 @@ def test_variable_group_is_every_variable(transnet):
     group = {id(v) for v in transnet.variable_group}
     assert group == {id(v) for v in transnet.trainable_variables}
     assert len(group) == len(transnet.variable_group)
-
-
-def test_summary_prints(transnet, capsys):
-    transnet.summary()
-    assert "encoder_vis" in capsys.readouterr().out
 
 
 def test_config_round_trip_and_weights(transnet, tmp_path):

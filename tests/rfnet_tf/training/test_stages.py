@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rfnet_tf.data import affinenet_dataset, f2m_dataset, read_pair, transnet_dataset
+from rfnet_tf.data import f2m_dataset, read_pair
 from rfnet_tf.data.splits import COUNTRY_NOT_ALIGNED, COUNTRY_VALIDATION
 from rfnet_tf.data.synthetic import LocalFieldRanges
 from rfnet_tf.colour import luma
@@ -27,13 +27,10 @@ COUNTRY_TRAINING_IDS = ("0001", "0005", "0010", "0020")
 
 
 def first_batch(name: str, pairs) -> dict:
-    if name == "transnet":
-        dataset = transnet_dataset(pairs, crop_size=CROP, batch_size=BATCH)
-    elif name == "affinenet":
-        dataset = affinenet_dataset(pairs, crop_size=CROP, batch_size=BATCH)
-    else:
-        dataset = f2m_dataset(pairs, crop_size=CROP, batch_size=BATCH, ranges=FIELD)
-    return next(iter(dataset))
+    """The first batch of the stage's own pipeline (F2M's with a small local field)."""
+    stage = Stage(name, RFNet(affine_input_size=32))
+    options = {"ranges": FIELD} if "f2m" in stage.trained_parts else {}
+    return next(iter(stage.dataset(pairs, crop_size=CROP, batch_size=BATCH, **options)))
 
 
 def train_steps(stage: Stage, batch: dict, steps: int, learning_rate: float = 1e-3) -> list[float]:
@@ -91,9 +88,26 @@ def test_variable_groups_of_the_stages_are_disjoint_and_cover_the_model():
     assert set().union(*groups) == {id(v) for v in model.trainable_weights}
 
 
-def test_unknown_stage_is_rejected():
+def test_unknown_stage_and_settings_of_another_stage_are_rejected():
+    model = RFNet(affine_input_size=32)
     with pytest.raises(ValueError, match="unknown stage"):
-        Stage("fine", RFNet(affine_input_size=32))
+        Stage("fine", model)
+    with pytest.raises(TypeError, match="ncc_scales"):
+        Stage("transnet", model, ncc_scales=2)
+
+
+def test_the_affinenet_settings_change_its_loss(training_pairs):
+    """More NCC scales average in coarser levels; supervision adds its weighted term."""
+    model = RFNet(affine_input_size=32)
+    batch = first_batch("affinenet", training_pairs)
+    plain, _ = Stage("affinenet", model).compute(batch, training=False)
+    assert "supervised" not in plain
+    scaled, _ = Stage("affinenet", model, ncc_scales=2).compute(batch, training=False)
+    assert not np.isclose(float(scaled["ncc"]), float(plain["ncc"]))
+    supervised, _ = Stage("affinenet", model, affine_supervision=3.0).compute(batch, training=False)
+    np.testing.assert_allclose(
+        supervised["total"], plain["ncc"] + 3.0 * supervised["supervised"], rtol=1e-6
+    )
 
 
 def test_warped_mask_is_valid_only_where_every_corner_was():

@@ -1,16 +1,21 @@
 """Test-time refinement: the guarded coarse-to-fine search on Eq. 4 (rfnet_tf.networks.refine)."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from scipy.ndimage import gaussian_filter
 
-from layers import affine_grid, warp_affine
+from layers import affine_grid, warp_affine, warp_flow
+from rfnet_tf.data import read_dataset
+from rfnet_tf.data.splits import select_pairs
+from rfnet_tf.evaluation.sources import misalign
 from rfnet_tf.networks import RFNet
 from rfnet_tf.networks.refine import (
     FAILED_SCORE,
+    LOW_CONFIDENCE_NCC,
     START_GRID,
     Guards,
     affine_ncc,
@@ -20,6 +25,8 @@ from rfnet_tf.networks.refine import (
     start_transforms,
     within_bounds,
 )
+from rfnet_tf.training.validation import landmark_rmse
+from rfnet_tf.weights import model_from_weights
 
 IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
 SPEC = tf.TensorSpec([None, None, None, 1], tf.float32)
@@ -145,8 +152,6 @@ def test_an_aligned_pair_stays_within_a_pixel_of_the_identity():
 def test_unrelated_images_keep_a_low_confidence():
     """No alignment exists: whatever the search returns has an NCC far below a real
     match's, below the flagging threshold, and it passes the guards."""
-    from rfnet_tf.networks.refine import LOW_CONFIDENCE_NCC
-
     moving = _texture(64, seed=7, sigma=1.5)[None, ..., None]
     fixed = _texture(64, seed=8, sigma=1.5)[None, ..., None]
     refined, confidence = _search(tf.constant(IDENTITY[None]), tf.constant(moving), tf.constant(fixed))
@@ -210,8 +215,6 @@ def test_rfnet_config_carries_the_refinement():
 def test_a_pair_misaligned_only_locally_keeps_the_identity():
     """A smooth local field (no affine to find): an affine fitted to it gains little NCC,
     below Guards.min_gain, so the identity is returned exactly."""
-    from layers import warp_flow
-
     size = 64
     fixed = _texture(size, seed=12)[None, ..., None]
     yy, xx = np.meshgrid(np.linspace(0, np.pi, size), np.linspace(0, np.pi, size), indexing="ij")
@@ -221,3 +224,15 @@ def test_a_pair_misaligned_only_locally_keeps_the_identity():
     np.testing.assert_array_equal(refined.numpy()[0], IDENTITY)
     expected, _ = affine_ncc(tf.constant(IDENTITY[None]), moving, tf.constant(fixed))
     np.testing.assert_allclose(confidence.ncc.numpy(), expected.numpy(), atol=1e-6)
+
+
+def test_a_real_pair_misaligned_only_locally_is_not_moved_by_the_shipped_search(shared_dir):
+    """Validation pair 0044 under a local misalignment (3.2 px): before the NCC margin
+    (Guards.min_gain) the search fitted an affine to it that moved its landmarks to
+    14.6 px; now the shipped coarse module keeps it within a pixel of the input."""
+    (pair,) = select_pairs(read_dataset(shared_dir / "data" / "rgbnir_country"), only=["country/0044"])
+    sample = misalign(pair, "local", seed=0, num_landmarks=5)
+    model = model_from_weights(Path(__file__).resolve().parents[3] / "weights")
+    out = model.coarse(tf.constant(sample.pair.vis[None]), tf.constant(sample.pair.nir[None]))
+    moved = landmark_rmse(sample, theta=out["affine"].numpy()[0])
+    assert moved <= landmark_rmse(sample) + 1.0

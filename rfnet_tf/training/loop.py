@@ -180,15 +180,11 @@ def run_stage(
                 learning_rate = float(optimizer.learning_rate)
                 epoch = (current - 1) // max(config.steps_per_epoch, 1) + 1
                 epochs = math.ceil(config.total_steps / max(config.steps_per_epoch, 1))
-                print(
+                _report(
                     f"[{stage.name}] step {current}/{config.total_steps} epoch {epoch}/{epochs} | "
                     f"{_format_terms(terms)} | lr {learning_rate:.3g} | {rate:.2f} img/s",
-                    file=out,
-                    flush=True,
+                    dict(terms, learning_rate=learning_rate), stage.name, current, out,
                 )
-                for name, value in terms.items():
-                    tf.summary.scalar(f"{stage.name}/{name}", value, step=current)
-                tf.summary.scalar(f"{stage.name}/learning_rate", learning_rate, step=current)
             if current % config.checkpoint_every == 0 or current == config.total_steps:
                 manager.save(checkpoint_number=current)
                 _image_summaries(stage, preview, current)
@@ -269,6 +265,13 @@ def _make_train_step(stage, strategy, optimizer, variables, jit_compile):
     return train_step
 
 
+def _report(line: str, scalars: dict[str, float], tag: str, step: int, out: TextIO) -> None:
+    """Prints a progress line and writes its scalars as ``<tag>/<name>`` summaries."""
+    print(line, file=out, flush=True)
+    for name, value in scalars.items():
+        tf.summary.scalar(f"{tag}/{name}", value, step=step)
+
+
 def _validate(stage: TrainingStage, config: LoopConfig, chief: bool, step: int, out: TextIO) -> None:
     """Measures the model on the held-out pairs; logs, summarises and appends the result
     to ``validation.jsonl`` (the chief only)."""
@@ -276,14 +279,11 @@ def _validate(stage: TrainingStage, config: LoopConfig, chief: bool, step: int, 
         return
     start = time.perf_counter()
     results = config.validation(stage.model)
-    print(
+    _report(
         f"[{stage.name}] validation at step {step}: {_format_terms(results)} "
         f"({time.perf_counter() - start:.1f} s)",
-        file=out,
-        flush=True,
+        results, "validation", step, out,
     )
-    for name, value in results.items():
-        tf.summary.scalar(f"validation/{name}", value, step=step)
     with open(Path(config.stage_dir) / VALIDATION_LOG, "a", encoding="utf-8") as log:
         log.write(json.dumps({"step": step, **results}) + "\n")
 

@@ -215,10 +215,11 @@ def load_dataset(settings: Settings) -> sources.EvaluationSet:
     if settings.source == "landmarks":
         return sources.landmark_folder(settings.landmarks_dir, settings.skip_bad)
     if settings.source == "data_dir":
-        layout = sources.folder_layout(
-            settings.data_dir, settings.layout, settings.vis_dir, settings.nir_dir
+        folder = sources.Folder(
+            settings.data_dir, settings.layout, settings.vis_dir, settings.nir_dir,
+            settings.skip_bad, settings.exclude, settings.pairs,
         )
-        if layout == "known_affine":
+        if folder.resolved_layout() == "known_affine":
             if settings.synthetic_flags_given:
                 flags = " and ".join(f"--{flag}" for flag in settings.synthetic_flags_given)
                 raise EvaluationError(
@@ -226,30 +227,14 @@ def load_dataset(settings: Settings) -> sources.EvaluationSet:
                     "layout) carry their own misalignment and its ground truth (to register "
                     "and fuse them unscored, pass --layout=nirscene --misalign=none)"
                 )
-            return sources.known_affine_folder(
-                settings.data_dir, settings.skip_bad, settings.exclude, settings.pairs
-            )
+            return sources.known_affine_folder(folder)
         if settings.misalign == "none":
-            return sources.unaligned_folder(
-                settings.data_dir,
-                layout,
-                settings.vis_dir,
-                settings.nir_dir,
-                settings.skip_bad,
-                settings.exclude,
-                settings.pairs,
-            )
+            return sources.unaligned_folder(folder)
         return sources.synthetic_folder(
-            settings.data_dir,
+            folder,
             settings.misalign,
             settings.seed,
             settings.num_landmarks,
-            layout,
-            settings.vis_dir,
-            settings.nir_dir,
-            settings.skip_bad,
-            settings.exclude,
-            settings.pairs,
             settings.affine_ranges,
             settings.field_ranges,
         )

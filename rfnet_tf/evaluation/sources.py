@@ -224,76 +224,75 @@ def misalign(
     return Sample(truth.pair, truth)
 
 
-def folder_layout(
-    root: str | Path, layout: str = "auto", vis_dir: str = "vis", nir_dir: str = "nir"
-) -> str:
-    """The layout of a ``--data_dir`` folder: ``layout``, or for ``"auto"`` the one
-    detected (``rfnet_tf.data.detect_layout``).
+@dataclasses.dataclass(frozen=True)
+class Folder:
+    """A ``--data_dir`` folder and how to read it.
 
-    Raises:
-      DataError: a folder of ``.mat`` landmark files (evaluate them as landmark files)
-        or of no known layout.
+    Attributes:
+      root: the folder.
+      layout: one of :data:`FOLDER_LAYOUTS` (``"auto"`` detects it).
+      vis_dir, nir_dir: the sub-folders of the ``"pairs"`` layout.
+      skip_bad: skip (and log) bad pairs instead of raising.
+      exclude: pair names left out; ``only``: the pair names read (all if empty). Split
+        names (``rfnet_tf.data.splits``) stand for their pairs.
     """
-    if layout not in FOLDER_LAYOUTS:
-        raise ValueError(f"layout must be one of {FOLDER_LAYOUTS}, got {layout!r}")
-    if layout != "auto":
+
+    root: str | Path
+    layout: str = "auto"
+    vis_dir: str = "vis"
+    nir_dir: str = "nir"
+    skip_bad: bool = False
+    exclude: tuple[str, ...] = ()
+    only: tuple[str, ...] = ()
+
+    def resolved_layout(self) -> str:
+        """``layout``, or for ``"auto"`` the one detected (``rfnet_tf.data.detect_layout``).
+
+        Raises:
+          DataError: a folder of ``.mat`` landmark files (evaluate them as landmark
+            files) or of no known layout.
+        """
+        if self.layout not in FOLDER_LAYOUTS:
+            raise ValueError(f"layout must be one of {FOLDER_LAYOUTS}, got {self.layout!r}")
+        if self.layout != "auto":
+            return self.layout
+        layout = detect_layout(self.root, self.vis_dir, self.nir_dir)
+        if layout == "landmarks":
+            raise DataError(
+                f"{self.root}: holds .mat landmark files, which are already misaligned: "
+                "evaluate them with --landmarks_dir"
+            )
         return layout
-    layout = detect_layout(root, vis_dir, nir_dir)
-    if layout == "landmarks":
-        raise DataError(
-            f"{root}: holds .mat landmark files, which are already misaligned: "
-            "evaluate them with --landmarks_dir"
-        )
-    return layout
 
-
-def _read_folder(
-    root: str | Path,
-    layout: str,
-    vis_dir: str,
-    nir_dir: str,
-    skip_bad: bool,
-    exclude: tuple[str, ...],
-    only: tuple[str, ...] = (),
-) -> tuple[list[Pair], dict]:
-    """The pairs of a folder of a known ``layout`` named in ``only`` (all if empty), less
-    those named in ``exclude`` (``rfnet_tf.data.splits.select_pairs``), and how they were
-    read (for results.json)."""
-    pairs = select_pairs(
-        read_dataset(root, layout, vis_dir, nir_dir, skip_bad), only, exclude, where=str(root)
-    )
-    details = {
-        "data_dir": str(root),
-        "layout": layout,
-        "vis_dir": vis_dir,
-        "nir_dir": nir_dir,
-        "skip_bad": skip_bad,
-        "pairs": list(only),
-        "exclude": list(exclude),
-    }
-    return pairs, details
+    def read(self, layout: str) -> tuple[list[Pair], dict]:
+        """The selected pairs in ``layout`` (``rfnet_tf.data.splits.select_pairs``), and
+        how they were read (for results.json)."""
+        pairs = read_dataset(self.root, layout, self.vis_dir, self.nir_dir, self.skip_bad)
+        pairs = select_pairs(pairs, self.only, self.exclude, where=str(self.root))
+        details = {
+            "data_dir": str(self.root),
+            "layout": layout,
+            "vis_dir": self.vis_dir,
+            "nir_dir": self.nir_dir,
+            "skip_bad": self.skip_bad,
+            "pairs": list(self.only),
+            "exclude": list(self.exclude),
+        }
+        return pairs, details
 
 
 def synthetic_folder(
-    root: str | Path,
+    folder: Folder,
     kind: str = "both",
     seed: int = 0,
     num_landmarks: int = 5,
-    layout: str = "auto",
-    vis_dir: str = "vis",
-    nir_dir: str = "nir",
-    skip_bad: bool = False,
-    exclude: tuple[str, ...] = (),
-    only: tuple[str, ...] = (),
     affine_ranges: AffineRanges = AffineRanges(),
     field_ranges: LocalFieldRanges = LocalFieldRanges(),
 ) -> EvaluationSet:
     """A folder of aligned pairs (``"pairs"`` or ``"nirscene"`` layout), each misaligned
     by a seeded synthetic transform of ``kind`` (``"affine"``, ``"local"``, ``"both"``).
-    Only the pairs named in ``only`` (all if empty) are evaluated, and those named in
-    ``exclude`` are left out (e.g. pairs known not to be aligned, whose own misalignment
-    would corrupt the synthetic ground truth); split names (``rfnet_tf.data.splits``)
-    stand for their pairs.
+    ``folder.exclude`` serves pairs known not to be aligned, whose own misalignment would
+    corrupt the synthetic ground truth.
 
     Raises:
       DataError: bad input, a name the folder does not hold, or a folder of ``.mat``
@@ -302,13 +301,13 @@ def synthetic_folder(
     """
     if kind not in MISALIGNMENT_KINDS:
         raise ValueError(f"kind must be one of {MISALIGNMENT_KINDS}, got {kind!r}")
-    layout = folder_layout(root, layout, vis_dir, nir_dir)
+    layout = folder.resolved_layout()
     if layout == "known_affine":
         raise DataError(
-            f"{root}: holds pairs with known affines (NNNN_nir.npy), which are already "
+            f"{folder.root}: holds pairs with known affines (NNNN_nir.npy), which are already "
             "misaligned: evaluate them without --misalign"
         )
-    pairs, details = _read_folder(root, layout, vis_dir, nir_dir, skip_bad, exclude, only)
+    pairs, details = folder.read(layout)
     samples = [
         misalign(pair, kind, seed, num_landmarks, affine_ranges, field_ranges) for pair in pairs
     ]
@@ -316,8 +315,8 @@ def synthetic_folder(
         samples=samples,
         source="data_dir",
         title=(
-            f"{Path(root).resolve().name}: {len(samples)} real pair(s) under a synthetic "
-            f"{kind} misalignment (seed {seed})"
+            f"{Path(folder.root).resolve().name}: {len(samples)} real pair(s) under a "
+            f"synthetic {kind} misalignment (seed {seed})"
         ),
         simulated=False,
         misalignment=kind,
@@ -330,26 +329,17 @@ def synthetic_folder(
     )
 
 
-def unaligned_folder(
-    root: str | Path,
-    layout: str = "auto",
-    vis_dir: str = "vis",
-    nir_dir: str = "nir",
-    skip_bad: bool = False,
-    exclude: tuple[str, ...] = (),
-    only: tuple[str, ...] = (),
-) -> EvaluationSet:
+def unaligned_folder(folder: Folder) -> EvaluationSet:
     """A folder of real pairs taken as they are (``--misalign=none``): nothing is added
     and the misalignment is unknown, so only PSNR and SSIM apply; for registering and
     fusing a data set rather than scoring it. Layouts and errors as
     :func:`synthetic_folder`."""
-    layout = folder_layout(root, layout, vis_dir, nir_dir)
-    pairs, details = _read_folder(root, layout, vis_dir, nir_dir, skip_bad, exclude, only)
+    pairs, details = folder.read(folder.resolved_layout())
     return EvaluationSet(
         samples=[Sample(pair) for pair in pairs],
         source="data_dir",
         title=(
-            f"{Path(root).resolve().name}: {len(pairs)} real pair(s) as they are "
+            f"{Path(folder.root).resolve().name}: {len(pairs)} real pair(s) as they are "
             "(misalignment unknown)"
         ),
         simulated=False,
@@ -386,22 +376,17 @@ def known_affine_sample(pair: Pair) -> Sample:
     return Sample(pair, KnownAffine(pair.known_affine, theta, shape), landmark_frame="moving")
 
 
-def known_affine_folder(
-    root: str | Path,
-    skip_bad: bool = False,
-    exclude: tuple[str, ...] = (),
-    only: tuple[str, ...] = (),
-) -> EvaluationSet:
+def known_affine_folder(folder: Folder) -> EvaluationSet:
     """A folder of the known-affine layout (``rfnet_tf.data.read_known_affine``): real
     pairs whose NIR was warped by a stored affine, evaluated as they are against it
     (:func:`known_affine_sample`). Errors as :func:`synthetic_folder`."""
-    pairs, details = _read_folder(root, "known_affine", "vis", "nir", skip_bad, exclude, only)
+    pairs, details = folder.read("known_affine")
     samples = [known_affine_sample(pair) for pair in pairs]
     return EvaluationSet(
         samples=samples,
         source="known_affine",
         title=(
-            f"{Path(root).resolve().name}: {len(samples)} real pair(s) with known affines "
+            f"{Path(folder.root).resolve().name}: {len(samples)} real pair(s) with known affines "
             "(real misalignment, exact ground truth)"
         ),
         simulated=False,

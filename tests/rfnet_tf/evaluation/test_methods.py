@@ -142,7 +142,7 @@ def test_ecc_failure_is_reported_and_registers_with_the_identity(rng):
 def test_sift_through_the_evaluation_path_reports_its_matches_or_its_failure(
     known_affine_dir, rng
 ):
-    sample = sources.known_affine_folder(known_affine_dir).samples[0]
+    sample = sources.known_affine_folder(sources.Folder(known_affine_dir)).samples[0]
     registration = methods.register("sift", sample, None)
     assert not registration.failed, registration.reason
     assert set(registration.details) == {"matches", "inliers"} and registration.seconds > 0
@@ -171,7 +171,7 @@ def registration_by(backward_pixels: np.ndarray, sample: Sample) -> methods.Regi
 
 
 def test_known_affine_identity_scores_the_grid_metric_computed_by_hand(known_affine_dir):
-    for sample in sources.known_affine_folder(known_affine_dir).samples:
+    for sample in sources.known_affine_folder(sources.Folder(known_affine_dir)).samples:
         distances = grid_metric(known_affine_dir, sample, np.eye(2, 3))
         metrics = methods.apply_registration(
             sample, methods.register("identity", sample, None), methods.ground_truth(sample)
@@ -184,7 +184,7 @@ def test_known_affine_identity_scores_the_grid_metric_computed_by_hand(known_aff
 
 
 def test_known_affine_true_matrix_scores_zero_and_the_other_convention_badly(known_affine_dir):
-    for sample in sources.known_affine_folder(known_affine_dir).samples:
+    for sample in sources.known_affine_folder(sources.Folder(known_affine_dir)).samples:
         matrix = np.load(known_affine_dir / f"{sample.name}_nir.npy")
         truth = methods.ground_truth(sample)
         true_registration = registration_by(cv2.invertAffineTransform(matrix), sample)
@@ -196,7 +196,7 @@ def test_known_affine_true_matrix_scores_zero_and_the_other_convention_badly(kno
 
 
 def test_known_affine_errors_of_a_near_miss_are_measured_in_the_vis_frame(known_affine_dir):
-    sample = sources.known_affine_folder(known_affine_dir).samples[2]
+    sample = sources.known_affine_folder(sources.Folder(known_affine_dir)).samples[2]
     backward = cv2.invertAffineTransform(np.load(known_affine_dir / f"{sample.name}_nir.npy"))
     near_miss = backward @ np.array([[1.01, 0.004, 1.5], [-0.003, 0.995, -0.8], [0.0, 0.0, 1.0]])
     distances = grid_metric(known_affine_dir, sample, near_miss)

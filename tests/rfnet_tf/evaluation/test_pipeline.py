@@ -206,7 +206,7 @@ def test_real_pairs_report_only_image_similarity(tmp_path, rng):
 def test_a_run_on_pairs_with_known_affines_reports_success_rates_by_category(
     tmp_path, known_affine_dir
 ):
-    dataset = sources.known_affine_folder(known_affine_dir)
+    dataset = sources.known_affine_folder(sources.Folder(known_affine_dir))
     plan = pipeline.plan_methods(("identity", "sift", "ecc", "laplacian", "average"), None, True)
     options = pipeline.Options(ecc_levels=2, progress=False)
     result = pipeline.run_evaluation(dataset, None, plan, options, tmp_path / "out")

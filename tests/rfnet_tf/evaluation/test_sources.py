@@ -31,8 +31,8 @@ def write_pairs(root, rng, names, shape=(64, 80)):
 def test_synthetic_folder_misaligns_each_pair_by_seed_and_name_only(tmp_path, rng):
     write_pairs(tmp_path / "all", rng, ["a", "b"])
     write_pairs(tmp_path / "one", np.random.default_rng(1234), ["a"])
-    both = sources.synthetic_folder(tmp_path / "all", "affine", seed=3, num_landmarks=4)
-    alone = sources.synthetic_folder(tmp_path / "one", "affine", seed=3, num_landmarks=4)
+    both = sources.synthetic_folder(sources.Folder(tmp_path / "all"), "affine", seed=3, num_landmarks=4)
+    alone = sources.synthetic_folder(sources.Folder(tmp_path / "one"), "affine", seed=3, num_landmarks=4)
     assert [s.name for s in both.samples] == ["a", "b"]
     assert both.misalignment == "affine" and not both.simulated and both.source == "data_dir"
     assert both.has_landmarks and both.has_ground_truth
@@ -40,7 +40,7 @@ def test_synthetic_folder_misaligns_each_pair_by_seed_and_name_only(tmp_path, rn
         both.samples[0].truth.affine.misalignment, alone.samples[0].truth.affine.misalignment
     )
     assert both.samples[0].pair.nir_points.shape == (4, 2)
-    other_seed = sources.synthetic_folder(tmp_path / "one", "affine", seed=4, num_landmarks=4)
+    other_seed = sources.synthetic_folder(sources.Folder(tmp_path / "one"), "affine", seed=4, num_landmarks=4)
     assert not np.allclose(
         other_seed.samples[0].truth.affine.misalignment, alone.samples[0].truth.affine.misalignment
     )
@@ -52,22 +52,22 @@ def test_synthetic_folder_misaligns_each_pair_by_seed_and_name_only(tmp_path, rn
 
 def test_synthetic_folder_leaves_out_excluded_pairs(tmp_path, rng):
     write_pairs(tmp_path, rng, ["a", "b", "c"])
-    kept = sources.synthetic_folder(tmp_path, "affine", exclude=("b",))
+    kept = sources.synthetic_folder(sources.Folder(tmp_path, exclude=("b",)), "affine")
     assert [sample.name for sample in kept.samples] == ["a", "c"]
     assert kept.details["exclude"] == ["b"]
     with pytest.raises(DataError, match="holds no pair named d"):
-        sources.synthetic_folder(tmp_path, "affine", exclude=("d",))
+        sources.synthetic_folder(sources.Folder(tmp_path, exclude=("d",)), "affine")
     with pytest.raises(DataError, match="no pair left"):
-        sources.synthetic_folder(tmp_path, "affine", exclude=("a", "b", "c"))
+        sources.synthetic_folder(sources.Folder(tmp_path, exclude=("a", "b", "c")), "affine")
 
 
 def test_synthetic_folder_evaluates_only_the_named_pairs(tmp_path, rng):
     write_pairs(tmp_path, rng, ["a", "b", "c"])
-    kept = sources.synthetic_folder(tmp_path, "affine", only=("c", "a"), exclude=("c",))
+    kept = sources.synthetic_folder(sources.Folder(tmp_path, exclude=("c",), only=("c", "a")), "affine")
     assert [sample.name for sample in kept.samples] == ["a"]
     assert kept.details["pairs"] == ["c", "a"]
     with pytest.raises(DataError, match=r"holds no pair named d \(--pairs\)"):
-        sources.synthetic_folder(tmp_path, "affine", only=("d",))
+        sources.synthetic_folder(sources.Folder(tmp_path, only=("d",)), "affine")
 
 
 def test_synthetic_folder_refuses_landmark_files(tmp_path, rng):
@@ -77,13 +77,13 @@ def test_synthetic_folder_refuses_landmark_files(tmp_path, rng):
         {"I_move": pair.vis, "I_fix": pair.nir[..., 0], "LMmove": [[1.0, 2.0]], "LMfix": [[1.0, 2.0]]},
     )
     with pytest.raises(DataError, match="--landmarks_dir"):
-        sources.synthetic_folder(tmp_path)
+        sources.synthetic_folder(sources.Folder(tmp_path))
 
 
 def test_an_image_too_small_for_landmarks_is_bad_input_naming_the_file(tmp_path, rng):
     write_pairs(tmp_path, rng, ["tiny"], shape=(8, 9))
     with pytest.raises(DataError, match="tiny.png"):
-        sources.synthetic_folder(tmp_path)
+        sources.synthetic_folder(sources.Folder(tmp_path))
 
 
 def test_a_pair_smaller_than_rfnet_accepts_is_refused_naming_the_file(tmp_path, rng):
@@ -132,7 +132,7 @@ def test_demo_set_is_labelled_simulated():
 def test_known_affine_truth_is_opencvs_warp_of_the_vis_onto_the_nir(known_affine_dir):
     """The stored M is OpenCV's forward map: our true registration of the VIS must equal
     ``cv2.warpAffine(vis, M, (W, H))`` (up to OpenCV's 1/32-px interpolation table)."""
-    dataset = sources.known_affine_folder(known_affine_dir)
+    dataset = sources.known_affine_folder(sources.Folder(known_affine_dir))
     assert dataset.source == "known_affine" and dataset.misalignment is None
     assert not dataset.simulated and dataset.has_landmarks and dataset.has_ground_truth
     assert [sample.name for sample in dataset.samples] == ["field/0009", "field/0027", "forest/0034"]
@@ -152,7 +152,7 @@ def test_known_affine_truth_is_opencvs_warp_of_the_vis_onto_the_nir(known_affine
 def test_known_affine_landmarks_are_the_grid_points_whose_true_source_is_on_the_vis(
     known_affine_dir,
 ):
-    for sample in sources.known_affine_folder(known_affine_dir).samples:
+    for sample in sources.known_affine_folder(sources.Folder(known_affine_dir)).samples:
         height, width = sample.pair.height, sample.pair.width
         rows, cols = np.meshgrid(np.linspace(0, height - 1, 9), np.linspace(0, width - 1, 9), indexing="ij")
         grid_xy = np.stack([cols.ravel(), rows.ravel()], axis=-1)
@@ -171,7 +171,7 @@ def test_known_affine_landmarks_are_the_grid_points_whose_true_source_is_on_the_
 def test_known_affine_nir_stored_as_three_channels_reads_as_its_grey_image(known_affine_dir):
     stored = cv2.imread(str(known_affine_dir / "field" / "0027_nir.jpg"), cv2.IMREAD_UNCHANGED)
     assert stored.ndim == 3
-    pair = sources.known_affine_folder(known_affine_dir).samples[1].pair
+    pair = sources.known_affine_folder(sources.Folder(known_affine_dir)).samples[1].pair
     np.testing.assert_array_equal(np.round(pair.nir[..., 0] * 255), stored[..., 0])
 
 
@@ -182,21 +182,23 @@ def test_a_matrix_that_takes_nothing_from_the_vis_is_bad_input(known_affine_dir,
         shutil.copy(known_affine_dir / "field" / name, folder / name)
     np.save(folder / "0009_nir.npy", np.array([[1.0, 0.0, 5000.0], [0.0, 1.0, 0.0]]))
     with pytest.raises(DataError, match="0009_nir.npy: the matrix takes none"):
-        sources.known_affine_folder(tmp_path)
+        sources.known_affine_folder(sources.Folder(tmp_path))
 
 
 def test_known_affine_pairs_are_not_misaligned_again_but_can_be_taken_as_they_are(known_affine_dir):
-    assert sources.folder_layout(known_affine_dir) == "known_affine"
+    assert sources.Folder(known_affine_dir).resolved_layout() == "known_affine"
     with pytest.raises(DataError, match="already misaligned"):
-        sources.synthetic_folder(known_affine_dir)
-    as_they_are = sources.unaligned_folder(known_affine_dir, layout="nirscene", exclude=("field/0027",))
+        sources.synthetic_folder(sources.Folder(known_affine_dir))
+    as_they_are = sources.unaligned_folder(
+        sources.Folder(known_affine_dir, layout="nirscene", exclude=("field/0027",))
+    )
     assert [sample.name for sample in as_they_are.samples] == ["field/0009", "forest/0034"]
     assert not as_they_are.has_landmarks and not as_they_are.has_ground_truth
 
 
 def test_unaligned_folder_takes_the_pairs_as_they_are(tmp_path, rng):
     write_pairs(tmp_path, rng, ["a", "b"])
-    dataset = sources.unaligned_folder(tmp_path)
+    dataset = sources.unaligned_folder(sources.Folder(tmp_path))
     assert dataset.source == "data_dir" and dataset.misalignment is None and not dataset.simulated
     assert not dataset.has_landmarks and not dataset.has_ground_truth and dataset.categories == []
     stored = np.asarray(Image.open(tmp_path / "vis" / "b.png"), np.float32) / 255

@@ -67,7 +67,7 @@ flags.DEFINE_bool(
     "translation_cache", True,
     "AffineNet stage: translate each training pair once with the frozen TransNet and "
     "misalign the translation with the VIS in the input pipeline, instead of running "
-    "TransNet on every batch (over twice the steps per hour; see README, Performance).",
+    "TransNet on every batch (1.7-1.9 times the steps per hour; docs/PERFORMANCE.md).",
 )
 flags.DEFINE_string(
     "transnet_dir", "",

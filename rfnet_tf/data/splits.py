@@ -27,7 +27,7 @@ COUNTRY_VALIDATION = tuple(
 COUNTRY_NOT_ALIGNED = tuple(
     f"country/{index}" for index in ("0015", "0018", "0024", "0040", "0042")
 )
-# Framed differently from their NIR: ECC finds no alignment (README, decisions).
+# Framed differently from their NIR: ECC finds no alignment (docs/ARCHITECTURE.md section 7).
 VIS_NIR_NOT_ALIGNED = ("scene_1", "scene_10", "scene_100")
 
 SPLITS = {

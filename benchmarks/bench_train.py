@@ -65,7 +65,7 @@ import tensorflow as tf  # noqa: E402
 from layers import warp_affine  # noqa: E402
 from losses import ncc  # noqa: E402
 from rfnet_tf.colour import luma  # noqa: E402
-from rfnet_tf.data import Pair, affinenet_dataset  # noqa: E402
+from rfnet_tf.data import Pair, Stream, affinenet_dataset  # noqa: E402
 from rfnet_tf.networks import RFNet  # noqa: E402
 from rfnet_tf.networks.rfnet import resize_for_affine  # noqa: E402
 from rfnet_tf.training.loop import LoopConfig, _make_train_step, make_optimizer  # noqa: E402
@@ -183,9 +183,8 @@ def affinenet_breakdown(args) -> None:
     strategy = tf.distribute.get_strategy()
 
     def stream(cached: bool):
-        dataset = affinenet_dataset(pairs, crop_size=size, batch_size=batch, seed=args.seed,
-                                    crops_per_image=20,
-                                    translated=translations if cached else None)
+        stream = Stream(crop_size=size, batch_size=batch, seed=args.seed, crops_per_image=20)
+        dataset = affinenet_dataset(pairs, stream, translated=translations if cached else None)
         return iter(dataset)
 
     def loop_step(cached: bool, jit_compile: bool = False):

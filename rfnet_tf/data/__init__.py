@@ -27,6 +27,7 @@ from rfnet_tf.data.io import (
     read_pair_folder,
 )
 from rfnet_tf.data.pipelines import (
+    Stream,
     affinenet_dataset,
     f2m_dataset,
     steps_per_epoch,
@@ -56,6 +57,7 @@ __all__ = [
     "LocalFieldRanges",
     "MisalignedPair",
     "Pair",
+    "Stream",
     "SyntheticAffine",
     "affinenet_dataset",
     "demo_misaligned",

@@ -1,7 +1,7 @@
 """tf.data pipelines for the three training stages (ARCHITECTURE section 5).
 
-Each pipeline yields dicts of batched ``float32`` tensors (``B`` = ``batch_size``,
-``h x w`` = ``crop_size``):
+Each pipeline yields dicts of batched ``float32`` tensors (``B`` and ``h x w``: the
+:class:`Stream`'s ``batch_size`` and ``crop_size``):
 
 * :func:`transnet_dataset` (aligned pairs): ``vis (B, h, w, 3)``, ``nir (B, h, w, 1)``,
   ``mask (B, h, w, 1)``.
@@ -37,17 +37,18 @@ crops, the mask and the ground truth (``synthetic.flip_affine`` / ``flip_flow``)
 Randomness is stateless: every random number of an element comes from keys derived
 from ``(seed, element position)``, and the epoch's shuffle from ``(seed, epoch)``, so
 the stream is identical for a seed whatever the parallelism, and differs for another
-seed. The stream repeats endlessly by default (``epochs=None``): an epoch is
+seed. The stream repeats endlessly by default (``Stream(epochs=None)``): an epoch is
 ``len(pairs) * crops_per_image`` elements, each pair contributing
 ``crops_per_image`` random crops per epoch in a shuffled order, and batches run on
 across epoch boundaries, so no element is dropped; train with
 ``steps_per_epoch(pairs, batch_size, crops_per_image)`` steps per epoch. With a finite
 ``epochs`` the stream ends after ``epochs`` epochs (a last partial batch is dropped).
-``start_batch=k`` yields the same stream from its batch ``k`` on (a resumed run).
+``Stream(start_batch=k)`` yields the same stream from its batch ``k`` on (a resumed run).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
@@ -85,6 +86,29 @@ _OFFSET_KEY, _FLIP_KEY, _TRANSFORM_KEY, _AMPLITUDE_KEY = range(4)
 ExampleFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]
 
 
+@dataclasses.dataclass(frozen=True)
+class Stream:
+    """What every pipeline's element stream shares (module docstring).
+
+    Attributes:
+      crop_size: ``h`` (square) or ``(h, w)`` pixels of every crop.
+      batch_size: elements per batch, ``B``.
+      seed: the seed of every random number of the stream.
+      crops_per_image: random crops of each pair per epoch.
+      flips: random vertical and horizontal flips.
+      epochs: the stream ends after this many epochs; ``None``: it never ends.
+      start_batch: the stream begins at its batch ``start_batch`` (a resumed run).
+    """
+
+    crop_size: int | tuple[int, int] = DEFAULT_CROP_SIZE
+    batch_size: int = DEFAULT_BATCH_SIZE
+    seed: int = 0
+    crops_per_image: int = 1
+    flips: bool = True
+    epochs: int | None = None
+    start_batch: int = 0
+
+
 def steps_per_epoch(
     pairs: Sequence[Pair] | int, batch_size: int = DEFAULT_BATCH_SIZE, crops_per_image: int = 1
 ) -> int:
@@ -95,16 +119,10 @@ def steps_per_epoch(
 
 def transnet_dataset(
     pairs: Sequence[Pair],
-    crop_size: int | tuple[int, int] = DEFAULT_CROP_SIZE,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    seed: int = 0,
-    crops_per_image: int = 1,
-    flips: bool = True,
-    epochs: int | None = None,
-    start_batch: int = 0,
+    stream: Stream = Stream(),
 ) -> tf.data.Dataset:
     """Random aligned crops for TransNet: ``{"vis", "nir", "mask"}`` (module docstring)."""
-    crop = _crop_shape(crop_size)
+    crop = _crop_shape(stream.crop_size)
 
     def example(vis, nir, key, step):
         keys = tf.random.experimental.stateless_split(key, 4)
@@ -115,20 +133,14 @@ def transnet_dataset(
         crop_vis = vis[offset[0] : offset[0] + crop[0], offset[1] : offset[1] + crop[1]]
         crop_nir = nir[offset[0] : offset[0] + crop[0], offset[1] : offset[1] + crop[1]]
         element = {"vis": crop_vis, "nir": crop_nir, "mask": _content_mask(coords, content)}
-        return _flipped(element, keys[_FLIP_KEY], flips)
+        return _flipped(element, keys[_FLIP_KEY], stream.flips)
 
-    return _dataset(pairs, example, crop, batch_size, seed, crops_per_image, epochs, start_batch)
+    return _dataset(pairs, example, crop, stream)
 
 
 def affinenet_dataset(
     pairs: Sequence[Pair],
-    crop_size: int | tuple[int, int] = DEFAULT_CROP_SIZE,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    seed: int = 0,
-    crops_per_image: int = 1,
-    flips: bool = True,
-    epochs: int | None = None,
-    start_batch: int = 0,
+    stream: Stream = Stream(),
     ranges: AffineRanges = AffineRanges(),
     sampling_frame: tuple[int, int] | None = None,
     curriculum: Curriculum = Curriculum(),
@@ -152,7 +164,7 @@ def affinenet_dataset(
     size: the normalised affine then follows the distribution that the original images
     see (a true rotation of a 680 x 1024 image is not one of the squashed copy).
     """
-    crop = _crop_shape(crop_size)
+    crop = _crop_shape(stream.crop_size)
     frame = crop if sampling_frame is None else _crop_shape(sampling_frame)
 
     def example(vis, nir, key, step):
@@ -167,22 +179,14 @@ def affinenet_dataset(
             element["translated"] = element["vis"][..., 3:]
             element["vis"] = element["vis"][..., :3]
         element["affine"] = invert_affine(misalignment)
-        return _flipped(element, keys[_FLIP_KEY], flips)
+        return _flipped(element, keys[_FLIP_KEY], stream.flips)
 
-    return _dataset(
-        pairs, example, crop, batch_size, seed, crops_per_image, epochs, start_batch, translated
-    )
+    return _dataset(pairs, example, crop, stream, translated)
 
 
 def f2m_dataset(
     pairs: Sequence[Pair],
-    crop_size: int | tuple[int, int] = DEFAULT_CROP_SIZE,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    seed: int = 0,
-    crops_per_image: int = 1,
-    flips: bool = True,
-    epochs: int | None = None,
-    start_batch: int = 0,
+    stream: Stream = Stream(),
     ranges: LocalFieldRanges = LocalFieldRanges(),
     curriculum: Curriculum = Curriculum(),
 ) -> tf.data.Dataset:
@@ -192,7 +196,7 @@ def f2m_dataset(
     default, see ``LocalFieldRanges``), its amplitude scaled by ``curriculum``;
     ``flow`` is its numerical inverse (residual < 1e-4 px).
     """
-    crop = _crop_shape(crop_size)
+    crop = _crop_shape(stream.crop_size)
     grid_shape = ranges.control_grid_shape(*crop)
     amplitude_factor = ranges.size_factor(*crop)
 
@@ -217,20 +221,16 @@ def f2m_dataset(
         )
         with tf.control_dependencies([check]):
             element["flow"] = tf.identity(flow)
-        return _flipped(element, keys[_FLIP_KEY], flips)
+        return _flipped(element, keys[_FLIP_KEY], stream.flips)
 
-    return _dataset(pairs, example, crop, batch_size, seed, crops_per_image, epochs, start_batch)
+    return _dataset(pairs, example, crop, stream)
 
 
 def _dataset(
     pairs: Sequence[Pair],
     example: ExampleFn,
     crop: tuple[int, int],
-    batch_size: int,
-    seed: int,
-    crops_per_image: int,
-    epochs: int | None,
-    start_batch: int,
+    stream: Stream,
     extra_vis_channels: Sequence[np.ndarray] | None = None,
 ) -> tf.data.Dataset:
     """The shared shuffle / repeat / map / batch / prefetch around a stage's ``example``.
@@ -241,6 +241,7 @@ def _dataset(
     pairs = list(pairs)
     if not pairs:
         raise ValueError("no pairs to make a dataset from")
+    batch_size, crops_per_image = stream.batch_size, stream.crops_per_image
     extra = 0
     if extra_vis_channels is not None:
         if len(extra_vis_channels) != len(pairs):
@@ -257,7 +258,7 @@ def _dataset(
         )
     num_pairs = len(pairs)
     per_epoch = num_pairs * crops_per_image
-    base_key = tf.constant([seed, 0], tf.int64)
+    base_key = tf.constant([stream.seed, 0], tf.int64)
 
     def fetch(index):
         # The pairs stay as the caller holds them (no second copy of the data set in
@@ -291,11 +292,11 @@ def _dataset(
 
     # Resuming at batch ``start_batch`` skips whole epochs, then elements of the first
     # epoch before any image is touched, so a resumed stream costs nothing extra.
-    first_epoch, skipped = divmod(start_batch * batch_size, per_epoch)
+    first_epoch, skipped = divmod(stream.start_batch * batch_size, per_epoch)
     epoch_numbers = (
         tf.data.Dataset.counter(start=first_epoch)
-        if epochs is None
-        else tf.data.Dataset.range(first_epoch, epochs)
+        if stream.epochs is None
+        else tf.data.Dataset.range(first_epoch, stream.epochs)
     )
     dataset = epoch_numbers.flat_map(epoch_elements).skip(skipped)
     dataset = dataset.map(make_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -4,12 +4,11 @@ into settings (``rfnet_tf.training.settings``)."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import keras
 import tensorflow as tf
 
-from rfnet_tf.data import DataError, steps_per_epoch
+from rfnet_tf.data import DataError, Stream, steps_per_epoch
 from rfnet_tf.data.preparation import coarse_align, median_size, resize_pair, translate_pairs
 from rfnet_tf.networks import RFNet
 from rfnet_tf.staging import DestinationError
@@ -82,15 +81,8 @@ def _train(settings: TrainingSettings, strategy, stage: TrainingStage, pairs, ca
         "replicas": strategy.num_replicas_in_sync,
     }
     config = _loop_config(settings, stage_dir, pairs, carried, provenance, validation)
-    make = functools.partial(
-        stage.dataset,
-        pairs,
-        crop_size=settings.crop_size,
-        batch_size=settings.batch_size,
-        seed=settings.seed,
-        crops_per_image=settings.crops_per_image,
-        **dataset_options,
-    )
+    stream = Stream(crop_size=settings.crop_size, batch_size=settings.batch_size,
+                    seed=settings.seed, crops_per_image=settings.crops_per_image)
     print(
         f"[{name}] {len(pairs)} pairs, {config.steps_per_epoch} steps per epoch, "
         f"training to step {config.total_steps} in {stage_dir}",
@@ -101,7 +93,8 @@ def _train(settings: TrainingSettings, strategy, stage: TrainingStage, pairs, ca
     def make_dataset(start):
         if model_inputs is not None and not from_model:
             from_model.update(model_inputs(stage.model))
-        return make(start_batch=start, **from_model)
+        resumed = dataclasses.replace(stream, start_batch=start)
+        return stage.dataset(pairs, resumed, **dataset_options, **from_model)
 
     run_stage(stage, strategy, make_dataset, config)
 

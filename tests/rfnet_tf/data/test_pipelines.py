@@ -12,6 +12,7 @@ import tensorflow as tf
 from layers import warp_affine, warp_flow
 from rfnet_tf.data.io import Pair
 from rfnet_tf.data.pipelines import (
+    Stream,
     affinenet_dataset,
     f2m_dataset,
     steps_per_epoch,
@@ -85,7 +86,7 @@ def unbatched(batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray
 @pytest.fixture(scope="module")
 def flipped_datasets() -> dict[str, tf.data.Dataset]:
     return {
-        stage: make(PAIRS, crop_size=CROP, batch_size=BATCH, seed=1)
+        stage: make(PAIRS, Stream(crop_size=CROP, batch_size=BATCH, seed=1))
         for stage, make in DATASETS.items()
     }
 
@@ -99,7 +100,7 @@ def flipped(flipped_datasets) -> dict[str, list[dict[str, np.ndarray]]]:
 def plain() -> dict[str, list[dict[str, np.ndarray]]]:
     """The same elements without flips."""
     return {
-        stage: take(make(PAIRS, crop_size=CROP, batch_size=BATCH, seed=1, flips=False))
+        stage: take(make(PAIRS, Stream(crop_size=CROP, batch_size=BATCH, seed=1, flips=False)))
         for stage, make in DATASETS.items()
     }
 
@@ -149,7 +150,8 @@ def test_two_iterations_give_identical_tensors(flipped_datasets, flipped, stage)
 def test_a_resumed_stream_continues_the_uninterrupted_one(flipped, stage, start_batch):
     """start_batch=k yields batch k, k+1, ... of the stream, across epoch boundaries
     (an epoch is 2 batches here) and from inside an epoch (k=3)."""
-    resumed = DATASETS[stage](PAIRS, crop_size=CROP, batch_size=BATCH, seed=1, start_batch=start_batch)
+    stream = Stream(crop_size=CROP, batch_size=BATCH, seed=1, start_batch=start_batch)
+    resumed = DATASETS[stage](PAIRS, stream)
     expected = flipped[stage][start_batch:]
     for first, second in zip(expected, take(resumed, NUM_BATCHES - start_batch)):
         for key in first:
@@ -157,7 +159,7 @@ def test_a_resumed_stream_continues_the_uninterrupted_one(flipped, stage, start_
 
 
 def test_another_seed_gives_other_elements(flipped):
-    other = take(DATASETS["affinenet"](PAIRS, crop_size=CROP, batch_size=BATCH, seed=2))
+    other = take(DATASETS["affinenet"](PAIRS, Stream(crop_size=CROP, batch_size=BATCH, seed=2)))
     for first, second in zip(flipped["affinenet"], other):
         assert not np.array_equal(first["vis"], second["vis"])
         assert not np.array_equal(first["affine"], second["affine"])
@@ -190,7 +192,7 @@ def test_sampling_frame_draws_the_misalignment_in_another_frame():
     square = [ramp_pair("big", 110, 120)]
     frame = (101, 201)  # aspect (W-1)/(H-1) = 2
     batch = take(
-        affinenet_dataset(square, crop_size=(32, 32), batch_size=2, seed=3, flips=False,
+        affinenet_dataset(square, Stream(crop_size=(32, 32), batch_size=2, seed=3, flips=False),
                           ranges=rotation_only, sampling_frame=frame),
         1,
     )[0]
@@ -296,7 +298,7 @@ def test_epochs_visit_every_pair_crops_per_image_times():
         for i in range(3)
     ]
     dataset = transnet_dataset(
-        constant, crop_size=32, batch_size=BATCH, crops_per_image=2, epochs=2
+        constant, Stream(crop_size=32, batch_size=BATCH, crops_per_image=2, epochs=2)
     )
     batches = take(dataset, 100)
     assert (
@@ -314,16 +316,16 @@ def test_steps_per_epoch_and_bad_arguments():
     assert steps_per_epoch(10, 4) == 3
     assert steps_per_epoch(PAIRS, 4, crops_per_image=3) == 3
     with pytest.raises(ValueError, match="no pairs"):
-        transnet_dataset([], crop_size=32)
+        transnet_dataset([], Stream(crop_size=32))
     with pytest.raises(ValueError, match="positive"):
-        transnet_dataset(PAIRS, crop_size=32, batch_size=0)
+        transnet_dataset(PAIRS, Stream(crop_size=32, batch_size=0))
 
 
 def test_a_folding_field_fails_loudly():
     folding = LocalFieldRanges(
         max_displacement_range=(40.0, 40.0), control_spacing=8.0, reference_size=None
     )
-    dataset = f2m_dataset(PAIRS[:1], crop_size=CROP, batch_size=1, ranges=folding)
+    dataset = f2m_dataset(PAIRS[:1], Stream(crop_size=CROP, batch_size=1), ranges=folding)
     with pytest.raises(tf.errors.InvalidArgumentError, match="did not converge"):
         take(dataset, 1)
 
@@ -333,9 +335,9 @@ def test_a_curriculum_grows_the_misalignment_from_nothing_to_the_full_stream(sta
     """From magnitude 0 at batch 0 to 1 at batch 2: batch 0 is unmisaligned, and from
     batch 2 on the stream equals the stream without a curriculum (the same random keys)."""
     curriculum = Curriculum(steps=2, start=0.0)
-    grown = take(DATASETS[stage](PAIRS, crop_size=CROP, batch_size=BATCH, seed=5,
-                                 curriculum=curriculum), 4)
-    full = take(DATASETS[stage](PAIRS, crop_size=CROP, batch_size=BATCH, seed=5), 4)
+    stream = Stream(crop_size=CROP, batch_size=BATCH, seed=5)
+    grown = take(DATASETS[stage](PAIRS, stream, curriculum=curriculum), 4)
+    full = take(DATASETS[stage](PAIRS, stream), 4)
     truth = "affine" if stage == "affinenet" else "flow"
     identity = np.zeros_like(grown[0][truth]) if truth == "flow" else np.broadcast_to(
         np.eye(2, 3, dtype=np.float32), grown[0][truth].shape
@@ -353,9 +355,9 @@ def test_a_translation_is_misaligned_cropped_and_flipped_exactly_like_the_vis():
     """Given each pair's VIS channel 1 as its 'translation', every element's
     ``translated`` equals its ``vis`` channel 1: one warp, one crop, one flip for both."""
     translations = [pair.vis[..., 1:2] if pair.vis.shape[-1] == 3 else pair.vis for pair in PAIRS]
-    batches = take(affinenet_dataset(PAIRS, crop_size=CROP, batch_size=BATCH, seed=1,
-                                     translated=translations), 3)
-    plain = take(affinenet_dataset(PAIRS, crop_size=CROP, batch_size=BATCH, seed=1), 3)
+    stream = Stream(crop_size=CROP, batch_size=BATCH, seed=1)
+    batches = take(affinenet_dataset(PAIRS, stream, translated=translations), 3)
+    plain = take(affinenet_dataset(PAIRS, stream), 3)
     for batch, reference in zip(batches, plain):
         assert batch["translated"].shape == (BATCH, *CROP, 1)
         np.testing.assert_allclose(batch["translated"][..., 0], batch["vis"][..., 1], atol=1e-6)
@@ -365,6 +367,6 @@ def test_a_translation_is_misaligned_cropped_and_flipped_exactly_like_the_vis():
 
 def test_translations_must_match_the_pairs():
     with pytest.raises(ValueError, match="2 extra VIS channel arrays for 4 pairs"):
-        affinenet_dataset(PAIRS, crop_size=CROP, translated=[np.zeros((4, 4, 1))] * 2)
+        affinenet_dataset(PAIRS, Stream(crop_size=CROP), translated=[np.zeros((4, 4, 1))] * 2)
     with pytest.raises(ValueError, match="big: extra VIS channels of shape"):
-        affinenet_dataset(PAIRS, crop_size=CROP, translated=[np.zeros((4, 4, 1))] * 4)
+        affinenet_dataset(PAIRS, Stream(crop_size=CROP), translated=[np.zeros((4, 4, 1))] * 4)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import io
 import json
 import logging
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rfnet_tf.data import affinenet_dataset, transnet_dataset
+from rfnet_tf.data import Stream, affinenet_dataset, transnet_dataset
 from rfnet_tf.networks import RFNet
 from rfnet_tf.training.loop import (
     CheckpointError,
@@ -36,7 +36,7 @@ def fresh_model() -> RFNet:
 
 
 def run(name, model, stage_dir, pairs, total_steps, checkpoint_every=2, **options):
-    make = functools.partial(DATASETS[name], pairs, crop_size=CROP, batch_size=BATCH, seed=0)
+    stream = Stream(crop_size=CROP, batch_size=BATCH, seed=0)
     config = LoopConfig(
         stage_dir=stage_dir,
         total_steps=total_steps,
@@ -47,7 +47,11 @@ def run(name, model, stage_dir, pairs, total_steps, checkpoint_every=2, **option
         **options,
     )
     out = io.StringIO()
-    terms = run_stage(Stage(name, model), STRATEGY, lambda start: make(start_batch=start), config, out)
+
+    def make_dataset(start):
+        return DATASETS[name](pairs, dataclasses.replace(stream, start_batch=start))
+
+    terms = run_stage(Stage(name, model), STRATEGY, make_dataset, config, out)
     return terms, out.getvalue()
 
 
@@ -130,7 +134,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(training_pairs
     stage_dir = tmp_path / "transnet"
 
     def poisoned_from_step_3(start):
-        dataset = transnet_dataset(training_pairs, crop_size=CROP, batch_size=BATCH, start_batch=start)
+        dataset = transnet_dataset(training_pairs, Stream(crop_size=CROP, batch_size=BATCH, start_batch=start))
         poison = lambda index: tf.where(index >= 2, np.float32("nan"), np.float32(1.0))
         return dataset.enumerate(start).map(lambda index, batch: dict(batch, vis=batch["vis"] * poison(index)))
 

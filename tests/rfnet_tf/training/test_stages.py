@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rfnet_tf.data import f2m_dataset, read_pair
+from rfnet_tf.data import Stream, f2m_dataset, read_pair
 from rfnet_tf.data.splits import COUNTRY_NOT_ALIGNED, COUNTRY_VALIDATION
 from rfnet_tf.data.synthetic import LocalFieldRanges
 from rfnet_tf.colour import luma
@@ -30,7 +30,7 @@ def first_batch(name: str, pairs) -> dict:
     """The first batch of the stage's own pipeline (F2M's with a small local field)."""
     stage = Stage(name, RFNet(affine_input_size=32))
     options = {"ranges": FIELD} if "f2m" in stage.trained_parts else {}
-    return next(iter(stage.dataset(pairs, crop_size=CROP, batch_size=BATCH, **options)))
+    return next(iter(stage.dataset(pairs, Stream(crop_size=CROP, batch_size=BATCH), **options)))
 
 
 def train_steps(stage: Stage, batch: dict, steps: int, learning_rate: float = 1e-3) -> list[float]:
@@ -161,7 +161,8 @@ def test_the_deformation_loss_of_real_crops_is_lower_at_the_true_field_than_at_n
         for number, name in zip(COUNTRY_TRAINING_IDS, names)
     ]
     field = LocalFieldRanges(max_displacement_range=(6.0, 6.0), reference_size=None)
-    batch = next(iter(f2m_dataset(pairs, crop_size=128, batch_size=len(pairs), ranges=field)))
+    stream = Stream(crop_size=128, batch_size=len(pairs))
+    batch = next(iter(f2m_dataset(pairs, stream, ranges=field)))
     stage = Stage("deformation", model_from_weights(SHIPPED_WEIGHTS, required=("f2m",)))
 
     def loss(flow):

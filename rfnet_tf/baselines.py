@@ -21,7 +21,11 @@ import dataclasses
 import cv2
 import numpy as np
 
-from rfnet_tf.metrics.registration import affine_to_pixel_matrix, pixel_matrix_to_affine
+from rfnet_tf.metrics.registration import (
+    affine_to_pixel_matrix,
+    pixel_matrix_to_affine,
+    single_channel,
+)
 
 REPRESENTATIONS = ("intensity", "gradient")
 # ECC baseline (ecc_affine): pyramid levels, coarse to fine.
@@ -88,15 +92,6 @@ def _pyramid_level(image: np.ndarray, level: int) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def _as_luma(image, name: str) -> np.ndarray:
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
-    if image.ndim != 2:
-        raise ValueError(f"{name} must be single-channel (H, W) luma, got {image.shape}")
-    return image
-
-
 def _registration_inputs(
     moving_luma, fixed_luma, moving_mask, representation: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -104,10 +99,10 @@ def _registration_inputs(
     ``(H, W)`` each (the mask ``None`` when not given)."""
     if representation not in REPRESENTATIONS:
         raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {representation!r}")
-    moving = _as_luma(moving_luma, "moving_luma")
-    fixed = _as_luma(fixed_luma, "fixed_luma")
+    moving = single_channel(moving_luma, "moving_luma", np.float32)
+    fixed = single_channel(fixed_luma, "fixed_luma", np.float32)
     if moving_mask is not None:
-        moving_mask = _as_luma(moving_mask, "moving_mask")
+        moving_mask = single_channel(moving_mask, "moving_mask", np.float32)
         if moving_mask.shape != moving.shape:
             raise ValueError(f"moving_mask shape {moving_mask.shape} differs from {moving.shape}")
     return moving, fixed, moving_mask

@@ -41,7 +41,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from rfnet_tf.metrics.registration import structural_similarity
+from rfnet_tf.metrics.registration import single_channel, structural_similarity
 
 LEVELS = 256
 PEAK = 255.0
@@ -56,11 +56,9 @@ QABF_L = 1.0
 
 
 def _as_image(image, name: str = "image") -> np.ndarray:
-    image = np.asarray(image, dtype=np.float64)
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
-    if image.ndim != 2 or min(image.shape) < 2:
-        raise ValueError(f"{name} must be a single-channel (H, W) image, H, W >= 2: {image.shape}")
+    image = single_channel(image, name)
+    if min(image.shape) < 2:
+        raise ValueError(f"{name} must be at least 2 x 2 pixels, got {image.shape}")
     return image
 
 

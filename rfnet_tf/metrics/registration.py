@@ -317,8 +317,13 @@ def landmark_summary(distances) -> dict[str, float]:
     }
 
 
-def _as_image(image, name: str) -> np.ndarray:
-    image = np.asarray(image, dtype=np.float64)
+def single_channel(image, name: str, dtype=np.float64) -> np.ndarray:
+    """``image`` as an ``(H, W)`` array of ``dtype``, a trailing channel of size 1 dropped.
+
+    Raises:
+      ValueError: any other shape, naming ``name``.
+    """
+    image = np.asarray(image, dtype=dtype)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
     if image.ndim != 2:
@@ -343,8 +348,8 @@ def registration_psnr(registered_luma, nir, mask=None) -> float:
     ``10 log10(255^2 / MSE)`` with MSE the mean squared difference over mask pixels
     (all pixels if mask is None); ``inf`` for identical images, NaN for an empty mask.
     """
-    a = _as_image(registered_luma, "registered_luma")
-    b = _as_image(nir, "nir")
+    a = single_channel(registered_luma, "registered_luma")
+    b = single_channel(nir, "nir")
     valid = _as_mask(mask, a.shape)
     if not valid.any():
         return float("nan")
@@ -368,8 +373,8 @@ def ssim_map(a, b) -> np.ndarray:
     Near the border (within 5 px) the window is reflected; ``structural_similarity``
     excludes those pixels.
     """
-    a = _as_image(a, "a")
-    b = _as_image(b, "b")
+    a = single_channel(a, "a")
+    b = single_channel(b, "b")
     window = _gaussian_window()
 
     def blur(image: np.ndarray) -> np.ndarray:
@@ -397,7 +402,7 @@ def structural_similarity(a, b, mask=None) -> float:
     use_sample_covariance=False, data_range=255)``, which also drops a 5-px border.
     NaN if no pixel survives the erosion.
     """
-    a = _as_image(a, "a")
+    a = single_channel(a, "a")
     valid = _as_mask(mask, a.shape)
     size = 2 * SSIM_RADIUS + 1
     valid = ndimage.binary_erosion(valid, structure=np.ones((size, size), bool), border_value=0)

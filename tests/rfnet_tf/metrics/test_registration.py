@@ -220,3 +220,14 @@ def test_endpoint_error_hand_case():
     mask = np.ones((4, 5), bool)
     mask[1:] = False
     assert reg.endpoint_error(pred, true, mask) == pytest.approx(4 * 5.0 / 5)
+
+
+def test_single_channel_drops_a_trailing_channel_of_one_and_rejects_other_shapes(rng):
+    image = rng.uniform(0, 255, (5, 7))
+    squeezed = reg.single_channel(image[..., None], "image", np.float32)
+    assert squeezed.shape == (5, 7) and squeezed.dtype == np.float32
+    np.testing.assert_array_equal(squeezed, image.astype(np.float32))
+    np.testing.assert_array_equal(reg.single_channel(image.tolist(), "image"), image)
+    for shape in [(5, 7, 3), (5,), (1, 5, 7, 1)]:
+        with pytest.raises(ValueError, match=rf"moving_luma .* got \({shape[0]},"):
+            reg.single_channel(np.zeros(shape), "moving_luma")

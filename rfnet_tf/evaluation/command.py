@@ -61,6 +61,11 @@ _SYNTHETIC_FLAGS = (
     "misalign", "seed", "num_landmarks",
     *misalignment_flags.AFFINE_FLAGS, *misalignment_flags.LOCAL_FLAGS,
 )
+# Flags whose checked value is the setting of the same name.
+_SETTINGS_AS_GIVEN = (
+    "vis", "nir", "data_dir", "layout", "vis_dir", "nir_dir", "skip_bad", "landmarks_dir",
+    "misalign", "seed", "num_landmarks", "paper_conventions", "checkerboard_tiles", "ecc_levels",
+)
 _SOURCE_OPTIONS = {
     "pair": "--vis/--nir",
     "data_dir": "--data_dir",
@@ -179,27 +184,14 @@ def settings_from_flags(
         methods=parse_methods(values["methods"]),
         methods_given="methods" in present,
         out_dir=Path(values["out_dir"]),
-        vis=values["vis"],
-        nir=values["nir"],
-        data_dir=values["data_dir"],
-        layout=values["layout"],
         synthetic_flags_given=synthetic_flags_given,
-        vis_dir=values["vis_dir"],
-        nir_dir=values["nir_dir"],
-        skip_bad=values["skip_bad"],
         exclude=_names(values["exclude"]),
         pairs=_names(values["pairs"]),
-        landmarks_dir=values["landmarks_dir"],
-        misalign=values["misalign"],
         affine_ranges=affine_ranges,
         field_ranges=field_ranges,
-        seed=values["seed"],
-        num_landmarks=values["num_landmarks"],
         demo_images=demo_images,
-        paper_conventions=values["paper_conventions"],
-        checkerboard_tiles=values["checkerboard_tiles"],
-        ecc_levels=values["ecc_levels"],
         coarse_refinement_steps=refinement,
+        **{name: values[name] for name in _SETTINGS_AS_GIVEN},
     )
 
 

@@ -43,16 +43,18 @@ from rfnet_tf.conventions import CONTENT_THRESHOLD
 from rfnet_tf.evaluation.inference import COARSE_PARTS, COARSE_SIFT_CALL, FINE_CALL, MODEL_CALL
 from rfnet_tf.networks.refine import LOW_CONFIDENCE_NCC, LOW_CONFIDENCE_OVERLAP
 from rfnet_tf.evaluation.sources import Sample
-from rfnet_tf.metrics import (
-    fusion_metrics,
+from rfnet_tf.metrics.fusion import fusion_metrics
+from rfnet_tf.metrics.registration import (
+    endpoint_error,
     landmark_errors,
     landmark_summary,
     map_fixed_to_moving,
     map_moving_to_fixed,
+    registration_psnr,
+    registration_ssim,
     sampling_coordinates,
     warp_image,
 )
-from rfnet_tf.metrics.registration import endpoint_error, registration_psnr, registration_ssim
 from rfnet_tf.weights import PARTS
 
 @dataclasses.dataclass(frozen=True)

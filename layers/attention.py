@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from layers.config import ConfigFromArguments
 from layers.gradients import laplacian
 
 
@@ -33,7 +34,7 @@ def windowed_max(values: tf.Tensor, window: int) -> tf.Tensor:
 
 
 @keras.saving.register_keras_serializable(package="rfnet_tf")
-class GradientChannelAttention(keras.layers.Layer):
+class GradientChannelAttention(ConfigFromArguments, keras.layers.Layer):
     """Shared channel weights for two feature maps from their gradient content.
 
     For ``F_x, F_y`` of shape ``(B, H, W, C)``: ``G = |laplacian(F)|`` per channel;
@@ -52,6 +53,8 @@ class GradientChannelAttention(keras.layers.Layer):
     crop is one window (the layer is unchanged there) and a larger image gets the
     statistic of crops of ``S``.
     """
+
+    CONFIG_ARGUMENTS = ("reduction", "max_pool_window")
 
     def __init__(self, reduction: int = 8, max_pool_window: int | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -104,7 +107,3 @@ class GradientChannelAttention(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return [tuple(input_shape[0]), tuple(input_shape[1])]
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(reduction=self.reduction, max_pool_window=self.max_pool_window)
-        return config

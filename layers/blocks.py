@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from layers.config import ConfigFromArguments
+
 PAD_MODES = ("reflect", "zeros")
 NORMS = ("instance", "batch", "none")
 
@@ -21,7 +23,7 @@ def make_norm(norm: str, name: str) -> keras.layers.Layer | None:
 
 
 @keras.saving.register_keras_serializable(package="rfnet_tf")
-class PaddedConv2D(keras.layers.Layer):
+class PaddedConv2D(ConfigFromArguments, keras.layers.Layer):
     """Convolution with explicit reflect or zero "same" padding.
 
     ``k - s`` pixels are padded in total (the extra one after, for an even total), so a
@@ -29,6 +31,10 @@ class PaddedConv2D(keras.layers.Layer):
     convolution keeps the size, a 4x4 stride-2 one halves it. Input ``(B, H, W, Cin)``,
     output ``(B, H / s, W / s, filters)``.
     """
+
+    CONFIG_ARGUMENTS = (
+        "filters", "kernel_size", "strides", "pad_mode", "kernel_initializer", "use_bias"
+    )
 
     def __init__(
         self,
@@ -77,21 +83,10 @@ class PaddedConv2D(keras.layers.Layer):
         scale = lambda s: None if s is None else (s + self.strides - 1) // self.strides
         return (b, scale(h), scale(w), self.filters)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            filters=self.filters,
-            kernel_size=self.kernel_size,
-            strides=self.strides,
-            pad_mode=self.pad_mode,
-            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
-            use_bias=self.use_bias,
-        )
-        return config
 
 
 @keras.saving.register_keras_serializable(package="rfnet_tf")
-class ResidualBlock(keras.layers.Layer):
+class ResidualBlock(ConfigFromArguments, keras.layers.Layer):
     """``x + norm(conv(act(norm(conv(x)))))`` with two 3x3 padded convolutions.
 
     The convolutions carry a bias only without a norm (a norm's offset replaces it).
@@ -104,6 +99,8 @@ class ResidualBlock(keras.layers.Layer):
 
     Input and output ``(B, H, W, filters)``.
     """
+
+    CONFIG_ARGUMENTS = ("filters", "norm", "pad_mode", "negative_slope")
 
     def __init__(
         self,
@@ -146,13 +143,3 @@ class ResidualBlock(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            filters=self.filters,
-            norm=self.norm,
-            pad_mode=self.pad_mode,
-            negative_slope=self.negative_slope,
-        )
-        return config

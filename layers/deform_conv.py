@@ -48,6 +48,7 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
+from layers.config import ConfigFromArguments
 from layers.resampler import bilinear_cell, bilinear_weights
 
 # Output pixels times channels (the larger of Cin and Cout) per chunk of the compiled
@@ -341,7 +342,7 @@ def _backward(geometry: _Geometry, channels: int, out_grad, x, offset, kernel, m
 
 
 @keras.saving.register_keras_serializable(package="rfnet_tf")
-class DeformableConv2D(keras.layers.Layer):
+class DeformableConv2D(ConfigFromArguments, keras.layers.Layer):
     """Deformable convolution that predicts its own offsets (and, if modulated, mask).
 
     The offset branch is a ``kh x kw`` convolution over the layer's input with the
@@ -365,6 +366,10 @@ class DeformableConv2D(keras.layers.Layer):
 
     Input ``(B, H, W, Cin)``, output ``(B, Ho, Wo, filters)``.
     """
+
+    CONFIG_ARGUMENTS = (
+        "filters", "kernel_size", "strides", "padding", "dilation_rate", "use_bias", "modulated"
+    )
 
     def __init__(
         self,
@@ -474,16 +479,3 @@ class DeformableConv2D(keras.layers.Layer):
             self.dilation_rate,
         )
         return (b, out(h, kh, sh, ph, dh), out(w, kw, sw, pw, dw), self.filters)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            filters=self.filters,
-            kernel_size=self.kernel_size,
-            strides=self.strides,
-            padding=self.padding,
-            dilation_rate=self.dilation_rate,
-            use_bias=self.use_bias,
-            modulated=self.modulated,
-        )
-        return config

@@ -22,6 +22,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from layers.config import ConfigFromArguments
 from rfnet_tf.conventions import MASK_TOLERANCE_PX
 
 PADDING_MODES = ("zeros", "border", "reflect")
@@ -326,7 +327,7 @@ def warp_flow(image: tf.Tensor, flow: tf.Tensor, padding_mode: str = "zeros"):
 
 
 @keras.saving.register_keras_serializable(package="rfnet_tf")
-class SpatialTransformer(keras.layers.Layer):
+class SpatialTransformer(ConfigFromArguments, keras.layers.Layer):
     """Warps an image by an affine matrix or a dense flow.
 
     Called as ``layer([image, transform])`` with ``image (B, H, W, C)`` and either
@@ -334,6 +335,8 @@ class SpatialTransformer(keras.layers.Layer):
     in pixels); the transform's rank decides which. Returns
     ``[warped (B, H, W, C), mask (B, H, W, 1)]``.
     """
+
+    CONFIG_ARGUMENTS = ("padding_mode",)
 
     def __init__(self, padding_mode: str = "zeros", **kwargs):
         super().__init__(**kwargs)
@@ -354,8 +357,3 @@ class SpatialTransformer(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         image_shape = input_shape[0]
         return [tuple(image_shape), tuple(image_shape[:-1]) + (1,)]
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(padding_mode=self.padding_mode)
-        return config

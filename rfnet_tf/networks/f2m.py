@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from layers import GradientChannelAttention, ResidualBlock, warp_flow
+from layers.config import ConfigFromArguments
 from rfnet_tf.networks.padding import crop_to, pad_to_multiple
 
 # Two max-pools in the deformation U-Net; 8 leaves room for one more level.
@@ -21,8 +22,10 @@ def _conv(filters: int, name: str, **kwargs) -> keras.layers.Conv2D:
 
 
 @keras.saving.register_keras_serializable(package="rfnet_tf")
-class UNetLevel(keras.layers.Layer):
+class UNetLevel(ConfigFromArguments, keras.layers.Layer):
     """conv 3x3 (32) + batch norm + LeakyReLU(0.2) + residual block; size preserved."""
+
+    CONFIG_ARGUMENTS = ("filters",)
 
     def __init__(self, filters: int = 32, **kwargs):
         super().__init__(**kwargs)
@@ -46,14 +49,9 @@ class UNetLevel(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.filters,)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(filters=self.filters)
-        return config
-
 
 @keras.saving.register_keras_serializable(package="rfnet_tf")
-class DeformationBlock(keras.layers.Layer):
+class DeformationBlock(ConfigFromArguments, keras.layers.Layer):
     """3-level U-Net from shallow features to a bounded dense flow.
 
     Input ``concat(F_x1, F_y1)`` ``(B, H, W, 32)`` with H, W multiples of 4; output
@@ -61,6 +59,8 @@ class DeformationBlock(keras.layers.Layer):
     convolution is zero-initialised, so the flow is exactly 0 until phase 2 trains it.
     Nearest upsampling and skip concatenation on the way up.
     """
+
+    CONFIG_ARGUMENTS = ("max_displacement", "filters")
 
     def __init__(self, max_displacement: float = 16.0, filters: int = 32, **kwargs):
         super().__init__(**kwargs)
@@ -109,14 +109,9 @@ class DeformationBlock(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (2,)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(max_displacement=self.max_displacement, filters=self.filters)
-        return config
-
 
 @keras.saving.register_keras_serializable(package="rfnet_tf")
-class F2M(keras.Model):
+class F2M(ConfigFromArguments, keras.Model):
     """Fine registration and fusion of a coarse-aligned pair.
 
     1. A shared conv 3x3 -> 16 + LeakyReLU(0.2) gives ``F_x1, F_y1`` (same weights).
@@ -150,6 +145,8 @@ class F2M(keras.Model):
     by that field, e.g. to evaluate Eq. 9 along a known field. Where the input is padded
     to a multiple of 8, the given flow is reflect-padded like the images.
     """
+
+    CONFIG_ARGUMENTS = ("max_displacement", "attention_reduction", "attention_window")
 
     def __init__(
         self,
@@ -244,12 +241,3 @@ class F2M(keras.Model):
             "registered": registered,
             "mask": mask,
         }
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            max_displacement=self.max_displacement,
-            attention_reduction=self.attention_reduction,
-            attention_window=self.attention_window,
-        )
-        return config

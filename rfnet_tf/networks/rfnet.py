@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from layers import affine_grid, identity_grid, resample, warp_flow
+from layers.config import ConfigFromArguments
 from layers.resampler import inside_mask
 from rfnet_tf.colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
 from rfnet_tf.networks.affinenet import AffineNet
@@ -60,7 +61,7 @@ def colour_fusion(fused: tf.Tensor, registered: tf.Tensor) -> tf.Tensor:
 
 
 @keras.saving.register_keras_serializable(package="rfnet_tf")
-class RFNet(keras.Model):
+class RFNet(ConfigFromArguments, keras.Model):
     """The whole RFNet pipeline for inference.
 
     Called as ``model([vis, nir])`` with ``vis (B, H, W, 3)`` RGB (or ``(B, H, W, 1)``
@@ -94,6 +95,11 @@ class RFNet(keras.Model):
 
     :meth:`coarse` runs the coarse module alone, :meth:`fine` F2M alone.
     """
+
+    CONFIG_ARGUMENTS = (
+        "deformable", "max_displacement", "affine_input_size", "coarse_refinement_steps",
+        "coarse_refinement_levels", "coarse_refinement_fine_size", "attention_window",
+    )
 
     def __init__(
         self,
@@ -261,16 +267,3 @@ class RFNet(keras.Model):
             "coarse_ncc": registration["ncc"],
             "coarse_overlap": registration["overlap"],
         }
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            deformable=self.deformable,
-            max_displacement=self.max_displacement,
-            affine_input_size=self.affine_input_size,
-            coarse_refinement_steps=self.coarse_refinement_steps,
-            coarse_refinement_levels=self.coarse_refinement_levels,
-            coarse_refinement_fine_size=self.coarse_refinement_fine_size,
-            attention_window=self.attention_window,
-        )
-        return config

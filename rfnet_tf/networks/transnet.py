@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from layers import PaddedConv2D, ResidualBlock, make_norm
+from layers.config import ConfigFromArguments
 from rfnet_tf.networks.padding import crop_to, pad_to_multiple
 
 # Two stride-2 convolutions in the encoders.
@@ -13,12 +14,14 @@ DOWNSAMPLING = 4
 
 
 @keras.saving.register_keras_serializable(package="rfnet_tf")
-class ConvNormAct(keras.layers.Layer):
+class ConvNormAct(ConfigFromArguments, keras.layers.Layer):
     """Reflect-padded convolution, instance norm (learned affine), LeakyReLU(0.2).
 
     The convolution has no bias: the norm's learned offset makes one redundant, and a
     redundant parameter only collects round-off as its gradient.
     """
+
+    CONFIG_ARGUMENTS = ("filters", "kernel_size", "strides")
 
     def __init__(self, filters: int, kernel_size: int, strides: int = 1, **kwargs):
         super().__init__(**kwargs)
@@ -38,11 +41,6 @@ class ConvNormAct(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides)
-        return config
 
 
 def _encoder(name: str) -> keras.Sequential:

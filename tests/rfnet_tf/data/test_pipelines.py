@@ -12,11 +12,7 @@ import tensorflow as tf
 from layers import warp_affine, warp_flow
 from rfnet_tf.data.io import Pair
 from rfnet_tf.data.pipelines import (
-    Stream,
-    affinenet_dataset,
-    f2m_dataset,
-    steps_per_epoch,
-    transnet_dataset,
+    Stream, affinenet_dataset, f2m_dataset, steps_per_epoch, transnet_dataset
 )
 from rfnet_tf.data.synthetic import (
     AffineRanges,

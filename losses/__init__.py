@@ -11,6 +11,7 @@ from losses.common import laplacian_valid_mask, masked_mean, matching_tensors
 from losses.deformation import bilateral_smoothness, deformation_loss
 from losses.fusion import content_loss, fusion_loss, gradient_loss, gradient_target, image_gradient
 from losses.registration import NCCLoss, coarse_loss, multiscale_coarse_loss, ncc, transnet_loss
+from losses.similarity import fully_valid, gradient_magnitude, gradient_ncc
 from losses.weights import PAPER, LossWeights
 
 __all__ = [
@@ -21,8 +22,11 @@ __all__ = [
     "coarse_loss",
     "content_loss",
     "deformation_loss",
+    "fully_valid",
     "fusion_loss",
     "gradient_loss",
+    "gradient_magnitude",
+    "gradient_ncc",
     "gradient_target",
     "image_gradient",
     "laplacian_valid_mask",

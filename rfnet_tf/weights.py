@@ -17,6 +17,7 @@ from pathlib import Path
 from absl import logging
 
 from rfnet_tf.networks import RFNet
+from rfnet_tf.networks.refine import SIMILARITIES
 from rfnet_tf.staging import staged_directory
 
 PARTS = ("transnet", "affinenet", "f2m")
@@ -29,7 +30,7 @@ def _is_int(value) -> bool:
 
 
 # The RFNet constructor arguments stored in rfnet.json's "model" (older files may lack the
-# last three; RFNet's defaults apply): which values each takes, as a check and its words.
+# last four; RFNet's defaults apply): which values each takes, as a check and its words.
 # An affine input of 4 px fails in TransNet's reflect padding; 8 runs.
 _MODEL_VALUES = {
     "deformable": (lambda v: isinstance(v, bool), "true or false"),
@@ -41,6 +42,10 @@ _MODEL_VALUES = {
     "coarse_refinement_steps": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "coarse_refinement_levels": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "coarse_refinement_fine_size": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "coarse_refinement_similarity": (
+        lambda v: v in SIMILARITIES,
+        "one of " + ", ".join(f'"{name}"' for name in SIMILARITIES),
+    ),
     "attention_window": (
         lambda v: v is None or (_is_int(v) and v >= 1),
         "null or an integer >= 1",

@@ -44,7 +44,7 @@ COARSE_PARTS = ("transnet", "affinenet")
 WEIGHTS_FORMAT = "weights"
 SAVED_MODEL_FORMAT = "saved_model"
 # The coarse registration's confidence (``rfnet_tf.networks.refine.Confidence``).
-CONFIDENCE_OUTPUTS = ("coarse_ncc", "coarse_overlap")
+CONFIDENCE_OUTPUTS = ("coarse_ncc", "coarse_overlap", "coarse_unsure")
 COARSE_OUTPUTS = ("affine", "registered_coarse", *CONFIDENCE_OUTPUTS)
 FULL_OUTPUTS = (
     "registered_coarse", "registered", "fused", "fused_rgb", "affine", "flow", "mask",

@@ -41,7 +41,6 @@ from rfnet_tf import baselines
 from rfnet_tf.colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
 from rfnet_tf.conventions import CONTENT_THRESHOLD
 from rfnet_tf.evaluation.inference import COARSE_PARTS, COARSE_SIFT_CALL, FINE_CALL, MODEL_CALL
-from rfnet_tf.networks.refine import LOW_CONFIDENCE_NCC, LOW_CONFIDENCE_OVERLAP
 from rfnet_tf.evaluation.sources import Sample
 from rfnet_tf.metrics.fusion import fusion_metrics
 from rfnet_tf.metrics.registration import (
@@ -352,16 +351,15 @@ def register(
 
 def confidence(prediction: dict) -> dict:
     """The coarse registration's confidence from an RFNet call's outputs: ``coarse_ncc``,
-    ``coarse_overlap`` and ``unsure`` (either below ``LOW_CONFIDENCE_NCC`` /
-    ``LOW_CONFIDENCE_OVERLAP``); empty for outputs without them (older SavedModels)."""
-    if "coarse_ncc" not in prediction:
+    ``coarse_overlap`` and ``unsure`` (``coarse_unsure``: either below its threshold,
+    ``rfnet_tf.networks.refine.Confidence``); empty for outputs without them (older
+    SavedModels)."""
+    if "coarse_unsure" not in prediction:
         return {}
-    correlation = float(prediction["coarse_ncc"])
-    overlap = float(prediction["coarse_overlap"])
     return {
-        "coarse_ncc": finite_or_none(correlation),
-        "coarse_overlap": finite_or_none(overlap),
-        "unsure": not (correlation >= LOW_CONFIDENCE_NCC and overlap >= LOW_CONFIDENCE_OVERLAP),
+        "coarse_ncc": finite_or_none(float(prediction["coarse_ncc"])),
+        "coarse_overlap": finite_or_none(float(prediction["coarse_overlap"])),
+        "unsure": bool(prediction["coarse_unsure"]),
     }
 
 

@@ -34,7 +34,7 @@ from rfnet_tf.evaluation.inference import (
     WeightsInfo,
 )
 from rfnet_tf.evaluation.sources import EvaluationSet, Sample
-from rfnet_tf.networks.refine import LOW_CONFIDENCE_NCC, LOW_CONFIDENCE_OVERLAP
+from rfnet_tf.networks.refine import LOW_CONFIDENCE_OVERLAP, SIMILARITIES
 
 CONVENTIONS = {
     False: "standard (ARCHITECTURE section 6; e.g. fusion PSNR with peak 255 on 0-255 luma)",
@@ -257,12 +257,19 @@ def evaluate_sample(
     return record, images
 
 
+# The thresholds below which the coarse search flags its result (refine.Confidence).
+THRESHOLDS_TEXT = (
+    " or ".join(f"{name} {similarity.low_confidence}" for name, similarity in SIMILARITIES.items())
+    + f" (the search's similarity), overlap {LOW_CONFIDENCE_OVERLAP}"
+)
+
+
 def unsure_text(method: str, details: dict) -> str:
     """Why a coarse registration is flagged as unsure (its confidence, the thresholds)."""
     return (
-        f"the {method} registration is unsure (NCC {_two(details['coarse_ncc'])} of the "
-        f"translated pair, overlap {_two(details['coarse_overlap'])}; flagged below "
-        f"{LOW_CONFIDENCE_NCC} / {LOW_CONFIDENCE_OVERLAP}): check it"
+        f"the {method} registration is unsure (similarity {_two(details['coarse_ncc'])} of "
+        f"the translated pair, overlap {_two(details['coarse_overlap'])}; flagged below "
+        f"{THRESHOLDS_TEXT}): check it"
     )
 
 
@@ -346,20 +353,19 @@ def _notes(
         label = report.METHOD_LABELS[method]
         if unsure:
             listing = "; ".join(
-                f"{r['name']} (NCC {_two(r['registration'][method]['coarse_ncc'])}, overlap "
+                f"{r['name']} (similarity {_two(r['registration'][method]['coarse_ncc'])}, overlap "
                 f"{_two(r['registration'][method]['coarse_overlap'])})"
                 for r in unsure
             )
             notes.append(
                 f"UNSURE: {label}'s coarse registration of {len(unsure)} of {len(per_image)} "
-                f"pair(s) has an NCC of the translated pair below {LOW_CONFIDENCE_NCC} or an "
-                f"overlap below {LOW_CONFIDENCE_OVERLAP} (per_image: coarse_ncc, coarse_overlap, "
-                f"unsure); check them: {listing}."
+                f"pair(s) is below the search's thresholds ({THRESHOLDS_TEXT}; per_image: "
+                f"coarse_ncc, coarse_overlap, unsure); check them: {listing}."
             )
         elif any("unsure" in r["registration"][method] for r in per_image):
             notes.append(
-                f"{label}'s coarse registration is above the confidence thresholds (NCC "
-                f"{LOW_CONFIDENCE_NCC}, overlap {LOW_CONFIDENCE_OVERLAP}) on every pair."
+                f"{label}'s coarse registration is above the confidence thresholds "
+                f"({THRESHOLDS_TEXT}) on every pair."
             )
     if plan.fusion:
         if plan.fusion_registration == "rfnet":

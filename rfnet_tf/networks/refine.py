@@ -47,25 +47,24 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import tensorflow as tf
 
 from layers import affine_grid, resample
 from layers.resampler import inside_mask
-from losses import ncc
+from losses import fully_valid, gradient_magnitude, ncc
 from rfnet_tf.data.synthetic import affine_matrix
 
-# Similarity transforms of the image's pixel frame composed with the prediction at the
-# coarsest level: rotations (degrees), isotropic scales and shifts (fractions of the
-# side; 0.15 = 15 %) spanning the training misalignments (rotations to 15 degrees,
-# scales 0.8-1.25, shifts to 15 % of each side).
-START_ROTATIONS_DEG = (-15.0, -10.0, -5.0, 0.0, 5.0, 10.0, 15.0)
+# The start search (coarsest level): similarity transforms of the image's pixel frame,
+# every rotation (degrees) with every isotropic scale, each with every integer shift of
+# the level up to START_MAX_SHIFT of each side (0.2 = 20 %), scored at once by FFT.
+# They span the training misalignments (rotations to 15 degrees, scales 0.8-1.25, shifts
+# to 15 % of each side; undoing a scale of 0.8 shifts by up to 0.15 / 0.8 = 19 %).
+START_ROTATIONS_DEG = tuple(2.5 * step for step in range(-6, 7))
 START_SCALES = (0.8, 0.89, 1.0, 1.12, 1.25)
-START_SHIFTS = (-0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15)
-START_GRID = tuple(
-    itertools.product(START_ROTATIONS_DEG, START_SCALES, START_SHIFTS, START_SHIFTS)
-)
+START_GRID = tuple(itertools.product(START_ROTATIONS_DEG, START_SCALES))
+START_MAX_SHIFT = 0.2
 # Adam's step at the start of each level, in pixels of that level.
 STEP_PX = 0.5
 # The smallest side a pyramid level may have.
@@ -75,6 +74,41 @@ ADAM_BETA_2 = 0.999
 ADAM_EPSILON = 1e-8
 # The score of a candidate that fails a guard: below every NCC.
 FAILED_SCORE = -2.0
+# Eq. 5's epsilon (losses.ncc), also in the FFT form of the start search.
+NCC_EPSILON = 1e-5
+
+
+class Similarity(NamedTuple):
+    """What the search maximises: Eq. 5's NCC of ``feature(warped)`` and
+    ``feature(fixed)`` over the pixels whose ``window x window`` neighbourhood is valid
+    (the pixels ``feature`` reads), with the margins its scale calls for.
+
+    Attributes:
+      feature: ``(N, h, w, 1) -> (N, h, w, 1)``.
+      window: the side of the neighbourhood ``feature`` reads at a pixel.
+      min_gain: how much higher the refined affine's score must be than the best
+        fallback's (the identity, the prediction, extra starts) to be returned.
+      low_confidence: a result scoring below it is flagged as unsure.
+    """
+
+    feature: Callable[[tf.Tensor], tf.Tensor]
+    window: int
+    min_gain: float
+    low_confidence: float
+
+
+# "ncc": the paper's Eq. 4 on the intensities. "gradient_ncc": on the gradient
+# magnitudes (losses.similarity), which ranks the true alignment above the wrong optima
+# of the global NCC (ARCHITECTURE section 7). The margins were measured on the
+# validation pairs (weights/README.md): an affine fitted to a pair misaligned only
+# locally gained at most 0.015 NCC (0.024 gradient NCC) over the identity, a correct
+# registration of an affine misalignment at least 0.09 (0.25); correct registrations
+# scored at least 0.33 gradient NCC and the search's failures at most 0.24 (with the
+# NCC, wrong optima scored as high as correct ones: its flag is a weak signal).
+SIMILARITIES = {
+    "ncc": Similarity(lambda image: image, 1, min_gain=0.03, low_confidence=0.3),
+    "gradient_ncc": Similarity(gradient_magnitude, 3, min_gain=0.08, low_confidence=0.25),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,49 +123,53 @@ class Guards:
       scale_range: the scales allowed (training: 0.8-1.25).
       max_anisotropy: the largest ratio of the singular values of the linear part
         (training: a shear of 0.15 gives 1.16).
-      min_gain: how much higher the refined affine's NCC must be than the best
-        fallback's. On the validation pairs a correct registration of an affine
-        misalignment gained at least 0.09 over the identity, while an affine fitted to
-        a pair misaligned only locally gained at most 0.015 and moved its landmarks by
-        up to 11 px: the margin keeps such pairs as they are.
+      min_gain: how much higher the refined affine's score must be than the best
+        fallback's; ``None``: the similarity's (:class:`Similarity`). An affine fitted
+        to a pair misaligned only locally moved its landmarks by up to 11 px: the
+        margin keeps such pairs as they are.
     """
 
     min_overlap: float = 0.55
     max_rotation_deg: float = 20.0
     scale_range: tuple[float, float] = (0.7, 1.43)
     max_anisotropy: float = 1.35
-    min_gain: float = 0.03
+    min_gain: float | None = None
 
 
 class Confidence(NamedTuple):
-    """How far a coarse registration can be trusted: per image, the NCC of TransNet's
-    translation warped by the affine with the NIR, and the share of the NIR that the
-    warp covers with VIS content. (Low values: see ``LOW_CONFIDENCE_NCC``.)"""
+    """How far a coarse registration can be trusted, per image: ``ncc``, the search's
+    similarity (an NCC) of TransNet's translation warped by the affine with the NIR;
+    ``overlap``, the share of the NIR that the warp covers with VIS content; ``unsure``,
+    either below its threshold (``Similarity.low_confidence``, ``LOW_CONFIDENCE_OVERLAP``)."""
 
     ncc: tf.Tensor
     overlap: tf.Tensor
+    unsure: tf.Tensor
 
 
-# A coarse registration whose final NCC or overlap is below these is flagged as unsure
-# (evaluate.py's results and warnings): measured on the validation pairs (README), a
-# correct registration of a real pair scores well above them.
-LOW_CONFIDENCE_NCC = 0.3
+# A coarse registration covering less of the NIR than this is flagged as unsure.
 LOW_CONFIDENCE_OVERLAP = 0.5
+
+
+def confidence_of(correlation: tf.Tensor, overlap: tf.Tensor, measure: Similarity) -> Confidence:
+    """The :class:`Confidence` of a result: unsure below ``measure.low_confidence`` or
+    ``LOW_CONFIDENCE_OVERLAP`` (and where the similarity is not a number)."""
+    sure = (correlation >= measure.low_confidence) & (overlap >= LOW_CONFIDENCE_OVERLAP)
+    return Confidence(correlation, overlap, tf.logical_not(sure))
 
 
 def start_transforms(aspect, grid=START_GRID, dtype=tf.float32) -> tf.Tensor:
     """``(K, 3, 3)`` homogeneous normalised affines of the pixel-frame similarities.
 
-    ``grid``: ``(rotation_deg, scale, shift_y, shift_x)`` each, shifts as fractions of
-    the side; ``aspect``: ``(H - 1) / (W - 1)`` of the image (a scalar).
+    ``grid``: ``(rotation_deg, scale)`` each, about the image centre; ``aspect``:
+    ``(H - 1) / (W - 1)`` of the image (a scalar).
     """
-    columns = [tf.constant([row[index] for row in grid], dtype) for index in range(4)]
-    rotation, scale, shift_y, shift_x = columns
+    rotation = tf.constant([row[0] for row in grid], dtype)
+    scale = tf.constant([row[1] for row in grid], dtype)
+    zeros = tf.zeros_like(scale)
     aspect = tf.cast(aspect, dtype)
     # affine_matrix reads the frame only through its aspect (H - 1) / (W - 1).
-    matrices = affine_matrix(
-        rotation, scale, tf.zeros_like(scale), shift_y, shift_x, height=aspect + 1.0, width=2.0
-    )
+    matrices = affine_matrix(rotation, scale, zeros, zeros, zeros, height=aspect + 1.0, width=2.0)
     bottom = tf.tile(tf.constant([[[0.0, 0.0, 1.0]]], dtype), [len(grid), 1, 1])
     return tf.concat([matrices, bottom], axis=1)
 
@@ -182,26 +220,175 @@ def within_bounds(theta: tf.Tensor, aspect, guards: Guards = Guards()) -> tf.Ten
     )
 
 
-def affine_ncc(theta: tf.Tensor, moving: tf.Tensor, fixed: tf.Tensor):
-    """``(ncc, overlap)``, each ``(N,)``: the masked NCC (Eq. 5) of ``moving`` warped by
-    ``theta (N, 2, 3)`` and ``fixed``, and the share of ``fixed``'s pixels whose sample
-    point lies inside ``moving``. ``moving``, ``fixed``: ``(N, h, w, 1)``."""
+def affine_similarity(
+    theta: tf.Tensor, moving: tf.Tensor, fixed: tf.Tensor, measure: Similarity = SIMILARITIES["ncc"]
+):
+    """``(similarity, overlap)``, each ``(N,)``: the masked ``measure`` (by default Eq.
+    5 on the intensities) of ``moving`` warped by ``theta (N, 2, 3)`` and ``fixed``,
+    and the share of ``fixed``'s pixels whose sample point lies inside ``moving``.
+    ``moving``, ``fixed``: ``(N, h, w, 1)``."""
     shape = tf.shape(fixed)
     coords = affine_grid(theta, shape[1], shape[2])
     warped, mask = resample(moving, coords)
-    return ncc(warped, fixed, mask), tf.reduce_mean(mask, axis=[1, 2, 3])
+    feature, window = measure.feature, measure.window
+    value = ncc(feature(warped), feature(fixed), fully_valid(mask, window), eps=NCC_EPSILON)
+    return value, tf.reduce_mean(mask, axis=[1, 2, 3])
 
 
-def guarded_scores(theta, moving, fixed, aspect, guards: Guards):
-    """``(score, ncc, overlap)``, each ``(N,)``: the score is the NCC where the guards
-    hold and ``FAILED_SCORE`` where they do not."""
-    correlation, overlap = affine_ncc(theta, moving, fixed)
+def guarded_scores(theta, moving, fixed, aspect, guards: Guards, measure: Similarity = SIMILARITIES["ncc"]):
+    """``(score, similarity, overlap)``, each ``(N,)``: the score is the similarity
+    (``measure``) where the guards hold and ``FAILED_SCORE`` where they do not."""
+    correlation, overlap = affine_similarity(theta, moving, fixed, measure)
     passes = within_bounds(theta, aspect, guards) & (overlap >= guards.min_overlap)
     return tf.where(passes, correlation, FAILED_SCORE), correlation, overlap
 
 
-def descend(theta: tf.Tensor, moving: tf.Tensor, fixed: tf.Tensor, steps: int, learning_rate):
-    """``steps`` Adam steps on each image's ``-NCC``; returns ``theta``.
+def shift_correlation(fixed, fixed_valid, canvas, canvas_valid, canvas_inside):
+    """Eq. 5's masked NCC of ``fixed`` with ``canvas`` at every integer shift, by FFT.
+
+    ``score[n, d_y, d_x]`` is the NCC over the pixels ``q`` where ``fixed_valid[q]`` and
+    ``canvas_valid[q + d]`` are 1 of ``fixed[q]`` and ``canvas[q + d]`` (the masked
+    correlation of Padfield, IEEE TIP 2012: six correlations of the masked images, their
+    squares and the masks give the sums of every shift's means, variances and
+    covariance); ``overlap[n, d_y, d_x]`` is the share of ``fixed``'s pixels whose
+    ``canvas_inside[q + d]`` is 1. Sums are in float64, so a map equals the direct NCC
+    to about 1e-6.
+
+    Args:
+      fixed, fixed_valid: ``(N, h, w)``.
+      canvas, canvas_valid, canvas_inside: ``(N, h + 2 p_y, w + 2 p_x)``.
+
+    Returns:
+      ``(score, overlap)``, each ``(N, 2 p_y + 1, 2 p_x + 1)``, float64; the score is 0
+      where no pixel is valid.
+    """
+    fixed_shape = tf.shape(fixed)[1:3]
+    canvas_shape = tf.shape(canvas)[1:3]
+    # Zero padding to the sum of the sizes keeps every correlation free of wrap-around.
+    size = canvas_shape + fixed_shape
+    shifts = canvas_shape - fixed_shape + 1
+
+    def spectrum(image):
+        return tf.signal.rfft2d(tf.cast(image, tf.float64), fft_length=size)
+
+    def correlation(fixed_spectrum, canvas_spectrum):
+        full = tf.signal.irfft2d(tf.math.conj(fixed_spectrum) * canvas_spectrum, fft_length=size)
+        return full[:, : shifts[0], : shifts[1]]
+
+    fixed_valid = tf.cast(fixed_valid, tf.float64)
+    fixed = tf.cast(fixed, tf.float64) * fixed_valid
+    canvas_valid = tf.cast(canvas_valid, tf.float64)
+    canvas = tf.cast(canvas, tf.float64) * canvas_valid
+    fixed_spectra = [spectrum(fixed_valid), spectrum(fixed), spectrum(fixed * fixed)]
+    canvas_spectra = [spectrum(canvas_valid), spectrum(canvas), spectrum(canvas * canvas)]
+    count = correlation(fixed_spectra[0], canvas_spectra[0])
+    # Rounding leaves about 1e-12 where nothing overlaps: counts below a pixel are none.
+    safe_count = tf.where(count > 0.5, count, 1.0)
+    mean_fixed = correlation(fixed_spectra[1], canvas_spectra[0]) / safe_count
+    mean_canvas = correlation(fixed_spectra[0], canvas_spectra[1]) / safe_count
+    variance_fixed = correlation(fixed_spectra[2], canvas_spectra[0]) / safe_count - mean_fixed**2
+    variance_canvas = correlation(fixed_spectra[0], canvas_spectra[2]) / safe_count - mean_canvas**2
+    covariance = correlation(fixed_spectra[1], canvas_spectra[1]) / safe_count - mean_fixed * mean_canvas
+    score = covariance / (
+        tf.sqrt(tf.maximum(variance_fixed, 0.0) + NCC_EPSILON)
+        * tf.sqrt(tf.maximum(variance_canvas, 0.0) + NCC_EPSILON)
+    )
+    score = tf.where(count > 0.5, score, 0.0)
+    inside = correlation(spectrum(tf.ones_like(fixed)), spectrum(canvas_inside))
+    return score, inside / tf.cast(fixed_shape[0] * fixed_shape[1], tf.float64)
+
+
+def shift_search(
+    moving: tf.Tensor,
+    fixed: tf.Tensor,
+    aspect,
+    grid=START_GRID,
+    max_shift: float = START_MAX_SHIFT,
+    measure: Similarity = SIMILARITIES["ncc"],
+    guards: Guards = Guards(),
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The best shift of every start similarity: ``(theta, score)``.
+
+    Each similarity ``S`` of ``grid`` warps ``moving`` onto a canvas that extends the
+    fixed frame by ``max_shift`` of each side, and :func:`shift_correlation` scores
+    every integer shift ``u`` of the level (pixels) at once. The best guarded shift gives
+    ``theta(q) = S(q + u)``: ``registered[q] = moving[S(q + u)]``.
+
+    Args:
+      moving, fixed: ``(B, h, w, 1)`` one pyramid level.
+      aspect: ``(H - 1) / (W - 1)`` of the full-size image.
+      grid: ``(rotation_deg, scale)`` pairs (:func:`start_transforms`).
+      max_shift: the largest shift, a fraction of each side.
+      measure: the similarity measure.
+      guards: a shift counts only with at least ``guards.min_overlap`` overlap.
+
+    Returns:
+      ``theta (K * B, 2, 3)`` candidate-major (similarity ``k`` of image ``b`` at
+      ``k * B + b``) and its ``score (K * B,)`` (``FAILED_SCORE`` where no shift passes).
+    """
+    dtype = moving.dtype
+    count = len(grid)
+    batch = tf.shape(moving)[0]
+    height, width = tf.shape(fixed)[1], tf.shape(fixed)[2]
+    extent_y = tf.cast(tf.maximum(height - 1, 1), dtype)
+    extent_x = tf.cast(tf.maximum(width - 1, 1), dtype)
+    pad_y = tf.cast(tf.math.ceil(max_shift * extent_y), tf.int32)
+    pad_x = tf.cast(tf.math.ceil(max_shift * extent_x), tf.int32)
+    # The canvas in normalised coordinates of the fixed frame, then through each S.
+    v = 2.0 * tf.cast(tf.range(-pad_y, height + pad_y), dtype) / extent_y - 1.0
+    u = 2.0 * tf.cast(tf.range(-pad_x, width + pad_x), dtype) / extent_x - 1.0
+    vv, uu = tf.meshgrid(v, u, indexing="ij")
+    points = tf.stack([uu, vv, tf.ones_like(uu)], axis=-1)
+    similarities = start_transforms(aspect, grid, dtype)[:, :2, :]
+    sample = tf.einsum("kij,hwj->khwi", similarities, points)
+    moving_shape = tf.shape(moving)
+    coords = tf.stack(
+        [
+            (sample[..., 1] + 1.0) * 0.5 * tf.cast(moving_shape[1] - 1, dtype),
+            (sample[..., 0] + 1.0) * 0.5 * tf.cast(moving_shape[2] - 1, dtype),
+        ],
+        axis=-1,
+    )
+    coords = tf.repeat(coords, batch, axis=0)  # (K * B, canvas h, canvas w, 2)
+    canvas, inside = resample(tf.tile(moving, [count, 1, 1, 1]), coords)
+    feature, window = measure.feature, measure.window
+    fixed_features = feature(fixed)
+    fixed_valid = fully_valid(tf.ones_like(fixed), window)
+    score, overlap = shift_correlation(
+        tf.tile(fixed_features, [count, 1, 1, 1])[..., 0],
+        tf.tile(fixed_valid, [count, 1, 1, 1])[..., 0],
+        feature(canvas)[..., 0],
+        fully_valid(inside, window)[..., 0],
+        inside[..., 0],
+    )
+    score = tf.where(overlap >= guards.min_overlap, score, FAILED_SCORE)
+    shifts_x = 2 * pad_x + 1
+    flat = tf.reshape(score, [count * batch, -1])
+    best = tf.argmax(flat, axis=1, output_type=tf.int32)
+    shift_y = tf.cast(best // shifts_x - pad_y, dtype)
+    shift_x = tf.cast(best % shifts_x - pad_x, dtype)
+    # theta(q) = S(q + t), t the shift in normalised units, [u, v] order.
+    shift = tf.stack([2.0 * shift_x / extent_x, 2.0 * shift_y / extent_y], axis=-1)
+    linear = tf.repeat(similarities[:, :, :2], batch, axis=0)
+    translation = tf.repeat(similarities[:, :, 2], batch, axis=0) + tf.einsum("nij,nj->ni", linear, shift)
+    theta = tf.concat([linear, translation[..., None]], axis=-1)
+    passes = within_bounds(theta, aspect, guards)
+    return theta, tf.where(passes, tf.cast(tf.reduce_max(flat, axis=1), dtype), FAILED_SCORE)
+
+
+# XLA fuses the many small element-wise operations of a step (warp, gradient, NCC and
+# their gradients): the coarse module ran 1.6 times faster on 2 CPU cores. It compiles
+# once per level shape, which is why RFNet's fine level is a fixed square.
+@tf.function(jit_compile=True)
+def descend(
+    theta: tf.Tensor,
+    moving: tf.Tensor,
+    fixed: tf.Tensor,
+    steps: int,
+    learning_rate,
+    measure: Similarity = SIMILARITIES["ncc"],
+):
+    """``steps`` Adam steps on each image's negated ``measure``; returns ``theta``.
 
     ``theta (N, 2, 3)``; ``moving``, ``fixed`` ``(N, h, w, 1)``. Each image's loss is
     summed, not averaged, into the objective, so its gradient is its own. The step
@@ -213,7 +400,7 @@ def descend(theta: tf.Tensor, moving: tf.Tensor, fixed: tf.Tensor, steps: int, l
     def step(index, theta, first_moment, second_moment):
         with tf.GradientTape() as tape:
             tape.watch(theta)
-            loss = -tf.reduce_sum(affine_ncc(theta, moving, fixed)[0])
+            loss = -tf.reduce_sum(affine_similarity(theta, moving, fixed, measure)[0])
         gradient = tape.gradient(loss, theta)
         first_moment = ADAM_BETA_1 * first_moment + (1.0 - ADAM_BETA_1) * gradient
         second_moment = ADAM_BETA_2 * second_moment + (1.0 - ADAM_BETA_2) * tf.square(gradient)
@@ -262,9 +449,11 @@ def refine_affine(
     fine: tuple[tf.Tensor, tf.Tensor] | None = None,
     fine_steps: int | None = None,
     extra_starts: tf.Tensor | None = None,
-    top_k: int = 4,
+    top_k: int = 8,
+    carry: int = 3,
     grid=START_GRID,
     guards: Guards = Guards(),
+    similarity: str = "ncc",
 ) -> tuple[tf.Tensor, Confidence]:
     """Refines a backward normalised affine by a guarded search on Eq. 4 (module docstring).
 
@@ -285,18 +474,22 @@ def refine_affine(
       fine_steps: Adam steps at the fine level (default ``steps``).
       extra_starts: ``(B, E, 2, 3)`` more starts (and fallbacks), or ``None``.
       top_k: starts of each image that descend at the coarsest level.
-      grid: the start similarities (see :func:`start_transforms`); empty: the
-        fallbacks are the only starts.
+      carry: of those, how many descend at every finer level (the finest decides).
+      grid: the start similarities, ``(rotation_deg, scale)`` pairs, each searched
+        over every shift (:func:`shift_search`); empty: the fallbacks are the only
+        starts.
       guards: see :class:`Guards`.
+      similarity: what the search maximises, a key of :data:`SIMILARITIES`.
 
     Returns:
       ``(theta, confidence)``: ``(B, 2, 3)`` the chosen affine (same convention) and
       its :class:`Confidence` at the finest level.
     """
+    measure = SIMILARITIES[similarity]
     finest_moving, finest_fixed = fine if fine is not None else (moving, fixed)
     if steps <= 0:
-        correlation, overlap = affine_ncc(theta, finest_moving, finest_fixed)
-        return theta, Confidence(correlation, overlap)
+        correlation, overlap = affine_similarity(theta, finest_moving, finest_fixed, measure)
+        return theta, confidence_of(correlation, overlap, measure)
     dtype = theta.dtype
     batch = tf.shape(theta)[0]
     identity = tf.tile(tf.constant([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], dtype), [batch, 1, 1])
@@ -307,61 +500,76 @@ def refine_affine(
     fallback_count = len(fallbacks)
     fallbacks = tf.concat(fallbacks, axis=0)
 
-    starts = fallbacks
-    if grid:
-        # The grid spans the misalignments about the identity, not about the prediction:
-        # a poor prediction would move the whole grid away from the truth.
-        transforms = start_transforms(aspect, grid, dtype)[:, :2, :]
-        starts = tf.concat([fallbacks, tf.repeat(transforms, batch, axis=0)], axis=0)
-    count = fallback_count + len(grid)
+    def tiled(image, count):
+        return tf.tile(image, [count, 1, 1, 1])
 
     coarsest = 2 ** (levels - 1)
     moving_level, fixed_level = _pooled(moving, coarsest), _pooled(fixed, coarsest)
+    starts = fallbacks
     scores, _, _ = guarded_scores(
-        starts,
-        tf.tile(moving_level, [count, 1, 1, 1]),
-        tf.tile(fixed_level, [count, 1, 1, 1]),
-        aspect,
-        guards,
+        fallbacks, tiled(moving_level, fallback_count), tiled(fixed_level, fallback_count),
+        aspect, guards, measure,
     )
-    # The top_k starts of each image, candidate-major again.
-    k = min(top_k, count)
-    top = tf.math.top_k(tf.transpose(_per_image(scores, count, batch)), k=k).indices  # (B, k)
-    chosen = tf.gather(starts, tf.reshape(tf.transpose(top) * batch + tf.range(batch), [-1]))
-    tiled_moving = tf.tile(moving_level, [k, 1, 1, 1])
-    tiled_fixed = tf.tile(fixed_level, [k, 1, 1, 1])
-    chosen = descend(chosen, tiled_moving, tiled_fixed, steps, _level_rate(moving_level, dtype))
-    scores, _, _ = guarded_scores(chosen, tiled_moving, tiled_fixed, aspect, guards)
-    refined = _best(chosen, scores, k, batch)
-
-    for level in range(1, levels):
-        factor = 2 ** (levels - 1 - level)
-        moving_level, fixed_level = _pooled(moving, factor), _pooled(fixed, factor)
-        refined = descend(refined, moving_level, fixed_level, steps, _level_rate(moving_level, dtype))
-    if fine is not None:
-        fine_steps = steps if fine_steps is None else fine_steps
-        refined = descend(
-            refined, finest_moving, finest_fixed, fine_steps, _level_rate(finest_moving, dtype)
+    count = fallback_count
+    if grid:
+        # The grid spans the misalignments about the identity, not about the prediction:
+        # a poor prediction would move the whole grid away from the truth.
+        searched, searched_scores = shift_search(
+            moving_level, fixed_level, aspect, grid, START_MAX_SHIFT, measure, guards
         )
+        starts = tf.concat([fallbacks, searched], axis=0)
+        scores = tf.concat([scores, searched_scores], axis=0)
+        count += len(grid)
+
+    def best_of(candidates, scores, count, keep):
+        """Each image's ``keep`` best candidates, candidate-major: ``(keep * B, 2, 3)``."""
+        top = tf.math.top_k(tf.transpose(_per_image(scores, count, batch)), k=keep).indices
+        return tf.gather(candidates, tf.reshape(tf.transpose(top) * batch + tf.range(batch), [-1]))
+
+    # The top_k starts of each image descend at the coarsest level; the best `carry`
+    # descend at every finer level, and the finest level decides between them.
+    k = min(top_k, count)
+    chosen = descend(
+        best_of(starts, scores, count, k), tiled(moving_level, k), tiled(fixed_level, k),
+        steps, _level_rate(moving_level, dtype), measure,
+    )
+    scores, _, _ = guarded_scores(chosen, tiled(moving_level, k), tiled(fixed_level, k), aspect, guards, measure)
+    kept = min(carry, k)
+    chosen = best_of(chosen, scores, k, kept)
+    schedule = [(_pooled(moving, 2 ** (levels - 1 - level)), _pooled(fixed, 2 ** (levels - 1 - level)), steps)
+                for level in range(1, levels)]
+    if fine is not None:
+        schedule.append((finest_moving, finest_fixed, steps if fine_steps is None else fine_steps))
+    for moving_level, fixed_level, level_steps in schedule:
+        chosen = descend(
+            chosen, tiled(moving_level, kept), tiled(fixed_level, kept), level_steps,
+            _level_rate(moving_level, dtype), measure,
+        )
+    scores, _, _ = guarded_scores(
+        chosen, tiled(finest_moving, kept), tiled(finest_fixed, kept), aspect, guards, measure
+    )
+    refined = _best(chosen, scores, kept, batch)
 
     # The decision, at the finest level.
     refined_score, refined_ncc, refined_overlap = guarded_scores(
-        refined, finest_moving, finest_fixed, aspect, guards
+        refined, finest_moving, finest_fixed, aspect, guards, measure
     )
     tiled_moving = tf.tile(finest_moving, [fallback_count, 1, 1, 1])
     tiled_fixed = tf.tile(finest_fixed, [fallback_count, 1, 1, 1])
     fallback_scores, fallback_ncc, fallback_overlap = guarded_scores(
-        fallbacks, tiled_moving, tiled_fixed, aspect, guards
+        fallbacks, tiled_moving, tiled_fixed, aspect, guards, measure
     )
     # The identity is always a valid fallback (it adds no misalignment).
     fallback_scores = tf.concat([fallback_ncc[:batch], fallback_scores[batch:]], axis=0)
     best = tf.argmax(_per_image(fallback_scores, fallback_count, batch), axis=0, output_type=tf.int32)
     index = best * batch + tf.range(batch)
     best_score = tf.gather(fallback_scores, index)
-    keep = refined_score > best_score + guards.min_gain
+    min_gain = measure.min_gain if guards.min_gain is None else guards.min_gain
+    keep = refined_score > best_score + min_gain
     chosen_theta = tf.where(keep[:, None, None], refined, tf.gather(fallbacks, index))
-    confidence = Confidence(
+    confidence = confidence_of(
         tf.where(keep, refined_ncc, tf.gather(fallback_ncc, index)),
         tf.where(keep, refined_overlap, tf.gather(fallback_overlap, index)),
+        measure,
     )
     return chosen_theta, confidence

@@ -11,7 +11,7 @@ from layers.resampler import inside_mask
 from rfnet_tf.colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
 from rfnet_tf.networks.affinenet import AffineNet
 from rfnet_tf.networks.f2m import F2M, MIN_IMAGE_SIZE
-from rfnet_tf.networks.refine import START_GRID, refine_affine
+from rfnet_tf.networks.refine import SIMILARITIES, START_GRID, refine_affine
 from rfnet_tf.networks.transnet import TransNet
 
 AFFINE_INPUT_SIZE = 384
@@ -90,15 +90,16 @@ class RFNet(ConfigFromArguments, keras.Model):
       ``[0, 1]`` (grey VIS: ``I_f`` repeated);
     - ``affine (B, 2, 3)``, ``flow (B, H, W, 2)`` (``(dy, dx)`` px);
     - ``mask (B, H, W, 1)``: 1 where ``registered`` samples inside the VIS image;
-    - ``coarse_ncc (B,)``, ``coarse_overlap (B,)``: the coarse registration's confidence
-      (``rfnet_tf.networks.refine.Confidence``).
+    - ``coarse_ncc (B,)``, ``coarse_overlap (B,)``, ``coarse_unsure (B,)`` bool: the
+      coarse registration's confidence (``rfnet_tf.networks.refine.Confidence``).
 
     :meth:`coarse` runs the coarse module alone, :meth:`fine` F2M alone.
     """
 
     CONFIG_ARGUMENTS = (
         "deformable", "max_displacement", "affine_input_size", "coarse_refinement_steps",
-        "coarse_refinement_levels", "coarse_refinement_fine_size", "attention_window",
+        "coarse_refinement_levels", "coarse_refinement_fine_size",
+        "coarse_refinement_similarity", "attention_window",
     )
 
     def __init__(
@@ -109,6 +110,7 @@ class RFNet(ConfigFromArguments, keras.Model):
         coarse_refinement_steps: int = 0,
         coarse_refinement_levels: int = 3,
         coarse_refinement_fine_size: int = 0,
+        coarse_refinement_similarity: str = "ncc",
         attention_window: int | None = None,
         **kwargs,
     ):
@@ -125,6 +127,12 @@ class RFNet(ConfigFromArguments, keras.Model):
         self.coarse_refinement_steps = int(coarse_refinement_steps)
         self.coarse_refinement_levels = int(coarse_refinement_levels)
         self.coarse_refinement_fine_size = int(coarse_refinement_fine_size)
+        if coarse_refinement_similarity not in SIMILARITIES:
+            raise ValueError(
+                f"coarse_refinement_similarity must be one of {sorted(SIMILARITIES)}, "
+                f"got {coarse_refinement_similarity!r}"
+            )
+        self.coarse_refinement_similarity = coarse_refinement_similarity
         self.attention_window = None if attention_window is None else int(attention_window)
         self.transnet = TransNet(name="transnet")
         self.affinenet = AffineNet(deformable=self.deformable, name="affinenet")
@@ -146,14 +154,14 @@ class RFNet(ConfigFromArguments, keras.Model):
         return self.affinenet.random_states
 
     def _fine_level(self, vis_luma: tf.Tensor, nir: tf.Tensor):
-        """``(translated, nir)`` at the refinement's fine size: the images resized, aspect
-        kept, to ``coarse_refinement_fine_size`` on their longer side (never enlarged)."""
-        shape = tf.shape(nir)
-        size = tf.cast(shape[1:3], tf.float32)
-        factor = tf.minimum(1.0, self.coarse_refinement_fine_size / tf.reduce_max(size))
-        fine_size = tf.maximum(tf.cast(tf.round(size * factor), tf.int32), MIN_IMAGE_SIZE)
-        fine_vis = tf.image.resize(vis_luma, fine_size, method="bilinear", antialias=True)
-        fine_nir = tf.image.resize(nir, fine_size, method="bilinear", antialias=True)
+        """``(translated, nir)`` at the refinement's fine level: both resized to a square
+        of ``coarse_refinement_fine_size`` px a side (the longer side if that is
+        smaller: never enlarged), squashed like the coarse input, so that every large
+        pair gives one shape (the search compiles once per shape)."""
+        side = tf.minimum(self.coarse_refinement_fine_size, tf.reduce_max(tf.shape(nir)[1:3]))
+        size = tf.stack([side, side])
+        fine_vis = tf.image.resize(vis_luma, size, method="bilinear", antialias=True)
+        fine_nir = tf.image.resize(nir, size, method="bilinear", antialias=True)
         return self.transnet.translate_vis(fine_vis), fine_nir
 
     def register_coarse(self, vis: tf.Tensor, nir: tf.Tensor, extra_starts=None) -> dict:
@@ -171,9 +179,10 @@ class RFNet(ConfigFromArguments, keras.Model):
             prediction and the identity; ``None``: the grid.
 
         Returns:
-          ``{"affine": (B, 2, 3), "ncc": (B,), "overlap": (B,)}``: the affine, the NCC
-          of TransNet's translation warped by it with the NIR at the finest level of
-          the search, and the share of the NIR it covers (``refine.Confidence``).
+          ``{"affine": (B, 2, 3), "ncc": (B,), "overlap": (B,), "unsure": (B,) bool}``:
+          the affine, the search's similarity (an NCC) of TransNet's translation warped
+          by it with the NIR at the finest level of the search, the share of the NIR it
+          covers and whether either is below its threshold (``refine.Confidence``).
         """
         vis_luma = luma(vis)
         small_vis = resize_for_affine(vis_luma, self.affine_input_size)
@@ -194,8 +203,14 @@ class RFNet(ConfigFromArguments, keras.Model):
             fine=fine,
             extra_starts=extra_starts,
             grid=START_GRID if extra_starts is None else (),
+            similarity=self.coarse_refinement_similarity,
         )
-        return {"affine": affine, "ncc": confidence.ncc, "overlap": confidence.overlap}
+        return {
+            "affine": affine,
+            "ncc": confidence.ncc,
+            "overlap": confidence.overlap,
+            "unsure": confidence.unsure,
+        }
 
     def predict_affine(self, vis: tf.Tensor, nir: tf.Tensor) -> tf.Tensor:
         """``(B, 2, 3)`` coarse registration affine of ``vis`` onto ``nir``."""
@@ -203,7 +218,7 @@ class RFNet(ConfigFromArguments, keras.Model):
 
     def coarse(self, vis: tf.Tensor, nir: tf.Tensor, extra_starts=None) -> dict:
         """The coarse module alone: ``{"affine", "registered", "mask", "coarse_ncc",
-        "coarse_overlap"}`` (see :meth:`register_coarse` for ``extra_starts`` and the
+        "coarse_overlap", "coarse_unsure"}`` (see :meth:`register_coarse` for ``extra_starts`` and the
         confidence)."""
         vis, nir = checked_inputs(vis, nir)
         registration = self.register_coarse(vis, nir, extra_starts)
@@ -216,6 +231,7 @@ class RFNet(ConfigFromArguments, keras.Model):
             "mask": mask,
             "coarse_ncc": registration["ncc"],
             "coarse_overlap": registration["overlap"],
+            "coarse_unsure": registration["unsure"],
         }
 
     def fine(self, vis: tf.Tensor, nir: tf.Tensor) -> dict:
@@ -266,4 +282,5 @@ class RFNet(ConfigFromArguments, keras.Model):
             "mask": mask,
             "coarse_ncc": registration["ncc"],
             "coarse_overlap": registration["overlap"],
+            "coarse_unsure": registration["unsure"],
         }

@@ -21,7 +21,7 @@ from rfnet_tf.weights import export_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KEYS = ("registered_coarse", "registered", "fused", "fused_rgb", "affine", "flow", "mask",
-        "coarse_ncc", "coarse_overlap")
+        "coarse_ncc", "coarse_overlap", "coarse_unsure")
 SIZES = ((40, 56), (53, 71))
 
 # Runs in a fresh interpreter outside the repository (so it cannot import rfnet_tf):

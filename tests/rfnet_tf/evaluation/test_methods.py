@@ -13,7 +13,6 @@ from rfnet_tf.evaluation import methods, sources
 from rfnet_tf.evaluation.inference import FINE_CALL, MODEL_CALL
 from rfnet_tf.evaluation.sources import Sample
 from rfnet_tf.metrics.registration import pixel_matrix_to_affine
-from rfnet_tf.networks.refine import LOW_CONFIDENCE_NCC, LOW_CONFIDENCE_OVERLAP
 
 from .conftest import make_pair
 
@@ -277,13 +276,13 @@ def test_the_help_names_every_method_and_marks_those_not_run_by_default():
     assert text.count("not by default") == sum(name not in methods.DEFAULT_METHODS for name in listed)
 
 
-def test_confidence_flags_a_low_ncc_or_a_small_overlap():
-    sure = methods.confidence({"coarse_ncc": np.float32(0.8), "coarse_overlap": np.float32(0.9)})
+def test_confidence_carries_the_models_flag_and_no_nan():
+    sure = methods.confidence(
+        {"coarse_ncc": np.float32(0.8), "coarse_overlap": np.float32(0.9), "coarse_unsure": np.bool_(False)}
+    )
     assert sure == {"coarse_ncc": pytest.approx(0.8), "coarse_overlap": pytest.approx(0.9), "unsure": False}
-    low_ncc = {"coarse_ncc": LOW_CONFIDENCE_NCC - 0.01, "coarse_overlap": 1.0}
-    small = {"coarse_ncc": 0.9, "coarse_overlap": LOW_CONFIDENCE_OVERLAP - 0.01}
-    assert methods.confidence(low_ncc)["unsure"] and methods.confidence(small)["unsure"]
-    assert methods.confidence({"coarse_ncc": np.nan, "coarse_overlap": 1.0})["unsure"]
+    unsure = methods.confidence({"coarse_ncc": np.nan, "coarse_overlap": 1.0, "coarse_unsure": np.bool_(True)})
+    assert unsure == {"coarse_ncc": None, "coarse_overlap": 1.0, "unsure": True}
     assert methods.confidence({"affine": np.eye(2, 3)}) == {}
 
 
@@ -291,9 +290,9 @@ def test_the_coarse_methods_carry_their_confidence_and_no_flow(aligned_pair):
     theta = np.array([[1.0, 0.0, 0.01], [0.0, 1.0, 0.0]])
     predictions = {
         "rfnet": {"affine": theta, "flow": np.zeros((*aligned_pair.nir.shape[:2], 2)),
-                  "coarse_ncc": 0.1, "coarse_overlap": 1.0},
+                  "coarse_ncc": 0.1, "coarse_overlap": 1.0, "coarse_unsure": True},
         "rfnet_coarse_sift": {"affine": theta, "coarse_ncc": 0.7, "coarse_overlap": 0.9,
-                              "sift_failed": True},
+                              "coarse_unsure": False, "sift_failed": True},
     }
     sample = Sample(aligned_pair)
     coarse = methods.register("rfnet_coarse", sample, predictions)

@@ -14,11 +14,12 @@ from layers import warp_affine
 from losses import ncc
 from rfnet_tf.colour import luma, rgb_to_ycbcr
 from rfnet_tf.networks.f2m import MIN_IMAGE_SIZE
+from rfnet_tf.networks.refine import SIMILARITIES
 from rfnet_tf.networks.rfnet import RFNet, resize_for_affine
 
 REPO = Path(__file__).resolve().parents[3]
 KEYS = {"registered_coarse", "registered", "fused", "fused_rgb", "affine", "flow", "mask",
-        "coarse_ncc", "coarse_overlap"}
+        "coarse_ncc", "coarse_overlap", "coarse_unsure"}
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,9 @@ def test_outputs_and_identity_at_initialisation(model, batch, height, width):
     small_nir = resize_for_affine(nir, model.affine_input_size)
     expected = ncc(model.transnet.translate_vis(small_vis), small_nir)
     np.testing.assert_allclose(out["coarse_ncc"].numpy(), expected.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(
+        out["coarse_unsure"].numpy(), out["coarse_ncc"].numpy() < SIMILARITIES["ncc"].low_confidence
+    )
 
 
 def test_fused_rgb_carries_fused_luma_and_registered_chroma(model):

@@ -8,8 +8,8 @@ retraced between pairs of different sizes.
 
 A predictor makes three calls: :data:`MODEL_CALL`, the whole model (or its coarse
 module), :data:`FINE_CALL`, F2M alone on the unregistered pair (``RFNet.fine``), and
-:data:`COARSE_SIFT_CALL`, the coarse module whose search starts from a SIFT estimate
-instead of its grid (an option beyond the paper).
+:data:`COARSE_SIFT_CALL`, the coarse module whose search also starts from a SIFT
+estimate (an option beyond the paper).
 A weights directory may hold only some parts (each training stage exports what it has
 trained so far): with TransNet and AffineNet the coarse module runs alone (outputs
 ``affine`` and ``registered_coarse``); with all three parts the full model runs; with
@@ -53,8 +53,8 @@ FULL_OUTPUTS = (
 FINE_OUTPUTS = ("registered", "fused", "fused_rgb", "flow", "mask")
 MODEL_CALL = "rfnet"
 FINE_CALL = "rfnet_fine"
-# The coarse module whose search starts from a SIFT estimate (rfnet_tf.baselines.sift_affine)
-# instead of its grid: an option beyond the paper.
+# The coarse module whose search also starts from a SIFT estimate
+# (rfnet_tf.baselines.sift_affine): an option beyond the paper.
 COARSE_SIFT_CALL = "rfnet_coarse_sift"
 COARSE_SIFT_OUTPUTS = ("affine", *CONFIDENCE_OUTPUTS, "sift_failed")
 # The calls a SavedModel serves.

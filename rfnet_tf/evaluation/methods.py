@@ -177,10 +177,9 @@ REGISTRY = {
             register=_model_registration(affine=True, flow=False),
             parts=COARSE_PARTS, call=MODEL_CALL, confident=True,
         ),
-        # The coarse module whose guarded search starts from a SIFT estimate (with
-        # AffineNet's prediction and the identity) instead of its grid of similarities, or
-        # rfnet_coarse where SIFT fails; a call of its own: an option beyond the paper,
-        # evaluated when named.
+        # The coarse module whose guarded search also starts from a SIFT estimate (besides
+        # its grid, AffineNet's prediction and the identity), or rfnet_coarse where SIFT
+        # fails; a call of its own: an option beyond the paper, evaluated when named.
         Method(
             "rfnet_coarse_sift", "RFNet coarse + SIFT start",
             registers="the coarse module's search started from a SIFT estimate",

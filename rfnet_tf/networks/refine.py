@@ -1,33 +1,39 @@
-"""Test-time refinement of the coarse affine: a guarded coarse-to-fine search on Eq. 4.
+"""Test-time refinement of the coarse affine: a guarded coarse-to-fine search.
 
 An extension, not part of the paper: AffineNet predicts the affine in one pass, and a
 network trained with a short CPU schedule predicts it poorly (``weights/README.md``).
 Eq. 4, ``L_coarse = -NCC(I_x->y^C, I_y)``, is a differentiable function of the six
 affine numbers alone, so the prediction can be improved for each pair at inference by
-maximising the NCC between TransNet's translation of the VIS and the NIR, the way
-instance optimisation refines learned registrations.
+maximising a similarity between TransNet's translation of the VIS and the NIR, the way
+instance optimisation refines learned registrations. The similarity
+(:data:`SIMILARITIES`) is Eq. 5's NCC of the intensities (``"ncc"``, the paper's
+loss) or of their gradient magnitudes (``"gradient_ncc"``, shipped): on real pairs the
+global NCC of the intensities ranks wrong affines above the true one (ARCHITECTURE
+section 7, ``weights/README.md``).
 
 The search (:func:`refine_affine`) runs on a pyramid: the coarse input (``h x w``,
 RFNet's ``affine_input_size``), ``levels - 1`` rounds of 2x2 average pooling below it,
 and optionally a finer pair above it (TransNet's translation of a larger copy of the
 VIS, for sub-pixel precision at full resolution).
 
-1. *Starts* (coarsest level): the identity, the prediction, every similarity of
-   :data:`START_GRID` (rotations to 15 degrees, scales 0.8-1.25, shifts to 15 % of
-   each side, built in the image's own pixel frame so that a rotation is a rotation of
-   the scene whatever the aspect ratio; about the identity, so that a poor prediction
-   cannot move the grid away from the truth) and any extra starts (e.g. a
-   feature-based estimate). Each is scored by its guarded NCC, without
-   descent: many cheap starts where they cost least.
+1. *Starts* (coarsest level): the identity, the prediction, any extra starts (e.g. a
+   feature-based estimate), and every similarity of :data:`START_GRID` (rotations to
+   15 degrees in 2.5 degree steps, scales 0.8-1.25, built in the image's own pixel
+   frame so that a rotation is a rotation of the scene whatever the aspect ratio;
+   about the identity, so that a poor prediction cannot move the grid away from the
+   truth), each at its best integer shift of the level up to ``START_MAX_SHIFT`` of
+   each side: :func:`shift_search` scores every shift at once by FFT.
 2. The ``top_k`` best starts of each image descend ``steps`` Adam steps at the
-   coarsest level; the best by guarded NCC goes on.
-3. That one descends ``steps`` steps at each finer level (``fine_steps`` at the fine
-   pair). Adam's step is about ``STEP_PX`` pixels of the level, decaying linearly to a
-   tenth within the level, so every level converges at its own precision.
+   coarsest level; the ``carry`` best of them (guarded similarity) go on.
+3. Those descend ``steps`` steps at each finer level (``fine_steps`` at the fine
+   pair), and the finest level keeps the best. Adam's step is about ``STEP_PX`` pixels
+   of the level, decaying linearly to a tenth within the level, so every level
+   converges at its own precision.
 4. *Decision* (finest level): the refined affine is returned only if it passes the
-   guards and its NCC is higher, by ``Guards.min_gain``, than that of the prediction
-   and of the identity (and of the extra starts); otherwise the best of those (the prediction and extra starts
-   only if they pass the guards themselves; the identity always counts).
+   guards and its similarity is higher, by the similarity's ``min_gain``, than that of
+   the prediction and of the identity (and of the extra starts); otherwise the best of
+   those (the prediction and extra starts only if they pass the guards themselves; the
+   identity always counts).
 
 Guards (:class:`Guards`): the warp must sample at least ``min_overlap`` of the fixed
 image inside the moving image, and its linear part, read in the image's pixel frame,
@@ -36,10 +42,11 @@ must be a plausible misalignment: a rotation within ``max_rotation_deg``, a scal
 shear and unequal scales raise) within ``max_anisotropy``, and no reflection. The
 defaults are the training ranges (15 degrees, scales 0.8-1.25, shear 0.15) with margin.
 
-Each image's result carries its *confidence*: the NCC of the returned affine at the
-finest level and its overlap (the share of fixed pixels sampled inside the moving
-image). Descent is Adam on each image's own loss. Everything is TensorFlow graph code:
-it runs inside ``tf.function`` and a SavedModel.
+Each image's result carries its *confidence* (:class:`Confidence`): the similarity of
+the returned affine at the finest level, its overlap (the share of fixed pixels sampled
+inside the moving image) and whether either is below its threshold. Descent is Adam on
+each image's own loss. Everything is TensorFlow graph code: it runs inside
+``tf.function`` and a SavedModel.
 """
 
 from __future__ import annotations

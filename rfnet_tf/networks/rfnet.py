@@ -11,7 +11,7 @@ from layers.resampler import inside_mask
 from rfnet_tf.colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
 from rfnet_tf.networks.affinenet import AffineNet
 from rfnet_tf.networks.f2m import F2M, MIN_IMAGE_SIZE
-from rfnet_tf.networks.refine import SIMILARITIES, START_GRID, refine_affine
+from rfnet_tf.networks.refine import SIMILARITIES, refine_affine
 from rfnet_tf.networks.transnet import TransNet
 
 AFFINE_INPUT_SIZE = 384
@@ -174,9 +174,9 @@ class RFNet(ConfigFromArguments, keras.Model):
 
         Args:
           vis, nir: as :meth:`call`.
-          extra_starts: ``(B, E, 2, 3)`` estimates to start the search from (e.g. a
-            feature-based one) instead of its grid of similarities, besides AffineNet's
-            prediction and the identity; ``None``: the grid.
+          extra_starts: ``(B, E, 2, 3)`` estimates to start the search from too (e.g. a
+            feature-based one), besides its grid, AffineNet's prediction and the
+            identity; ``None``: none.
 
         Returns:
           ``{"affine": (B, 2, 3), "ncc": (B,), "overlap": (B,), "unsure": (B,) bool}``:
@@ -202,7 +202,6 @@ class RFNet(ConfigFromArguments, keras.Model):
             aspect=(shape[0] - 1.0) / tf.maximum(shape[1] - 1.0, 1.0),
             fine=fine,
             extra_starts=extra_starts,
-            grid=START_GRID if extra_starts is None else (),
             similarity=self.coarse_refinement_similarity,
         )
         return {

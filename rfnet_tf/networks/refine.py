@@ -29,11 +29,10 @@ VIS, for sub-pixel precision at full resolution).
    pair), and the finest level keeps the best. Adam's step is about ``STEP_PX`` pixels
    of the level, decaying linearly to a tenth within the level, so every level
    converges at its own precision.
-4. *Decision* (finest level): the refined affine is returned only if it passes the
-   guards and its similarity is higher, by the similarity's ``min_gain``, than that of
-   the prediction and of the identity (and of the extra starts); otherwise the best of
-   those (the prediction and extra starts only if they pass the guards themselves; the
-   identity always counts).
+4. *Decision* (finest level): the best-scoring of the refined affine, the prediction
+   and the extra starts (each only if it passes the guards) and the identity, which
+   always counts and starts ``min_gain`` (the similarity's) ahead: moving a pair at all
+   needs that much evidence.
 
 Guards (:class:`Guards`): the warp must sample at least ``min_overlap`` of the fixed
 image inside the moving image, and its linear part, read in the image's pixel frame,
@@ -93,8 +92,8 @@ class Similarity(NamedTuple):
     Attributes:
       feature: ``(N, h, w, 1) -> (N, h, w, 1)``.
       window: the side of the neighbourhood ``feature`` reads at a pixel.
-      min_gain: how much higher the refined affine's score must be than the best
-        fallback's (the identity, the prediction, extra starts) to be returned.
+      min_gain: how much higher than the identity's an affine's score must be to be
+        returned (the identity's head start in the decision).
       low_confidence: a result scoring below it is flagged as unsure.
     """
 
@@ -130,8 +129,8 @@ class Guards:
       scale_range: the scales allowed (training: 0.8-1.25).
       max_anisotropy: the largest ratio of the singular values of the linear part
         (training: a shear of 0.15 gives 1.16).
-      min_gain: how much higher the refined affine's score must be than the best
-        fallback's; ``None``: the similarity's (:class:`Similarity`). An affine fitted
+      min_gain: how much higher than the identity's an affine's score must be to be
+        returned; ``None``: the similarity's (:class:`Similarity`). An affine fitted
         to a pair misaligned only locally moved its landmarks by up to 11 px: the
         margin keeps such pairs as they are.
     """
@@ -557,26 +556,17 @@ def refine_affine(
     )
     refined = _best(chosen, scores, kept, batch)
 
-    # The decision, at the finest level.
-    refined_score, refined_ncc, refined_overlap = guarded_scores(
-        refined, finest_moving, finest_fixed, aspect, guards, measure
+    # The decision, at the finest level, between the refined affine and the fallbacks.
+    # The identity is always valid (it adds no misalignment) and starts min_gain ahead:
+    # moving a pair at all needs that much evidence.
+    candidates = tf.concat([fallbacks, refined], axis=0)
+    count = fallback_count + 1
+    scores, correlation, overlap = guarded_scores(
+        candidates, tiled(finest_moving, count), tiled(finest_fixed, count), aspect, guards, measure
     )
-    tiled_moving = tf.tile(finest_moving, [fallback_count, 1, 1, 1])
-    tiled_fixed = tf.tile(finest_fixed, [fallback_count, 1, 1, 1])
-    fallback_scores, fallback_ncc, fallback_overlap = guarded_scores(
-        fallbacks, tiled_moving, tiled_fixed, aspect, guards, measure
-    )
-    # The identity is always a valid fallback (it adds no misalignment).
-    fallback_scores = tf.concat([fallback_ncc[:batch], fallback_scores[batch:]], axis=0)
-    best = tf.argmax(_per_image(fallback_scores, fallback_count, batch), axis=0, output_type=tf.int32)
-    index = best * batch + tf.range(batch)
-    best_score = tf.gather(fallback_scores, index)
     min_gain = measure.min_gain if guards.min_gain is None else guards.min_gain
-    keep = refined_score > best_score + min_gain
-    chosen_theta = tf.where(keep[:, None, None], refined, tf.gather(fallbacks, index))
-    confidence = confidence_of(
-        tf.where(keep, refined_ncc, tf.gather(fallback_ncc, index)),
-        tf.where(keep, refined_overlap, tf.gather(fallback_overlap, index)),
-        measure,
-    )
-    return chosen_theta, confidence
+    scores = tf.concat([correlation[:batch] + min_gain, scores[batch:]], axis=0)
+    best = tf.argmax(_per_image(scores, count, batch), axis=0, output_type=tf.int32)
+    index = best * batch + tf.range(batch)
+    confidence = confidence_of(tf.gather(correlation, index), tf.gather(overlap, index), measure)
+    return tf.gather(candidates, index), confidence

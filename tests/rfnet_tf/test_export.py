@@ -85,7 +85,7 @@ def test_cli_writes_a_saved_model_and_prints_its_signature(exported):
     assert "vis: float32 [None, None, None, 3]" in stdout
     assert "nir: float32 [None, None, None, 1]" in stdout
     for key in KEYS:
-        assert f"    {key}: float32" in stdout
+        assert f"    {key}: {'bool' if key == 'coarse_unsure' else 'float32'}" in stdout
     assert export.is_saved_model(saved_model)
     assert sorted(path.name for path in saved_model.parent.iterdir()) == ["rfnet"]  # no staging left
 

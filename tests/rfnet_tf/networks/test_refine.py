@@ -321,3 +321,19 @@ def test_a_real_pair_misaligned_only_locally_is_not_moved_by_the_shipped_search(
     out = model.coarse(tf.constant(sample.pair.vis[None]), tf.constant(sample.pair.nir[None]))
     moved = landmark_rmse(sample, theta=out["affine"].numpy()[0])
     assert moved <= landmark_rmse(sample) + 1.0
+
+
+def test_a_real_pair_where_the_intensity_ncc_found_a_wrong_optimum(shared_dir):
+    """Validation pair 0003 under seed 0's synthetic affine (79 px unaligned): the search
+    on the intensity NCC (Eq. 4) ends in a wrong optimum that scores higher than the
+    truth, far from it; the shipped search (gradient NCC) registers it."""
+    (pair,) = select_pairs(read_dataset(shared_dir / "data" / "rgbnir_country"), only=["country/0003"])
+    sample = misalign(pair, "affine", seed=0, num_landmarks=5)
+    vis, nir = tf.constant(sample.pair.vis[None]), tf.constant(sample.pair.nir[None])
+    weights = Path(__file__).resolve().parents[3] / "weights"
+    errors = {}
+    for similarity in SIMILARITIES:
+        model = model_from_weights(weights, overrides={"coarse_refinement_similarity": similarity})
+        errors[similarity] = landmark_rmse(sample, theta=model.coarse(vis, nir)["affine"].numpy()[0])
+    assert landmark_rmse(sample) > 50.0
+    assert errors["ncc"] > 50.0 and errors["gradient_ncc"] < 2.0

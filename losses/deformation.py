@@ -89,11 +89,7 @@ def bilateral_smoothness(flow: tf.Tensor, fused: tf.Tensor, alpha: float = PAPER
 
 
 def deformation_loss(
-    fused: tf.Tensor,
-    nir: tf.Tensor,
-    flow: tf.Tensor,
-    weights: LossWeights = PAPER,
-    mask: tf.Tensor | None = None,
+    fused: tf.Tensor, nir: tf.Tensor, flow: tf.Tensor, weights: LossWeights = PAPER, mask: tf.Tensor | None = None
 ) -> dict[str, tf.Tensor]:
     """``L_defor = mean|∇I_f - ∇I_y| + mean|∇I_f| + lambda * L_smooth`` (paper Eq. 9).
 

@@ -112,11 +112,7 @@ def gradient_loss(
 
 
 def fusion_loss(
-    fused: tf.Tensor,
-    vis_luma: tf.Tensor,
-    nir: tf.Tensor,
-    weights: LossWeights = PAPER,
-    mask: tf.Tensor | None = None,
+    fused: tf.Tensor, vis_luma: tf.Tensor, nir: tf.Tensor, weights: LossWeights = PAPER, mask: tf.Tensor | None = None
 ) -> dict[str, tf.Tensor]:
     """``L_fus = L_content + delta * L_gradient`` (Eq. 6).
 

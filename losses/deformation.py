@@ -34,7 +34,7 @@ import tensorflow as tf
 from layers import normalised_flow
 from losses.common import laplacian_valid_mask, masked_mean, matching_tensors
 from losses.fusion import image_gradient
-from losses.weights import PAPER
+from losses.weights import PAPER, LossWeights
 
 
 def _neighbour_differences(x: tf.Tensor) -> list[tf.Tensor]:
@@ -89,12 +89,7 @@ def bilateral_smoothness(flow: tf.Tensor, fused: tf.Tensor, alpha: float = PAPER
 
 
 def deformation_loss(
-    fused: tf.Tensor,
-    nir: tf.Tensor,
-    flow: tf.Tensor,
-    lambda_smooth: float = PAPER.lambda_smooth,
-    alpha: float = PAPER.alpha,
-    mask: tf.Tensor | None = None,
+    fused: tf.Tensor, nir: tf.Tensor, flow: tf.Tensor, weights: LossWeights = PAPER, mask: tf.Tensor | None = None
 ) -> dict[str, tf.Tensor]:
     """``L_defor = mean|∇I_f - ∇I_y| + mean|∇I_f| + lambda * L_smooth`` (paper Eq. 9).
 
@@ -108,8 +103,9 @@ def deformation_loss(
       fused: ``(B, H, W, 1)``, ``I_f``.
       nir: ``(B, H, W, 1)``, ``I_y``.
       flow: ``(B, H, W, 2)``, ``phi_f`` as ``(dy, dx)`` pixels (converted here).
-      lambda_smooth: weight of ``L_smooth`` (paper: 0.1).
-      alpha: see ``bilateral_smoothness`` (paper: 0.5).
+      weights: the loss weights; this loss reads ``weights.lambda_smooth``, the
+        ``lambda`` weighing ``L_smooth`` (paper: 0.1), and ``weights.alpha``, the
+        bilateral coefficient of ``bilateral_smoothness`` (paper: 0.5).
       mask: ``(B, H, W, 1)`` valid pixels or ``None``. The two gradient terms are
         means over ``laplacian_valid_mask(mask)``; ``L_smooth`` always runs over the
         whole field (it is a regulariser, and outside the valid region nothing else
@@ -118,16 +114,16 @@ def deformation_loss(
     Returns:
       ``{"total", "consistency", "sparsity", "smooth"}`` scalars, the three terms
       unweighted (``smooth`` in normalised units):
-      ``total = consistency + sparsity + lambda_smooth * smooth``.
+      ``total = consistency + sparsity + weights.lambda_smooth * smooth``.
     """
     fused, nir = matching_tensors(fused, nir)
     gradient_mask = None if mask is None else laplacian_valid_mask(mask)
     fused_gradient = image_gradient(fused)
     consistency = masked_mean(tf.abs(fused_gradient - image_gradient(nir)), gradient_mask)
     sparsity = masked_mean(tf.abs(fused_gradient), gradient_mask)
-    smooth = bilateral_smoothness(normalised_flow(flow), fused, alpha=alpha)
+    smooth = bilateral_smoothness(normalised_flow(flow), fused, alpha=weights.alpha)
     return {
-        "total": consistency + sparsity + lambda_smooth * smooth,
+        "total": consistency + sparsity + weights.lambda_smooth * smooth,
         "consistency": consistency,
         "sparsity": sparsity,
         "smooth": smooth,

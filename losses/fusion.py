@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from layers.gradients import laplacian
 from losses.common import laplacian_valid_mask, masked_mean, matching_tensors
-from losses.weights import PAPER
+from losses.weights import PAPER, LossWeights
 
 
 def image_gradient(image: tf.Tensor) -> tf.Tensor:
@@ -112,24 +112,20 @@ def gradient_loss(
 
 
 def fusion_loss(
-    fused: tf.Tensor,
-    vis_luma: tf.Tensor,
-    nir: tf.Tensor,
-    gamma: float = PAPER.gamma,
-    delta: float = PAPER.delta,
-    mask: tf.Tensor | None = None,
+    fused: tf.Tensor, vis_luma: tf.Tensor, nir: tf.Tensor, weights: LossWeights = PAPER, mask: tf.Tensor | None = None
 ) -> dict[str, tf.Tensor]:
     """``L_fus = L_content + delta * L_gradient`` (Eq. 6).
 
     Args:
       fused, vis_luma, nir, mask: as in ``content_loss``.
-      gamma: Eq. 7 weight (paper: 0.7).
-      delta: weight of the gradient term (paper: 100).
+      weights: the loss weights; this loss reads ``weights.gamma``, the Eq. 7 weight
+        (paper: 0.7), and ``weights.delta``, the weight of the gradient term (paper:
+        100).
 
     Returns:
       ``{"total", "content", "gradient"}`` scalars; ``content`` and ``gradient`` are
-      unweighted, ``total = content + delta * gradient``.
+      unweighted, ``total = content + weights.delta * gradient``.
     """
-    content = content_loss(fused, vis_luma, nir, gamma=gamma, mask=mask)
+    content = content_loss(fused, vis_luma, nir, gamma=weights.gamma, mask=mask)
     gradient = gradient_loss(fused, vis_luma, nir, mask=mask)
-    return {"total": content + delta * gradient, "content": content, "gradient": gradient}
+    return {"total": content + weights.delta * gradient, "content": content, "gradient": gradient}

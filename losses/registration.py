@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 
 from losses.common import masked_mean, matching_tensors
-from losses.weights import PAPER
+from losses.weights import PAPER, LossWeights
 
 
 def ncc(s: tf.Tensor, g: tf.Tensor, mask: tf.Tensor | None = None, eps: float = 1e-5) -> tf.Tensor:
@@ -109,7 +109,7 @@ def transnet_loss(
     nir_recon: tf.Tensor,
     vis_to_nir: tf.Tensor,
     nir_to_vis: tf.Tensor,
-    eta: float = PAPER.eta,
+    weights: LossWeights = PAPER,
     mask: tf.Tensor | None = None,
 ) -> dict[str, tf.Tensor]:
     """TransNet loss ``L_recon + eta * L_trans`` (paper Eqs. 1-2).
@@ -126,16 +126,17 @@ def transnet_loss(
       vis_recon: ``D_x(E_x(I_x))``; nir_recon: ``D_y(E_y(I_y))``.
       vis_to_nir: ``I_x->y = D_y(E_x(I_x))``, compared with ``nir``.
       nir_to_vis: ``I_y->x = D_x(E_y(I_y))``, compared with ``vis``.
-      eta: weight of the translation term (paper: 2).
+      weights: the loss weights; this loss reads ``weights.eta``, the weight of the
+        translation term (paper: 2).
       mask: ``(B, H, W, 1)`` valid pixels, or ``None``; every term is a masked mean.
 
     Returns:
-      ``{"total", "recon", "trans"}`` scalars, ``total = recon + eta * trans``; for
-      images in ``[0, 1]``, ``recon`` and ``trans`` lie in ``[0, 2]``.
+      ``{"total", "recon", "trans"}`` scalars, ``total = recon + weights.eta * trans``;
+      for images in ``[0, 1]``, ``recon`` and ``trans`` lie in ``[0, 2]``.
     """
     recon = _mean_abs_error(vis, vis_recon, mask) + _mean_abs_error(nir, nir_recon, mask)
     trans = _mean_abs_error(vis, nir_to_vis, mask) + _mean_abs_error(nir, vis_to_nir, mask)
-    return {"total": recon + eta * trans, "recon": recon, "trans": trans}
+    return {"total": recon + weights.eta * trans, "recon": recon, "trans": trans}
 
 
 def _mean_abs_error(target: tf.Tensor, prediction: tf.Tensor, mask: tf.Tensor | None) -> tf.Tensor:

@@ -1,8 +1,11 @@
 """The weights of RFNet's losses: the one place their defaults (the paper's) are set.
 
-The loss functions take their keyword defaults from :data:`PAPER`, the training stages
-their weights from a :class:`LossWeights`, and the training scripts' flags their
-defaults from :data:`PAPER` too, so a default changes here alone.
+The composite losses (``transnet_loss``, ``fusion_loss``, ``deformation_loss``) take one
+:class:`LossWeights`, :data:`PAPER` by default, and the single terms that carry a
+weight (``content_loss``, ``bilateral_smoothness``) their keyword defaults from
+:data:`PAPER`; the training stages pass their :class:`LossWeights` on, and the training
+scripts' flags take their defaults from the same values, so a default changes here
+alone.
 """
 
 from __future__ import annotations

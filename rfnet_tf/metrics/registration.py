@@ -140,11 +140,7 @@ def interpolate_flow(flow: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 def map_fixed_to_moving(
-    points,
-    fixed_shape,
-    moving_shape=None,
-    theta: np.ndarray | None = None,
-    flow: np.ndarray | None = None,
+    points, fixed_shape, moving_shape=None, theta: np.ndarray | None = None, flow: np.ndarray | None = None
 ) -> np.ndarray:
     """Where fixed-frame points sample the moving image: ``T(q) = T_theta(q + phi(q))``.
 
@@ -168,13 +164,8 @@ def map_fixed_to_moving(
 
 
 def map_moving_to_fixed(
-    points,
-    fixed_shape,
-    moving_shape=None,
-    theta: np.ndarray | None = None,
-    flow: np.ndarray | None = None,
-    iterations: int = 200,
-    tolerance: float = 1e-4,
+    points, fixed_shape, moving_shape=None, theta: np.ndarray | None = None, flow: np.ndarray | None = None,
+    iterations: int = 200, tolerance: float = 1e-4,
 ) -> np.ndarray:
     """Where moving-image points land in the registered (fixed) frame: ``T^-1(q)``.
 
@@ -210,10 +201,7 @@ def map_moving_to_fixed(
 
 
 def sampling_coordinates(
-    fixed_shape,
-    moving_shape=None,
-    theta: np.ndarray | None = None,
-    flow: np.ndarray | None = None,
+    fixed_shape, moving_shape=None, theta: np.ndarray | None = None, flow: np.ndarray | None = None
 ) -> np.ndarray:
     """``(H, W, 2)`` moving-image ``(y, x)`` coordinates ``T(p)`` of every fixed pixel.
 

@@ -54,13 +54,8 @@ def _loop_config(settings: TrainingSettings, stage_dir, pairs, carried, provenan
         if hasattr(settings, field.name)
     }
     return LoopConfig(
-        stage_dir=stage_dir,
-        total_steps=total,
-        steps_per_epoch=per_epoch,
-        carried_parts=carried,
-        provenance=provenance,
-        validation=validation,
-        **from_flags,
+        stage_dir=stage_dir, total_steps=total, steps_per_epoch=per_epoch, carried_parts=carried,
+        provenance=provenance, validation=validation, **from_flags,
     )
 
 

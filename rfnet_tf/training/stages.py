@@ -168,7 +168,7 @@ class TransNetStage(NetworkStage):
         out = {key: tf.cast(value, tf.float32) for key, value in out.items()}
         terms = transnet_loss(
             vis_luma, nir, out["vis_recon"], out["nir_recon"], out["vis_to_nir"],
-            out["nir_to_vis"], eta=self.weights.eta, mask=batch["mask"],
+            out["nir_to_vis"], weights=self.weights, mask=batch["mask"],
         )
         images = {"vis": vis_luma, "nir": nir, "vis_to_nir": out["vis_to_nir"],
                   "nir_to_vis": out["nir_to_vis"]}
@@ -261,8 +261,7 @@ class FusionStage(F2MStage):
     name, trains_deformation = "fusion", False
 
     def _loss(self, fused, vis_luma, nir, flow, mask):
-        gamma, delta = self.weights.gamma, self.weights.delta
-        return fusion_loss(fused, vis_luma, nir, gamma=gamma, delta=delta, mask=mask)
+        return fusion_loss(fused, vis_luma, nir, weights=self.weights, mask=mask)
 
 
 @_register
@@ -272,9 +271,8 @@ class DeformationStage(F2MStage):
     name, trains_deformation = "deformation", True
 
     def _loss(self, fused, vis_luma, nir, flow, mask):
-        lambda_smooth, alpha = self.weights.lambda_smooth, self.weights.alpha
         valid = warped_mask(mask, flow)
-        return deformation_loss(fused, nir, flow, lambda_smooth, alpha, mask=valid)
+        return deformation_loss(fused, nir, flow, weights=self.weights, mask=valid)
 
 
 # The stages in training order.

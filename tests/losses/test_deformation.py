@@ -11,6 +11,7 @@ import tensorflow as tf
 from scipy import ndimage
 
 from losses.deformation import bilateral_smoothness, deformation_loss
+from losses.weights import LossWeights
 
 LAPLACIAN_KERNEL = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], np.float64)
 # Neighbour offsets (dy, dx): right, down, down-right, down-left.
@@ -120,7 +121,7 @@ def test_smoothness_weights_carry_no_gradient_but_the_flow_does(rng):
 def test_deformation_loss_matches_numpy(rng, use_mask):
     fused, nir, flow = _inputs(rng)
     mask = _random_mask(rng, fused.shape) if use_mask else None
-    terms = deformation_loss(fused, nir, flow, lambda_smooth=0.3, alpha=1.0, mask=mask)
+    terms = deformation_loss(fused, nir, flow, weights=LossWeights(lambda_smooth=0.3, alpha=1.0), mask=mask)
     consistency, sparsity, smooth, total = _deformation_reference(fused, nir, flow, 0.3, 1.0, mask)
     assert set(terms) == {"total", "consistency", "sparsity", "smooth"}
     np.testing.assert_allclose(terms["consistency"], consistency, rtol=1e-5)

@@ -8,6 +8,7 @@ import tensorflow as tf
 from scipy import ndimage
 
 from losses.fusion import content_loss, fusion_loss, gradient_loss, gradient_target, image_gradient
+from losses.weights import LossWeights
 
 SPEC_1 = tf.TensorSpec([None, None, None, 1], tf.float32)
 LAPLACIAN_KERNEL = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], np.float64)
@@ -128,7 +129,7 @@ def test_gradient_loss_gradient_matches_finite_differences(rng):
 def test_fusion_loss_matches_numpy(rng, use_mask):
     fused, vis, nir = _images(rng)
     mask = _random_mask(rng, fused.shape, p_valid=0.9) if use_mask else None
-    terms = fusion_loss(fused, vis, nir, gamma=0.8, delta=10.0, mask=mask)
+    terms = fusion_loss(fused, vis, nir, weights=LossWeights(gamma=0.8, delta=10.0), mask=mask)
     content = _content_reference(fused, vis, nir, 0.8, mask)
     gradient = _gradient_reference(fused, vis, nir, mask)
     assert set(terms) == {"total", "content", "gradient"}

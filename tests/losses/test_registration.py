@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from losses.registration import NCCLoss, coarse_loss, multiscale_coarse_loss, ncc, transnet_loss
+from losses.weights import LossWeights
 
 SPEC_1 = tf.TensorSpec([None, None, None, 1], tf.float32)
 
@@ -152,7 +153,7 @@ def _transnet_inputs(rng, shape=(2, 6, 7, 1)):
 def test_transnet_loss_matches_numpy(rng, use_mask):
     x = _transnet_inputs(rng)
     mask = _random_mask(rng, (2, 6, 7, 1)) if use_mask else None
-    terms = transnet_loss(**x, eta=1.5, mask=mask)
+    terms = transnet_loss(**x, weights=LossWeights(eta=1.5), mask=mask)
     recon = _masked_l1_reference(x["vis"], x["vis_recon"], mask) + _masked_l1_reference(x["nir"], x["nir_recon"], mask)
     trans = _masked_l1_reference(x["vis"], x["nir_to_vis"], mask) + _masked_l1_reference(x["nir"], x["vis_to_nir"], mask)
     assert set(terms) == {"total", "recon", "trans"}

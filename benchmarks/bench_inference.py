@@ -91,9 +91,10 @@ from absl import app, flags  # noqa: E402
 
 from rfnet_tf.baselines import ecc_affine  # noqa: E402
 from rfnet_tf.colour import luma  # noqa: E402
-from rfnet_tf.data import Pair, demo_pairs, make_misaligned_pair, transform_points  # noqa: E402
+from rfnet_tf.data import Pair, demo_pairs, make_misaligned_pair  # noqa: E402
 from rfnet_tf.data.demo import DEMO_IMAGES  # noqa: E402
 from rfnet_tf.evaluation.methods import PEAK, luma_255  # noqa: E402
+from rfnet_tf.metrics.registration import affine_distance  # noqa: E402
 from rfnet_tf.export import NIR_SPEC, VIS_SPEC  # noqa: E402
 from rfnet_tf.networks import RFNet  # noqa: E402
 from rfnet_tf.networks.rfnet import AFFINE_INPUT_SIZE  # noqa: E402
@@ -199,15 +200,6 @@ def run_ecc(case: Case):
         levels=ECC_LEVELS,
         moving_mask=case.moving_mask,
     )
-
-
-def corner_error_px(theta: np.ndarray, truth: np.ndarray, height: int, width: int) -> float:
-    """Largest distance in px between two affines' sampling points at the image corners."""
-    corners = np.array([[0, 0], [0, width - 1], [height - 1, 0], [height - 1, width - 1]])
-    difference = transform_points(theta, corners, height, width) - transform_points(
-        truth, corners, height, width
-    )
-    return float(np.max(np.linalg.norm(difference, axis=-1)))
 
 
 def make_model(weights: str | None, affine_input_size: int) -> RFNet:
@@ -408,7 +400,7 @@ def main(argv) -> None:
         ecc = ecc_results[label]
         ecc_note = (
             "failed" if ecc.failed
-            else f"{corner_error_px(ecc.theta, case.registration, case.height, case.width):.2f}"
+            else f"{affine_distance(ecc.theta, case.registration, (case.height, case.width)):.2f}"
         )
         mem_rfnet, mem_ecc = memory.get(("rfnet", label), {}), memory.get(("ecc", label), {})
         rfnet_memory = _mib(mem_rfnet.get("rss"))

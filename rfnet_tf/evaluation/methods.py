@@ -114,8 +114,9 @@ def _model_registration(affine: bool, flow: bool) -> Callable:
         theta = np.asarray(prediction["affine"], np.float64) if affine else None
         field = np.asarray(prediction["flow"], np.float64) if flow else None
         details = confidence(prediction) if method.confident else {}
-        if "sift_failed" in prediction:
-            details["sift_failed"] = bool(prediction["sift_failed"])
+        for key in ("sift_failed", "sift_kept"):
+            if key in prediction:
+                details[key] = bool(prediction[key])
         return Registration(name, theta=theta, flow=field, details=details)
 
     return register_from

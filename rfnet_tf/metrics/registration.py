@@ -163,6 +163,17 @@ def map_fixed_to_moving(
     return points
 
 
+def affine_distance(theta_a, theta_b, shape) -> float:
+    """The largest distance, in pixels, between where two normalised backward affines
+    ``(2, 3)`` sample an image of ``shape (H, W, ...)`` from its four corners."""
+    height, width = shape[:2]
+    corners = np.array([[0, 0], [0, width - 1], [height - 1, 0], [height - 1, width - 1]], np.float64)
+    difference = map_fixed_to_moving(corners, shape, theta=np.asarray(theta_a)) - map_fixed_to_moving(
+        corners, shape, theta=np.asarray(theta_b)
+    )
+    return float(np.max(np.linalg.norm(difference, axis=-1)))
+
+
 def map_moving_to_fixed(
     points, fixed_shape, moving_shape=None, theta: np.ndarray | None = None, flow: np.ndarray | None = None,
     iterations: int = 200, tolerance: float = 1e-4,

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from rfnet_tf import baselines
 from rfnet_tf.evaluation import inference
+from rfnet_tf.metrics.registration import affine_to_pixel_matrix
 from rfnet_tf.weights import WeightsError
 
 
@@ -98,8 +99,10 @@ def test_the_fine_call_is_rfnet_fine_and_needs_f2m_only(weights_dirs, untrained_
 
 def test_the_sift_call_passes_the_sift_estimate_as_a_start(weights_dirs, untrained_model, rng):
     """A textured pair shifted by a few pixels: SIFT finds the shift and the coarse
-    module's search starts from it (the call's result equals RFNet.coarse with that
-    start); on a pair without features SIFT fails and the call is the model's own."""
+    module's search starts from it too (the call's confidence equals RFNet.coarse with
+    that start); the call returns SIFT's estimate where it agrees with the search's
+    result within SIFT_AGREEMENT_PX, the search's otherwise; on a pair without features
+    SIFT fails and the call is the model's own."""
     from scipy.ndimage import gaussian_filter, shift
 
     texture = gaussian_filter(rng.standard_normal((96, 128)), 1.5)
@@ -116,7 +119,13 @@ def test_the_sift_call_passes_the_sift_estimate_as_a_start(weights_dirs, untrain
         tf.constant(vis[None]), tf.constant(nir[None]),
         extra_starts=tf.constant(estimate.theta[None, None], tf.float32),
     )
-    np.testing.assert_allclose(result["affine"], expected["affine"].numpy()[0], atol=1e-5)
+    searched = expected["affine"].numpy()[0]
+    corners_xy1 = np.array([[0.0, 0.0, 1.0], [127.0, 0.0, 1.0], [0.0, 95.0, 1.0], [127.0, 95.0, 1.0]])
+    difference = affine_to_pixel_matrix(estimate.theta, (96, 128)) - affine_to_pixel_matrix(searched, (96, 128))
+    apart = np.linalg.norm(corners_xy1 @ difference.T, axis=-1).max()
+    assert result["sift_kept"] == (apart <= inference.SIFT_AGREEMENT_PX)
+    kept = estimate.theta if result["sift_kept"] else searched
+    np.testing.assert_allclose(result["affine"], kept, atol=1e-5)
     np.testing.assert_allclose(result["coarse_ncc"], expected["coarse_ncc"].numpy()[0], atol=1e-5)
     flat = np.full((48, 64, 3), 0.5, np.float32)
     failed = predictor(flat, flat[..., :1], inference.COARSE_SIFT_CALL)

@@ -113,6 +113,21 @@ def test_translation_and_constant_flow_move_points_by_hand():
     )
 
 
+def test_affine_distance_of_a_shift_and_a_rotation_about_the_centre():
+    """Against hand geometry: two affines that differ by a pure shift are that far apart
+    at every corner; a rotation by a about the centre moves each corner by
+    2 r sin(a / 2), r the half diagonal."""
+    shape = (61, 81)
+    shifted = np.array([[1.0, 0.0, 2.0 * 3.0 / 80], [0.0, 1.0, 2.0 * -4.0 / 60]])  # 3 px in x, -4 in y
+    assert reg.affine_distance(np.eye(2, 3), shifted, shape) == pytest.approx(5.0)
+    angle = np.radians(10.0)
+    # A pixel-frame rotation about the centre in normalised units (aspect 60 / 80).
+    aspect = 60.0 / 80.0
+    rotated = np.array([[np.cos(angle), -np.sin(angle) * aspect, 0.0], [np.sin(angle) / aspect, np.cos(angle), 0.0]])
+    half_diagonal = np.hypot(40.0, 30.0)
+    assert reg.affine_distance(np.eye(2, 3), rotated, shape) == pytest.approx(2 * half_diagonal * np.sin(angle / 2))
+
+
 def test_moving_to_fixed_inverts_fixed_to_moving(rng):
     fixed_shape, moving_shape = (40, 60), (50, 55)
     theta = random_affine(rng)

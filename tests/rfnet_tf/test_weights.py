@@ -38,6 +38,10 @@ def test_the_shipped_config_and_an_older_one_without_the_newer_keys_are_valid(tm
         ({"affine_input_size": True}, '"model.affine_input_size" must be an integer >= 8, got True'),
         ({"coarse_refinement_steps": -1}, '"model.coarse_refinement_steps" must be an integer >= 0'),
         ({"coarse_refinement_levels": 2.0}, '"model.coarse_refinement_levels" must be an integer >= 1'),
+        (
+            {"coarse_refinement_similarity": "mutual_information"},
+            '"model.coarse_refinement_similarity" must be one of "ncc", "gradient_ncc"',
+        ),
         ({"max_displacement": 0}, '"model.max_displacement" must be a number > 0'),
         ({"deformable": "yes"}, '"model.deformable" must be true or false'),
         ({"attention_window": 0}, '"model.attention_window" must be null or an integer >= 1'),

@@ -58,7 +58,6 @@ from typing import Callable, NamedTuple
 import tensorflow as tf
 
 from layers import affine_grid, resample
-from layers.resampler import inside_mask
 from losses import fully_valid, gradient_magnitude, ncc
 from rfnet_tf.data.synthetic import affine_matrix
 
@@ -241,7 +240,9 @@ def affine_similarity(
     return value, tf.reduce_mean(mask, axis=[1, 2, 3])
 
 
-def guarded_scores(theta, moving, fixed, aspect, guards: Guards, measure: Similarity = SIMILARITIES["ncc"]):
+def guarded_scores(
+    theta, moving, fixed, aspect, guards: Guards, measure: Similarity = SIMILARITIES["ncc"]
+):
     """``(score, similarity, overlap)``, each ``(N,)``: the score is the similarity
     (``measure``) where the guards hold and ``FAILED_SCORE`` where they do not."""
     correlation, overlap = affine_similarity(theta, moving, fixed, measure)
@@ -294,7 +295,9 @@ def shift_correlation(fixed, fixed_valid, canvas, canvas_valid, canvas_inside):
     mean_canvas = correlation(fixed_spectra[0], canvas_spectra[1]) / safe_count
     variance_fixed = correlation(fixed_spectra[2], canvas_spectra[0]) / safe_count - mean_fixed**2
     variance_canvas = correlation(fixed_spectra[0], canvas_spectra[2]) / safe_count - mean_canvas**2
-    covariance = correlation(fixed_spectra[1], canvas_spectra[1]) / safe_count - mean_fixed * mean_canvas
+    covariance = (
+        correlation(fixed_spectra[1], canvas_spectra[1]) / safe_count - mean_fixed * mean_canvas
+    )
     score = covariance / (
         tf.sqrt(tf.maximum(variance_fixed, 0.0) + NCC_EPSILON)
         * tf.sqrt(tf.maximum(variance_canvas, 0.0) + NCC_EPSILON)
@@ -376,7 +379,8 @@ def shift_search(
     # theta(q) = S(q + t), t the shift in normalised units, [u, v] order.
     shift = tf.stack([2.0 * shift_x / extent_x, 2.0 * shift_y / extent_y], axis=-1)
     linear = tf.repeat(similarities[:, :, :2], batch, axis=0)
-    translation = tf.repeat(similarities[:, :, 2], batch, axis=0) + tf.einsum("nij,nj->ni", linear, shift)
+    translation = tf.repeat(similarities[:, :, 2], batch, axis=0)
+    translation += tf.einsum("nij,nj->ni", linear, shift)
     theta = tf.concat([linear, translation[..., None]], axis=-1)
     passes = within_bounds(theta, aspect, guards)
     return theta, tf.where(passes, tf.cast(tf.reduce_max(flat, axis=1), dtype), FAILED_SCORE)
@@ -439,12 +443,6 @@ def _per_image(values: tf.Tensor, count: int, batch) -> tf.Tensor:
     return tf.reshape(values, tf.concat([[count, batch], tf.shape(values)[1:]], axis=0))
 
 
-def _best(candidates: tf.Tensor, scores: tf.Tensor, count: int, batch) -> tf.Tensor:
-    """Each image's best-scoring candidate: ``(count * B, 2, 3)`` -> ``(B, 2, 3)``."""
-    best = tf.argmax(_per_image(scores, count, batch), axis=0, output_type=tf.int32)
-    return tf.gather(candidates, best * batch + tf.range(batch))
-
-
 def refine_affine(
     theta: tf.Tensor,
     moving: tf.Tensor,
@@ -461,7 +459,7 @@ def refine_affine(
     guards: Guards = Guards(),
     similarity: str = "ncc",
 ) -> tuple[tf.Tensor, Confidence]:
-    """Refines a backward normalised affine by a guarded search on Eq. 4 (module docstring).
+    """Refines a backward normalised affine by a guarded search (module docstring).
 
     Args:
       theta: ``(B, 2, 3)`` the prediction (AffineNet's), normalised align-corners
@@ -539,11 +537,15 @@ def refine_affine(
         best_of(starts, scores, count, k), tiled(moving_level, k), tiled(fixed_level, k),
         steps, _level_rate(moving_level, dtype), measure,
     )
-    scores, _, _ = guarded_scores(chosen, tiled(moving_level, k), tiled(fixed_level, k), aspect, guards, measure)
+    scores, _, _ = guarded_scores(
+        chosen, tiled(moving_level, k), tiled(fixed_level, k), aspect, guards, measure
+    )
     kept = min(carry, k)
     chosen = best_of(chosen, scores, k, kept)
-    schedule = [(_pooled(moving, 2 ** (levels - 1 - level)), _pooled(fixed, 2 ** (levels - 1 - level)), steps)
-                for level in range(1, levels)]
+    schedule = [
+        (_pooled(moving, 2 ** (levels - 1 - level)), _pooled(fixed, 2 ** (levels - 1 - level)), steps)
+        for level in range(1, levels)
+    ]
     if fine is not None:
         schedule.append((finest_moving, finest_fixed, steps if fine_steps is None else fine_steps))
     for moving_level, fixed_level, level_steps in schedule:
@@ -554,7 +556,7 @@ def refine_affine(
     scores, _, _ = guarded_scores(
         chosen, tiled(finest_moving, kept), tiled(finest_fixed, kept), aspect, guards, measure
     )
-    refined = _best(chosen, scores, kept, batch)
+    refined = best_of(chosen, scores, kept, 1)
 
     # The decision, at the finest level, between the refined affine and the fallbacks.
     # The identity is always valid (it adds no misalignment) and starts min_gain ahead:

@@ -30,9 +30,9 @@ VIS, for sub-pixel precision at full resolution).
    of the level, decaying linearly to a tenth within the level, so every level
    converges at its own precision.
 4. *Decision* (finest level): the best-scoring of the refined affine, the prediction
-   and the extra starts (each only if it passes the guards) and the identity, which
-   always counts and starts ``min_gain`` (the similarity's) ahead: moving a pair at all
-   needs that much evidence.
+   and the extra starts (each only if it passes the guards and scores at least the
+   similarity's ``low_confidence``) and the identity, which always counts and starts
+   ``min_gain`` (the similarity's) ahead: moving a pair at all needs that much evidence.
 
 Guards (:class:`Guards`): the warp must sample at least ``min_overlap`` of the fixed
 image inside the moving image, and its linear part, read in the image's pixel frame,
@@ -542,10 +542,8 @@ def refine_affine(
     )
     kept = min(carry, k)
     chosen = best_of(chosen, scores, k, kept)
-    schedule = [
-        (_pooled(moving, 2 ** (levels - 1 - level)), _pooled(fixed, 2 ** (levels - 1 - level)), steps)
-        for level in range(1, levels)
-    ]
+    factors = [2 ** (levels - 1 - level) for level in range(1, levels)]
+    schedule = [(_pooled(moving, factor), _pooled(fixed, factor), steps) for factor in factors]
     if fine is not None:
         schedule.append((finest_moving, finest_fixed, steps if fine_steps is None else fine_steps))
     for moving_level, fixed_level, level_steps in schedule:
@@ -560,14 +558,17 @@ def refine_affine(
 
     # The decision, at the finest level, between the refined affine and the fallbacks.
     # The identity is always valid (it adds no misalignment) and starts min_gain ahead:
-    # moving a pair at all needs that much evidence.
+    # moving a pair at all needs that much evidence, and an affine scoring below the
+    # similarity's low_confidence is no evidence (two unrelated images reach 0.12).
     candidates = tf.concat([fallbacks, refined], axis=0)
     count = fallback_count + 1
     scores, correlation, overlap = guarded_scores(
         candidates, tiled(finest_moving, count), tiled(finest_fixed, count), aspect, guards, measure
     )
     min_gain = measure.min_gain if guards.min_gain is None else guards.min_gain
-    scores = tf.concat([correlation[:batch] + min_gain, scores[batch:]], axis=0)
+    sure = correlation[batch:] >= measure.low_confidence
+    confident = tf.where(sure, scores[batch:], FAILED_SCORE)
+    scores = tf.concat([correlation[:batch] + min_gain, confident], axis=0)
     best = tf.argmax(_per_image(scores, count, batch), axis=0, output_type=tf.int32)
     index = best * batch + tf.range(batch)
     confidence = confidence_of(tf.gather(correlation, index), tf.gather(overlap, index), measure)

@@ -115,7 +115,8 @@ def test_saved_model_matches_keras_in_a_fresh_process(model, exported, tmp_path,
 
 def test_evaluate_runs_the_saved_model(model, exported, tmp_path, rng):
     """evaluate.py --weights accepts the SavedModel: its RFNet rows come from the model
-    (the random affine head moves the landmarks, so rfnet_coarse differs from identity)."""
+    (the random flow head moves the landmarks, so rfnet differs from identity; the coarse
+    search keeps the identity on noise, and its confidence outputs reach results.json)."""
     saved_model, _ = exported
     vis = rng.random((48, 64, 3))
     nir = vis @ np.array([0.6, 0.3, 0.1])
@@ -132,7 +133,8 @@ def test_evaluate_runs_the_saved_model(model, exported, tmp_path, rng):
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["weights"]["format"] == "saved_model"
     registration = results["per_image"][0]["registration"]
-    assert registration["rfnet_coarse"]["rmse"] != registration["identity"]["rmse"]
+    assert registration["rfnet"]["rmse"] != registration["identity"]["rmse"]
+    assert registration["rfnet_coarse"]["unsure"] in (True, False)
     assert set(results["fusion"]) == {"rfnet", "average"}
 
 

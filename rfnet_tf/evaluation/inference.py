@@ -150,7 +150,7 @@ class Predictor:
         return set(FULL_OUTPUTS) <= set(self.outputs)
 
     def __call__(
-        self, vis: np.ndarray, nir: np.ndarray, call: str = MODEL_CALL
+        self, vis: np.ndarray, nir: np.ndarray, call: str = MODEL_CALL, moving_mask=None
     ) -> dict[str, np.ndarray]:
         """Runs one call of the model on one pair.
 
@@ -163,6 +163,9 @@ class Predictor:
             search's starts, then keeps SIFT's estimate where the two agree within
             :data:`SIFT_AGREEMENT_PX`; where SIFT fails, it is the model's own call;
             ``sift_failed`` and ``sift_kept`` say which).
+          moving_mask: ``(H, W)`` where the VIS shows image content (a synthetic
+            misalignment's), or ``None``: SIFT's keypoints are taken inside it, as the
+            ``sift`` baseline takes them.
 
         Returns:
           ``{key: array}`` for the call's outputs, batch axis removed: images
@@ -189,6 +192,7 @@ class Predictor:
             estimate = baselines.sift_affine(
                 np.asarray(luma(vis.astype(np.float64)))[..., 0] * 255.0,
                 nir[..., 0].astype(np.float64) * 255.0,
+                moving_mask=moving_mask,
             )
             extra["sift_failed"] = estimate.failed
             if estimate.failed:

@@ -199,7 +199,7 @@ def evaluate_sample(
     predictions = {}
     for call in plan.model_calls:
         start = time.perf_counter()
-        predictions[call] = predictor(pair.vis, pair.nir, call)
+        predictions[call] = predictor(pair.vis, pair.nir, call, moving_mask=sample.moving_mask)
         seconds[f"{call}_model"] = time.perf_counter() - start
     start = time.perf_counter()
     truth = methods_lib.ground_truth(sample)

@@ -127,6 +127,9 @@ def test_the_sift_call_passes_the_sift_estimate_as_a_start(weights_dirs, untrain
     kept = estimate.theta if result["sift_kept"] else searched
     np.testing.assert_allclose(result["affine"], kept, atol=1e-5)
     np.testing.assert_allclose(result["coarse_ncc"], expected["coarse_ncc"].numpy()[0], atol=1e-5)
+    # The moving mask reaches SIFT: with no VIS content marked there are no keypoints.
+    masked = predictor(vis, nir, inference.COARSE_SIFT_CALL, moving_mask=np.zeros((96, 128), bool))
+    assert masked["sift_failed"] and not masked["sift_kept"]
     flat = np.full((48, 64, 3), 0.5, np.float32)
     failed = predictor(flat, flat[..., :1], inference.COARSE_SIFT_CALL)
     assert failed["sift_failed"]

@@ -11,7 +11,7 @@ from losses.common import laplacian_valid_mask, masked_mean, matching_tensors
 from losses.deformation import bilateral_smoothness, deformation_loss
 from losses.fusion import content_loss, fusion_loss, gradient_loss, gradient_target, image_gradient
 from losses.registration import NCCLoss, coarse_loss, multiscale_coarse_loss, ncc, transnet_loss
-from losses.similarity import fully_valid, gradient_magnitude, gradient_ncc
+from losses.similarity import feature_ncc, fully_valid, gradient_magnitude, gradient_ncc
 from losses.weights import PAPER, LossWeights
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "bilateral_smoothness",
     "coarse_loss",
     "content_loss",
+    "feature_ncc",
     "deformation_loss",
     "fully_valid",
     "fusion_loss",

@@ -40,17 +40,24 @@ def gradient_magnitude(image: tf.Tensor) -> tf.Tensor:
     return tf.sqrt(d_y * d_y + d_x * d_x + 1e-8)
 
 
-def gradient_ncc(s: tf.Tensor, g: tf.Tensor, mask: tf.Tensor | None = None) -> tf.Tensor:
-    """Eq. 5's NCC of the two images' gradient magnitudes (:func:`gradient_magnitude`),
-    over the pixels whose 3x3 neighbourhood is valid: edges must coincide, whatever
-    their contrast's sign.
+def feature_ncc(s: tf.Tensor, g: tf.Tensor, mask, feature, window: int) -> tf.Tensor:
+    """Eq. 5's NCC of ``feature(s)`` and ``feature(g)`` over the pixels whose
+    ``window x window`` neighbourhood is valid (the pixels ``feature`` reads).
 
     Args:
       s, g: ``(B, H, W, 1)``; mask: ``(B, H, W, 1)`` or ``None``.
+      feature: ``(B, H, W, 1) -> (B, H, W, 1)``; window: odd side, px.
 
     Returns:
       ``(B,)`` in ``[-1, 1]``.
     """
     s, g = matching_tensors(s, g)
-    valid = None if mask is None else fully_valid(tf.cast(mask, s.dtype), 3)
-    return ncc(gradient_magnitude(s), gradient_magnitude(g), valid)
+    valid = None if mask is None else fully_valid(tf.cast(mask, s.dtype), window)
+    return ncc(feature(s), feature(g), valid)
+
+
+def gradient_ncc(s: tf.Tensor, g: tf.Tensor, mask: tf.Tensor | None = None) -> tf.Tensor:
+    """Eq. 5's NCC of the two images' gradient magnitudes (:func:`gradient_magnitude`),
+    over the pixels whose 3x3 neighbourhood is valid: edges must coincide, whatever
+    their contrast's sign. ``(B, H, W, 1)`` images and mask (or ``None``) -> ``(B,)``."""
+    return feature_ncc(s, g, mask, gradient_magnitude, 3)

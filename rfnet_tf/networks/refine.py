@@ -58,7 +58,7 @@ from typing import Callable, NamedTuple
 import tensorflow as tf
 
 from layers import affine_grid, resample
-from losses import fully_valid, gradient_magnitude, ncc
+from losses import feature_ncc, fully_valid, gradient_magnitude
 from rfnet_tf.data.synthetic import affine_matrix
 
 # The start search (coarsest level): similarity transforms of the image's pixel frame,
@@ -235,8 +235,7 @@ def affine_similarity(
     shape = tf.shape(fixed)
     coords = affine_grid(theta, shape[1], shape[2])
     warped, mask = resample(moving, coords)
-    feature, window = measure.feature, measure.window
-    value = ncc(feature(warped), feature(fixed), fully_valid(mask, window), eps=NCC_EPSILON)
+    value = feature_ncc(warped, fixed, mask, measure.feature, measure.window)
     return value, tf.reduce_mean(mask, axis=[1, 2, 3])
 
 

@@ -190,26 +190,40 @@ def f2m_dataset(
     ranges: LocalFieldRanges = LocalFieldRanges(),
     curriculum: Curriculum = Curriculum(),
 ) -> tf.data.Dataset:
-    """Crops with a synthetic smooth local misalignment: ``{"vis", "nir", "mask", "flow"}``.
+    """Crops with a synthetic smooth local misalignment: ``{"vis", "nir", "mask", "flow", "jitter"}``.
 
-    The field is made at the crop size (amplitude ``U(2, 10)`` px at 384 x 384 by
-    default, see ``LocalFieldRanges``), its amplitude scaled by ``curriculum``;
-    ``flow`` is its numerical inverse (residual < 1e-4 px).
+    The field over a crop is a window of a field drawn over its whole image, as
+    ``evaluate.py --misalign=local`` draws it (largest displacement ``U(2, 10)`` px and
+    control spacing 64 px at 384 x 384, both scaled with the image's smaller side, see
+    ``LocalFieldRanges``), its amplitude scaled by ``curriculum``; ``flow`` is its
+    numerical inverse over the crop (residual < 1e-4 px). ``jitter`` ``(2, 2)`` holds two sub-pixel
+    offsets ``U(-0.5, 0.5)`` px, rows VIS and NIR as ``(dy, dx)``: the deformation
+    phase's interpolation jitter (``F2M(jitter=...)``).
     """
     crop = _crop_shape(stream.crop_size)
-    grid_shape = ranges.control_grid_shape(*crop)
-    amplitude_factor = ranges.size_factor(*crop)
 
     def example(vis, nir, key, step):
         keys = tf.random.experimental.stateless_split(key, 4)
-        noise = tf.random.stateless_uniform([*grid_shape, 2], keys[_TRANSFORM_KEY], -1.0, 1.0)
+        image_shape = tf.maximum(tf.shape(nir)[:2], crop)
+        image_side = tf.reduce_min(tf.shape(nir)[:2])
+        grid_shape = ranges.window_grid_shape(image_shape[0], image_shape[1], image_side)
+        noise = tf.random.stateless_uniform(
+            tf.concat([grid_shape, [2]], axis=0), keys[_TRANSFORM_KEY], -1.0, 1.0
+        )
         low, high = ranges.max_displacement_range
         amplitude = (
             tf.random.stateless_uniform([], keys[_AMPLITUDE_KEY], low, high)
-            * amplitude_factor
+            * ranges.image_factor(image_side)
             * curriculum.magnitude(step)
         )
-        misalignment = smooth_field(noise, crop[0], crop[1], amplitude)
+        # The crop sees a window of the whole image's field: its amplitude is the
+        # image's largest, and a small crop gets a gentle part of it, not all of it.
+        whole = smooth_field(noise, image_shape[0], image_shape[1], amplitude)
+        window_key = tf.random.experimental.stateless_fold_in(keys[_TRANSFORM_KEY], 1)
+        corner = tf.random.stateless_uniform(
+            [2], window_key, 0, tf.int32.max, dtype=tf.int32
+        ) % (image_shape - crop + 1)
+        misalignment = whole[corner[0] : corner[0] + crop[0], corner[1] : corner[1] + crop[1]]
         crop_coords = identity_grid(1, crop[0], crop[1])[0] + misalignment
         element = _misaligned_element(vis, nir, crop_coords, crop, keys[_OFFSET_KEY])
         flow, residual = invert_flow(misalignment)
@@ -221,7 +235,11 @@ def f2m_dataset(
         )
         with tf.control_dependencies([check]):
             element["flow"] = tf.identity(flow)
-        return _flipped(element, keys[_FLIP_KEY], stream.flips)
+        element = _flipped(element, keys[_FLIP_KEY], stream.flips)
+        # A key of its own (folded from the amplitude's), so the other draws stay as they were.
+        jitter_key = tf.random.experimental.stateless_fold_in(keys[_AMPLITUDE_KEY], 1)
+        element["jitter"] = tf.random.stateless_uniform([2, 2], jitter_key, -0.5, 0.5)
+        return element
 
     return _dataset(pairs, example, crop, stream)
 
@@ -318,6 +336,7 @@ def _element_shape(name: str, crop: tuple[int, int]) -> list[int]:
         "affine": [2, 3],
         "flow": [*crop, 2],
         "translated": [*crop, 1],
+        "jitter": [2, 2],
     }[name]
 
 

@@ -133,18 +133,29 @@ class LocalFieldRanges:
             raise ValueError(f"control_spacing must be positive, got {self}")
 
     def size_factor(self, height: int, width: int) -> float:
-        """How much the pixel values scale at this image size."""
-        if self.reference_size is None:
-            return 1.0
-        return min(height, width) / self.reference_size
+        """How much the pixel values scale for an image of this size."""
+        return float(self.image_factor(min(height, width)))
 
     def control_grid_shape(self, height: int, width: int) -> tuple[int, int]:
         """``(rows, cols)`` of the noise control grid for an image of this size."""
-        spacing = self.control_spacing * self.size_factor(height, width)
-        return (
-            max(2, round((height - 1) / spacing) + 1),
-            max(2, round((width - 1) / spacing) + 1),
-        )
+        rows, cols = self.window_grid_shape(height, width, min(height, width)).numpy()
+        return int(rows), int(cols)
+
+    def image_factor(self, image_side) -> tf.Tensor:
+        """The scale of the pixel values for an image whose smaller side is ``image_side``
+        px (a number or a scalar tensor); float32 scalar."""
+        if self.reference_size is None:
+            return tf.constant(1.0)
+        return tf.cast(image_side, tf.float32) / self.reference_size
+
+    def window_grid_shape(self, height, width, image_side) -> tf.Tensor:
+        """``(rows, cols)`` int32 of the control grid over a ``height x width`` window of
+        an image whose smaller side is ``image_side`` px: the spacing is the image's,
+        whatever the window's size (a training crop is part of its image, not a smaller
+        image)."""
+        spacing = self.control_spacing * self.image_factor(image_side)
+        sides = tf.cast(tf.stack([height, width]), tf.float32)
+        return tf.maximum(2, tf.cast(tf.round((sides - 1.0) / spacing), tf.int32) + 1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -119,6 +119,7 @@ def test_element_structure_and_ranges(flipped_datasets, flipped, stage):
         expected["affine"] = (BATCH, 2, 3)
     if stage == "f2m":
         expected["flow"] = (BATCH, *CROP, 2)
+        expected["jitter"] = (BATCH, 2, 2)
     assert {
         key: tuple(spec.shape) for key, spec in flipped_datasets[stage].element_spec.items()
     } == expected
@@ -128,6 +129,8 @@ def test_element_structure_and_ranges(flipped_datasets, flipped, stage):
         for key in ("vis", "nir"):
             assert batch[key].min() >= 0.0 and batch[key].max() <= 1.0
         assert set(np.unique(batch["mask"])) <= {0.0, 1.0}
+        if stage == "f2m":
+            assert np.abs(batch["jitter"]).max() <= 0.5 and np.unique(batch["jitter"]).size == 4 * BATCH
     # Every pair contributes one crop per epoch: 12 elements = 3 epochs of 4 pairs.
     sources = [source_of(element) for element in unbatched(flipped[stage])]
     assert sorted(sources) == sorted([pair.name for pair in PAIRS] * 3)
@@ -366,3 +369,27 @@ def test_translations_must_match_the_pairs():
         affinenet_dataset(PAIRS, Stream(crop_size=CROP), translated=[np.zeros((4, 4, 1))] * 2)
     with pytest.raises(ValueError, match="big: extra VIS channels of shape"):
         affinenet_dataset(PAIRS, Stream(crop_size=CROP), translated=[np.zeros((4, 4, 1))] * 4)
+
+
+def test_a_crops_local_field_is_a_window_of_its_whole_images_field():
+    """A crop is a window of its image: with ``reference_size`` set, the field's amplitude
+    and control spacing scale with the image's smaller side, not the crop's, and the
+    crop sees a window of the field drawn over the whole image (evaluate.py draws that
+    field). Amplitude fixed at 3 px at 48 px: on an image whose smaller side is 96 px
+    the whole field peaks at 6 px, so does a crop of the whole image, and a small crop
+    never exceeds it."""
+    ranges = LocalFieldRanges(max_displacement_range=(3.0, 3.0), control_spacing=16.0, reference_size=48)
+    image = ramp_pair("big", 96, 120)
+
+    def peaks(crop):
+        stream = Stream(crop_size=crop, batch_size=BATCH, seed=2)
+        flows = np.concatenate([b["flow"] for b in take(f2m_dataset([image], stream, ranges=ranges), 3)])
+        return np.linalg.norm(flows, axis=-1).max(axis=(1, 2))
+
+    np.testing.assert_allclose(peaks((96, 120)), 6.0, rtol=0.15)
+    small = peaks(CROP)
+    assert np.all(small < 6.0 * 1.15) and np.all(small > 0.5)
+    # The control spacing is the image's, 16 * 96 / 48 = 32 px, whatever the crop.
+    np.testing.assert_array_equal(ranges.window_grid_shape(96, 120, 96).numpy(), [4, 5])
+    np.testing.assert_array_equal(ranges.window_grid_shape(96, 120, 48).numpy(), [7, 8])
+    assert ranges.control_grid_shape(96, 120) == (4, 5)

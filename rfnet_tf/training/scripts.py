@@ -154,6 +154,17 @@ def run_coarse(settings: CoarseSettings) -> None:
         _train(common, strategy, stage, pairs, carried, **options)
 
 
+def _load_fusion_weights(model: RFNet, fusion_dir) -> None:
+    """F2M's weights from ``fusion_dir`` with the deformation block kept as initialised
+    (zero flow), so that phase 2 starts where the paper's does, also from weights whose
+    block was trained before (e.g. the shipped ``weights/``)."""
+    block = model.f2m.deformation_block
+    initial = [variable.numpy() for variable in block.weights]
+    load_parts(model, fusion_dir, required=("f2m",))
+    for variable, value in zip(block.weights, initial):
+        variable.assign(value)
+
+
 def run_f2m(settings: F2MSettings) -> None:
     """train_f2m.py: F2M phase 1 (fusion) and/or phase 2 (deformation block)."""
     common = settings.common
@@ -183,9 +194,10 @@ def run_f2m(settings: F2MSettings) -> None:
                 load_parts(model, coarse_dir, required=("transnet", "affinenet"))
             if name == "deformation":
                 fusion_dir = stage_weights(settings.fusion_dir, "fusion", ("f2m",), "--fusion_dir")
-                load_parts(model, fusion_dir, required=("f2m",))
+                _load_fusion_weights(model, fusion_dir)
         phase_carried = carried + (("f2m",) if name == "deformation" else ())
         phase_validation = validation if name == "deformation" else None
-        stage = Stage(name, model, settings.weights)
+        phase_settings = dataclasses.asdict(settings.deformation) if name == "deformation" else {}
+        stage = Stage(name, model, settings.weights, **phase_settings)
         _train(common, strategy, stage, pairs, phase_carried, validation=phase_validation,
                **local_options)

@@ -1,0 +1,33 @@
+"""rfnet_tf.training.scripts: what the training scripts do beyond the loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from rfnet_tf.networks import RFNet
+from rfnet_tf.training.scripts import _load_fusion_weights
+from rfnet_tf.weights import export_weights
+
+
+def test_the_deformation_phase_loads_the_fusion_weights_and_keeps_its_block_as_initialised(tmp_path):
+    """Weights whose deformation block was trained (a non-zero flow head) load their
+    fusion variables; the block keeps the values it was built with, so its flow is 0."""
+    tf.keras.utils.set_random_seed(1)
+    trained = RFNet(affine_input_size=32)
+    for variable in trained.f2m.weights:
+        variable.assign(variable + tf.random.uniform(variable.shape, 0.01, 0.02))
+    export_weights(trained, tmp_path, ("f2m",))
+
+    fresh = RFNet(affine_input_size=32)
+    initial = [variable.numpy() for variable in fresh.f2m.deformation_block.weights]
+    _load_fusion_weights(fresh, tmp_path)
+
+    for variable, value in zip(fresh.f2m.deformation_block.weights, initial):
+        np.testing.assert_array_equal(variable.numpy(), value)
+    assert len(fresh.f2m.fusion_variables) == len(trained.f2m.fusion_variables) > 0
+    for source, target in zip(trained.f2m.fusion_variables, fresh.f2m.fusion_variables):
+        np.testing.assert_array_equal(target.numpy(), source.numpy())
+    images = [tf.random.uniform((1, 24, 24, 1)) for _ in range(2)]
+    assert float(tf.reduce_max(tf.abs(trained.f2m(images)["flow"]))) > 0
+    np.testing.assert_array_equal(fresh.f2m(images)["flow"].numpy(), 0.0)

@@ -42,7 +42,7 @@ from rfnet_tf.training.common_flags import (
 )
 from rfnet_tf.training.scripts import TRAINING_ERRORS, run_f2m
 from rfnet_tf.training.settings import F2MSettings
-from rfnet_tf.training.stages import LossWeights
+from rfnet_tf.training.stages import DeformationSettings, LossWeights
 
 flags.DEFINE_enum("phase", "all", ["fusion", "deformation", "all"], "Which F2M phase(s) to train.")
 flags.DEFINE_string(
@@ -65,6 +65,18 @@ flags.DEFINE_float(
 )
 flags.DEFINE_float("alpha", LossWeights.alpha, "Edge sensitivity of the bilateral smoothness, Eq. 10.")
 flags.DEFINE_float("max_displacement", 16.0, "Bound of the deformation field, pixels.")
+flags.DEFINE_boolean(
+    "subpixel_jitter", DeformationSettings.subpixel_jitter,
+    "Deformation phase: F2M samples the VIS and NIR features at random sub-pixel offsets "
+    "(the loss compares with the NIR at its offset), so that the blur of bilinear "
+    "resampling cannot lower Eq. 9; --nosubpixel_jitter trains Eq. 9 as it stands, which "
+    "is lowest at a constant half-pixel flow.",
+)
+flags.DEFINE_float(
+    "flow_supervision", DeformationSettings.flow_supervision,
+    "Deformation phase: weight of a supervised term, the flow's mean end-point error in "
+    "pixels against the synthetic ground truth (0: unsupervised, as in the paper).",
+)
 flags.DEFINE_integer(
     "attention_window",
     None,
@@ -85,6 +97,8 @@ def main(argv) -> None:
     validate_common_flags(FLAGS)
     if not 0.0 <= FLAGS.gamma <= 1.0:
         raise FlagError(f"--gamma must be in [0, 1], got {FLAGS.gamma}")
+    if FLAGS.flow_supervision < 0:
+        raise FlagError(f"--flow_supervision must be >= 0, got {FLAGS.flow_supervision}")
     if FLAGS.max_displacement <= 0:
         raise FlagError(f"--max_displacement must be positive, got {FLAGS.max_displacement}")
     if FLAGS.attention_window is not None and FLAGS.attention_window < 0:

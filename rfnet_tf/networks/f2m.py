@@ -21,6 +21,11 @@ def _conv(filters: int, name: str, **kwargs) -> keras.layers.Conv2D:
     return keras.layers.Conv2D(filters, 3, padding="same", name=name, **kwargs)
 
 
+def constant_flow(offset: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+    """``(B, H, W, 2)`` flow equal to ``offset`` ``(B, 2)`` at every pixel, shaped as ``like``."""
+    return tf.zeros_like(like) + tf.cast(offset, like.dtype)[:, None, None, :]
+
+
 @keras.saving.register_keras_serializable(package="rfnet_tf")
 class UNetLevel(ConfigFromArguments, keras.layers.Layer):
     """conv 3x3 (32) + batch norm + LeakyReLU(0.2) + residual block; size preserved."""
@@ -144,6 +149,14 @@ class F2M(ConfigFromArguments, keras.Model):
     a given one, which is then returned as ``flow``: the fusion of the pair registered
     by that field, e.g. to evaluate Eq. 9 along a known field. Where the input is padded
     to a multiple of 8, the given flow is reflect-padded like the images.
+
+    ``jitter=`` (``(B, 2, 2)``, rows ``u`` and ``v`` as ``(dy, dx)`` px) samples the VIS
+    features at ``p + flow(p) + u`` and the NIR features at ``p + v`` (the block still
+    sees the unshifted features, and ``flow``, ``registered`` and ``mask`` leave the
+    jitter out). With ``u, v ~ U(-0.5, 0.5)`` the blur of bilinear resampling no
+    longer depends on the flow on average; the deformation phase trains so, because
+    Eq. 9 otherwise rewards the blur (ARCHITECTURE section 7). The loss then compares
+    ``fused`` with the NIR sampled at ``p + v``.
     """
 
     CONFIG_ARGUMENTS = ("max_displacement", "attention_reduction", "attention_window")
@@ -209,7 +222,7 @@ class F2M(ConfigFromArguments, keras.Model):
     def _shared_deep_features(self, features: tf.Tensor) -> tf.Tensor:
         return self.activation(self.shared_conv3(self.activation(self.shared_conv2(features))))
 
-    def call(self, inputs, training=None, flow=None):
+    def call(self, inputs, training=None, flow=None, jitter=None):
         vis_luma, nir = inputs
         shape = tf.shape(vis_luma)
         vis_padded = pad_to_multiple(vis_luma, PAD_MULTIPLE)
@@ -223,7 +236,12 @@ class F2M(ConfigFromArguments, keras.Model):
             )
         else:
             flow = pad_to_multiple(tf.cast(flow, features_vis.dtype), PAD_MULTIPLE)
-        features_vis, _ = warp_flow(features_vis, flow, padding_mode="border")
+        sampling_flow = flow
+        if jitter is not None:
+            vis_offset, nir_offset = (constant_flow(offset, flow) for offset in tf.unstack(jitter, axis=1))
+            sampling_flow = flow + vis_offset
+            features_nir, _ = warp_flow(features_nir, nir_offset, padding_mode="border")
+        features_vis, _ = warp_flow(features_vis, sampling_flow, padding_mode="border")
 
         deep_vis, deep_nir = self.attention(
             [self._shared_deep_features(features_vis), self._shared_deep_features(features_nir)]

@@ -20,7 +20,7 @@ from rfnet_tf import misalignment_flags
 from rfnet_tf.data.synthetic import AffineRanges, Curriculum, LocalFieldRanges
 from rfnet_tf.training.common_flags import FlagError
 from rfnet_tf.training.runtime import stage_directory
-from rfnet_tf.training.stages import AffineSettings
+from rfnet_tf.training.stages import AffineSettings, DeformationSettings
 from rfnet_tf.weights import (
     CONFIG_FILE,
     EXPORT_SUBDIR,
@@ -167,6 +167,7 @@ class F2MSettings:
       attention_window: the attention's window for the fusion phase (``None``: the
         global max): ``--attention_window``, by default ``--crop_size``.
       misalignment: the synthetic local misalignment.
+      deformation: the deformation phase's settings.
     """
 
     common: TrainingSettings
@@ -177,6 +178,7 @@ class F2MSettings:
     max_displacement: float
     attention_window: int | None
     misalignment: Misalignment
+    deformation: DeformationSettings
 
     @classmethod
     def from_flags(cls, values, script_file: str) -> F2MSettings:
@@ -207,6 +209,7 @@ class F2MSettings:
             misalignment=Misalignment.from_flags(
                 values, misalignment_flags.local_ranges_from, misalignment_flags.LOCAL_FLAGS
             ),
+            deformation=DeformationSettings(values.subpixel_jitter, values.flow_supervision),
         )
 
 

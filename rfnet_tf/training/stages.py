@@ -37,8 +37,9 @@ from rfnet_tf.colour import luma
 from rfnet_tf.conventions import CONTENT_THRESHOLD
 from rfnet_tf.data import affinenet_dataset, f2m_dataset, transnet_dataset
 from rfnet_tf.networks import RFNet
+from rfnet_tf.networks.f2m import constant_flow
 
-__all__ = ["AffineSettings", "LossWeights", "STAGES", "Stage", "TrainingStage", "warped_mask"]
+__all__ = ["AffineSettings", "DeformationSettings", "LossWeights", "STAGES", "Stage", "TrainingStage", "warped_mask"]
 
 
 def warped_mask(mask: tf.Tensor, transform: tf.Tensor) -> tf.Tensor:
@@ -67,6 +68,25 @@ class AffineSettings:
 
     ncc_scales: int = 1
     affine_supervision: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DeformationSettings:
+    """The deformation phase's settings.
+
+    Attributes:
+      subpixel_jitter: F2M samples the two branches' features at the batch's random
+        sub-pixel offsets (``batch["jitter"]``, ``F2M(jitter=...)``), and Eq. 9 compares
+        the fused image with the NIR sampled at the NIR's offset. On (the default), the
+        blur of bilinear resampling no longer lowers Eq. 9 along any flow on average;
+        off, Eq. 9 is lowest at a constant half-pixel flow (ARCHITECTURE section 7).
+      flow_supervision: weight of a supervised term, the mean end-point error in pixels
+        of the flow against the synthetic ground truth, which makes the phase no longer
+        unsupervised (0: off, the paper).
+    """
+
+    subpixel_jitter: bool = True
+    flow_supervision: float = 0.0
 
 
 _REGISTRY: dict[str, type[TrainingStage]] = {}
@@ -240,18 +260,28 @@ class F2MStage(TrainingStage):
     def compute(self, batch, training=True, flow=None):
         vis_luma = luma(batch["vis"])
         nir = batch["nir"]
-        out = self.model.f2m([vis_luma, nir], training=training, flow=flow)
+        jitter = self._jitter(batch)
+        out = self.model.f2m([vis_luma, nir], training=training, flow=flow, jitter=jitter)
         fused = tf.cast(out["fused"], tf.float32)
         flow = tf.cast(out["flow"], tf.float32)
-        terms = self._loss(fused, vis_luma, nir, flow, batch["mask"])
+        terms = self._loss(fused, vis_luma, nir, flow, batch["mask"], jitter)
         error = tf.norm(flow - tf.cast(batch["flow"], tf.float32), axis=-1)
         terms["flow_error_px"] = tf.reduce_mean(error)
+        terms = self._supervised(terms)
         registered = tf.cast(out["registered"], tf.float32)
         images = {"vis": vis_luma, "nir": nir, "fused": fused, "registered": registered}
         return terms, images
 
-    def _loss(self, fused, vis_luma, nir, flow, mask) -> dict:
+    def _jitter(self, batch) -> tf.Tensor | None:
+        """The sub-pixel offsets F2M samples its branches at (``None``: none)."""
+        return None
+
+    def _loss(self, fused, vis_luma, nir, flow, mask, jitter) -> dict:
         raise NotImplementedError
+
+    def _supervised(self, terms: dict) -> dict:
+        """``terms`` with any supervised term added to the total (none by default)."""
+        return terms
 
 
 @_register
@@ -260,7 +290,7 @@ class FusionStage(F2MStage):
 
     name, trains_deformation = "fusion", False
 
-    def _loss(self, fused, vis_luma, nir, flow, mask):
+    def _loss(self, fused, vis_luma, nir, flow, mask, jitter):
         return fusion_loss(fused, vis_luma, nir, weights=self.weights, mask=mask)
 
 
@@ -269,9 +299,26 @@ class DeformationStage(F2MStage):
     """F2M phase 2: the deformation block alone, Eqs. 9-10."""
 
     name, trains_deformation = "deformation", True
+    Settings = DeformationSettings
 
-    def _loss(self, fused, vis_luma, nir, flow, mask):
-        valid = warped_mask(mask, flow)
+    def _jitter(self, batch):
+        return batch["jitter"] if self.settings.subpixel_jitter else None
+
+    def _supervised(self, terms):
+        weight = self.settings.flow_supervision
+        if not weight:
+            return terms
+        return dict(terms, total=terms["total"] + weight * terms["flow_error_px"])
+
+    def _loss(self, fused, vis_luma, nir, flow, mask, jitter):
+        sampling_flow = flow
+        if jitter is not None:
+            # The fused image shows the scene at the VIS offset u plus the flow, the NIR
+            # at its offset v: Eq. 9 compares it with the NIR sampled there too.
+            vis_offset, nir_offset = (constant_flow(offset, flow) for offset in tf.unstack(jitter, axis=1))
+            sampling_flow = flow + vis_offset
+            nir, _ = warp_flow(nir, nir_offset, padding_mode="border")
+        valid = warped_mask(mask, sampling_flow)
         return deformation_loss(fused, nir, flow, weights=self.weights, mask=valid)
 
 

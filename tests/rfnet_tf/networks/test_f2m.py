@@ -100,6 +100,35 @@ def test_a_given_flow_replaces_the_deformation_blocks(rng):
     np.testing.assert_array_equal(out["flow"].numpy(), flow.numpy())
 
 
+def test_jitter_offsets_the_vis_features_beyond_the_flow_and_the_nir_features(rng):
+    """``jitter`` rows ``u`` (VIS) and ``v`` (NIR): the VIS features are sampled at
+    ``p + flow + u``, which fuses as the flow ``flow + u`` does; the NIR features at
+    ``p + v``, which for an integer ``v`` fuses as the NIR translated by ``v`` does
+    (the NIR's content lies inside a constant frame, so the translation moves no
+    content across the border and the attention's global statistics stay). ``flow``,
+    ``registered`` and ``mask`` leave the jitter out."""
+    model = F2M()
+    vis = tf.random.uniform((1, 32, 40, 1), seed=21)
+    content = tf.random.uniform((1, 16, 24, 1), seed=22)
+    nir = tf.pad(content, [[0, 0], [8, 8], [8, 8], [0, 0]])
+    flow = tf.constant(rng.normal(0.0, 1.0, (1, 32, 40, 2)), tf.float32)
+    u = tf.constant([[0.3, -0.45]])
+    jittered = model([vis, nir], flow=flow, jitter=tf.stack([u, tf.zeros_like(u)], axis=1))
+    shifted_flow = model([vis, nir], flow=flow + u[:, None, None, :])
+    np.testing.assert_allclose(jittered["fused"].numpy(), shifted_flow["fused"].numpy(), atol=1e-6)
+    plain = model([vis, nir], flow=flow)
+    for key in ("flow", "registered", "mask"):
+        np.testing.assert_array_equal(jittered[key].numpy(), plain[key].numpy(), err_msg=key)
+    assert np.abs(jittered["fused"].numpy() - plain["fused"].numpy()).max() > 1e-4
+
+    v = tf.constant([[1.0, -2.0]])
+    jittered = model([vis, nir], flow=flow, jitter=tf.stack([tf.zeros_like(v), v], axis=1))
+    translated_nir = tf.pad(content, [[0, 0], [7, 9], [10, 6], [0, 0]])  # nir[p + v]
+    np.testing.assert_allclose(
+        jittered["fused"].numpy(), model([vis, translated_nir], flow=flow)["fused"].numpy(), atol=1e-6
+    )
+
+
 def test_first_three_convolutions_are_shared(f2m):
     """Both modalities go through the same variables (identity, not names)."""
     vis = tf.random.uniform((1, 24, 24, 1))

@@ -59,15 +59,15 @@ def test_loss_goes_down_on_a_fixed_batch_and_frozen_parts_stay(name, training_pa
     learning_rate = 1e-3
     if name == "deformation":
         # Phase 2 starts from a fusion network that has learnt something; a few fusion
-        # steps stand in for phase 1.
+        # steps stand in for phase 1. The mechanics are tested without the jitter: on
+        # one fixed batch its offsets are fixed too, and the first step may raise the loss.
         train_steps(Stage("fusion", model), batch, 15)
         learning_rate = 1e-5
-    # The deformation phase's sub-pixel jitter can make its first step raise the loss.
-    steps = 60 if name == "deformation" else 30
+        stage = Stage(name, model, subpixel_jitter=False)
     group = {id(v) for v in stage.variables}
     before = {id(v): v.numpy().copy() for v in model.weights}
 
-    losses = train_steps(stage, batch, steps, learning_rate)
+    losses = train_steps(stage, batch, 30, learning_rate)
 
     assert np.all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < losses[0], losses

@@ -5,12 +5,15 @@
 
 Reads ``validation.jsonl`` (written by the training loop, ``rfnet_tf.training.validation``)
 of each ``--stage_dir`` and plots the mean and median landmark RMSE of the stage's
-registration on the held-out pairs, with the unregistered input's mean as a reference.
+registration on the held-out pairs, with the unregistered input's mean as a reference;
+``--metric=epe`` plots the mean end-point error against the truth instead, which stays
+finite where a folding flow leaves the RMSE undefined.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -22,7 +25,11 @@ from rfnet_tf.training.validation import VALIDATION_LOG
 flags.DEFINE_multi_string("stage_dir", None, "A training stage directory holding validation.jsonl.")
 flags.DEFINE_multi_string("label", None, "A label per --stage_dir (default: the directory's name).")
 flags.DEFINE_string("out", None, "The PNG to write.")
-flags.DEFINE_string("title", "Validation landmark RMSE", "Title of the plot.")
+flags.DEFINE_string("title", "Validation", "Title of the plot.")
+flags.DEFINE_enum(
+    "metric", "rmse", list(("rmse", "epe")),
+    "rmse: landmark RMSE, mean and median; epe: mean end-point error against the truth.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -43,18 +50,29 @@ def read_validation_log(stage_dir: str | Path) -> list[dict]:
     return [records[step] for step in sorted(records)]
 
 
-def learning_curve_series(records: list[dict], label: str = "", unregistered: bool = True) -> dict:
-    """``{name: (steps, values)}``: mean and median RMSE and (``unregistered``) the
-    unregistered input's mean."""
+METRIC_LABELS = {"rmse": "landmark RMSE (px)", "epe": "mean end-point error (px)"}
+
+
+def learning_curve_series(
+    records: list[dict], label: str = "", unregistered: bool = True, metric: str = "rmse"
+) -> dict:
+    """``{name: (steps, values)}``: the stage's mean and (``rmse``) median, and
+    (``unregistered``) the unregistered input's mean. Records without the metric (logs
+    of older code) are left out, and so are undefined (NaN) values."""
+    records = [record for record in records if f"{metric}_mean" in record]
     steps = [record["step"] for record in records]
     prefix = f"{label}: " if label else ""
-    series = {
-        f"{prefix}mean": (steps, [record["rmse_mean"] for record in records]),
-        f"{prefix}median": (steps, [record["rmse_median"] for record in records]),
-    }
+    series = {f"{prefix}mean": (steps, [record[f"{metric}_mean"] for record in records])}
+    if metric == "rmse":
+        series[f"{prefix}median"] = (steps, [record["rmse_median"] for record in records])
     if unregistered:
-        series["unregistered (mean)"] = (steps, [record["identity_rmse_mean"] for record in records])
-    return series
+        series["unregistered (mean)"] = (steps, [record[f"identity_{metric}_mean"] for record in records])
+    return {name: _finite_points(*points) for name, points in series.items()}
+
+
+def _finite_points(steps: list, values: list) -> tuple[list, list]:
+    kept = [(step, value) for step, value in zip(steps, values) if math.isfinite(value)]
+    return [step for step, _ in kept], [value for _, value in kept]
 
 
 def main(argv) -> int:
@@ -71,12 +89,16 @@ def main(argv) -> int:
             label = labels[index] if labels else (Path(stage_dir).name if len(FLAGS.stage_dir) > 1 else "")
             # The runs validate on the same pairs: one unregistered line for all.
             records = read_validation_log(stage_dir)
-            series.update(learning_curve_series(records, label, unregistered=index == 0))
+            series.update(learning_curve_series(records, label, unregistered=index == 0, metric=FLAGS.metric))
     except (OSError, ValueError) as error:
         print(f"plot_validation: {error}", file=sys.stderr)
         return 2
+    series = {name: points for name, points in series.items() if points[0]}
+    if not series:
+        print(f"plot_validation: no {FLAGS.metric} values to plot", file=sys.stderr)
+        return 2
     highest = max(max(values) for _, values in series.values())
-    image = line_plot(series, "training step", f"{FLAGS.title}: landmark RMSE (px)",
+    image = line_plot(series, "training step", f"{FLAGS.title}: {METRIC_LABELS[FLAGS.metric]}",
                       y_range=(0.0, highest))
     save_png(FLAGS.out, image)
     print(f"wrote {FLAGS.out}")

@@ -33,6 +33,21 @@ def test_a_step_logged_twice_keeps_its_last_record_in_step_order(tmp_path):
     assert set(learning_curve_series(records, "other", unregistered=False)) == {"other: mean", "other: median"}
 
 
+def test_the_end_point_error_curve_and_undefined_values():
+    """``epe`` reads the end-point errors, older records without them are left out, and a
+    NaN RMSE (a folding flow) leaves a gap rather than a point."""
+    records = [
+        RECORDS[0],
+        dict(RECORDS[1], rmse_mean=float("nan"), epe_mean=5.0, identity_epe_mean=4.0),
+        dict(RECORDS[1], step=200, epe_mean=3.0, identity_epe_mean=4.0),
+    ]
+    epe = learning_curve_series(records, metric="epe")
+    assert epe == {"mean": ([100, 200], [5.0, 3.0]), "unregistered (mean)": ([100, 200], [4.0, 4.0])}
+    rmse = learning_curve_series(records)
+    assert rmse["mean"] == ([0, 200], [80.0, 40.0])
+    assert rmse["median"] == ([0, 100, 200], [70.0, 30.0, 30.0])
+
+
 def test_a_missing_or_broken_log_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="validation.jsonl"):
         read_validation_log(tmp_path)

@@ -7,7 +7,7 @@ import pytest
 
 from rfnet_tf.data.synthetic import AffineRanges
 from rfnet_tf.networks import RFNet
-from rfnet_tf.training.validation import Validation, landmark_rmse
+from rfnet_tf.training.validation import Validation, end_point_error, landmark_rmse
 
 from .conftest import textured_pair
 
@@ -26,6 +26,22 @@ def test_unregistered_rmse_is_the_landmark_distance_and_the_truth_scores_zero():
     assert validation.identity["identity_rmse_median"] == pytest.approx(np.median(direct))
     for sample in validation.samples:
         assert landmark_rmse(sample, theta=sample.truth.affine.registration) < 1e-6
+        assert end_point_error(sample, theta=sample.truth.affine.registration) < 1e-6
+
+
+def test_end_point_error_against_a_direct_computation_and_defined_for_a_folding_flow():
+    """The identity's error is the mean length of the true registration flow; a folding
+    flow (no inverse: the landmark RMSE is NaN) still gets its finite mean distance."""
+    validation = Validation("deformation", PAIRS[:1], draws=1)
+    (sample,) = validation.samples
+    truth = sample.truth.registration_flow()
+    assert end_point_error(sample) == pytest.approx(np.mean(np.linalg.norm(truth, axis=-1)))
+    height, width = sample.pair.nir.shape[:2]
+    fold = np.zeros((height, width, 2))
+    fold[..., 1] = 3.0 * np.sin(np.arange(width) / 2.0)[None, :]
+    assert np.isnan(landmark_rmse(sample, flow=fold))
+    direct = np.mean(np.linalg.norm(truth - fold, axis=-1))
+    assert end_point_error(sample, flow=fold) == pytest.approx(direct, rel=1e-6)
 
 
 def test_draws_are_the_evaluation_seeds_and_differ():
@@ -43,6 +59,7 @@ def test_a_new_network_registers_as_the_identity(stage):
     results = validation(model)
     assert results["rmse_mean"] == pytest.approx(results["identity_rmse_mean"], rel=1e-4)
     assert results["rmse_median"] == pytest.approx(results["identity_rmse_median"], rel=1e-4)
+    assert results["epe_mean"] == pytest.approx(results["identity_epe_mean"], rel=1e-4)
     assert validation(model) == results  # the traced function is reused
 
 

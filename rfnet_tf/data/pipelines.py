@@ -190,15 +190,16 @@ def f2m_dataset(
     ranges: LocalFieldRanges = LocalFieldRanges(),
     curriculum: Curriculum = Curriculum(),
 ) -> tf.data.Dataset:
-    """Crops with a synthetic smooth local misalignment: ``{"vis", "nir", "mask", "flow", "jitter"}``.
+    """Crops with a synthetic smooth local misalignment: ``{"vis", "nir", "mask", "flow",
+    "jitter"}``.
 
     The field over a crop is a window of a field drawn over its whole image, as
     ``evaluate.py --misalign=local`` draws it (largest displacement ``U(2, 10)`` px and
     control spacing 64 px at 384 x 384, both scaled with the image's smaller side, see
     ``LocalFieldRanges``), its amplitude scaled by ``curriculum``; ``flow`` is its
-    numerical inverse over the crop (residual < 1e-4 px). ``jitter`` ``(2, 2)`` holds two sub-pixel
-    offsets ``U(-0.5, 0.5)`` px, rows VIS and NIR as ``(dy, dx)``: the deformation
-    phase's interpolation jitter (``F2M(jitter=...)``).
+    numerical inverse over the crop (residual < 1e-4 px). ``jitter`` ``(2, 2)`` holds
+    two sub-pixel offsets ``U(-0.5, 0.5)`` px, rows VIS and NIR as ``(dy, dx)``: the
+    deformation phase's interpolation jitter (``F2M(jitter=...)``).
     """
     crop = _crop_shape(stream.crop_size)
 

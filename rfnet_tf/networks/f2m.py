@@ -21,9 +21,12 @@ def _conv(filters: int, name: str, **kwargs) -> keras.layers.Conv2D:
     return keras.layers.Conv2D(filters, 3, padding="same", name=name, **kwargs)
 
 
-def constant_flow(offset: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
-    """``(B, H, W, 2)`` flow equal to ``offset`` ``(B, 2)`` at every pixel, shaped as ``like``."""
-    return tf.zeros_like(like) + tf.cast(offset, like.dtype)[:, None, None, :]
+def jitter_flows(jitter: tf.Tensor, like: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The two constant flows ``(B, H, W, 2)`` (shaped as ``like``) of a jitter
+    ``(B, 2, 2)``: rows ``u`` (VIS) and ``v`` (NIR) at every pixel (``F2M(jitter=...)``)."""
+    vis_offset, nir_offset = tf.unstack(tf.cast(jitter, like.dtype), axis=1)
+    zeros = tf.zeros_like(like)
+    return zeros + vis_offset[:, None, None, :], zeros + nir_offset[:, None, None, :]
 
 
 @keras.saving.register_keras_serializable(package="rfnet_tf")
@@ -238,7 +241,7 @@ class F2M(ConfigFromArguments, keras.Model):
             flow = pad_to_multiple(tf.cast(flow, features_vis.dtype), PAD_MULTIPLE)
         sampling_flow = flow
         if jitter is not None:
-            vis_offset, nir_offset = (constant_flow(offset, flow) for offset in tf.unstack(jitter, axis=1))
+            vis_offset, nir_offset = jitter_flows(jitter, flow)
             sampling_flow = flow + vis_offset
             features_nir, _ = warp_flow(features_nir, nir_offset, padding_mode="border")
         features_vis, _ = warp_flow(features_vis, sampling_flow, padding_mode="border")

@@ -26,8 +26,9 @@ flags.DEFINE_multi_string("stage_dir", None, "A training stage directory holding
 flags.DEFINE_multi_string("label", None, "A label per --stage_dir (default: the directory's name).")
 flags.DEFINE_string("out", None, "The PNG to write.")
 flags.DEFINE_string("title", "Validation", "Title of the plot.")
+METRIC_LABELS = {"rmse": "landmark RMSE (px)", "epe": "mean end-point error (px)"}
 flags.DEFINE_enum(
-    "metric", "rmse", list(("rmse", "epe")),
+    "metric", "rmse", list(METRIC_LABELS),
     "rmse: landmark RMSE, mean and median; epe: mean end-point error against the truth.",
 )
 FLAGS = flags.FLAGS
@@ -48,9 +49,6 @@ def read_validation_log(stage_dir: str | Path) -> list[dict]:
             except (ValueError, KeyError) as error:
                 raise ValueError(f"{path}:{number}: not a validation record ({error})") from None
     return [records[step] for step in sorted(records)]
-
-
-METRIC_LABELS = {"rmse": "landmark RMSE (px)", "epe": "mean end-point error (px)"}
 
 
 def learning_curve_series(

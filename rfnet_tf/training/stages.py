@@ -37,9 +37,12 @@ from rfnet_tf.colour import luma
 from rfnet_tf.conventions import CONTENT_THRESHOLD
 from rfnet_tf.data import affinenet_dataset, f2m_dataset, transnet_dataset
 from rfnet_tf.networks import RFNet
-from rfnet_tf.networks.f2m import constant_flow
+from rfnet_tf.networks.f2m import jitter_flows
 
-__all__ = ["AffineSettings", "DeformationSettings", "LossWeights", "STAGES", "Stage", "TrainingStage", "warped_mask"]
+__all__ = [
+    "AffineSettings", "DeformationSettings", "LossWeights", "STAGES", "Stage", "TrainingStage",
+    "warped_mask",
+]
 
 
 def warped_mask(mask: tf.Tensor, transform: tf.Tensor) -> tf.Tensor:
@@ -315,7 +318,7 @@ class DeformationStage(F2MStage):
         if jitter is not None:
             # The fused image shows the scene at the VIS offset u plus the flow, the NIR
             # at its offset v: Eq. 9 compares it with the NIR sampled there too.
-            vis_offset, nir_offset = (constant_flow(offset, flow) for offset in tf.unstack(jitter, axis=1))
+            vis_offset, nir_offset = jitter_flows(jitter, flow)
             sampling_flow = flow + vis_offset
             nir, _ = warp_flow(nir, nir_offset, padding_mode="border")
         valid = warped_mask(mask, sampling_flow)

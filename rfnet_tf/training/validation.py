@@ -16,8 +16,9 @@ for the unregistered input, and the mean end-point error of the registration aga
 the truth over every pixel (``epe_mean``, ``identity_epe_mean``, moving px). The RMSE
 maps the moving landmarks through the registration's inverse, which a folding flow does
 not have (NaN, ``metrics.map_moving_to_fixed``); the end-point error is defined for any
-registration, so the curve stays readable when a stage learns folds; the loop writes them to TensorBoard and, one JSON object
-per line, to ``<stage dir>/validation.jsonl``, from which
+registration, so the curve stays readable when a stage learns folds. The loop writes
+them to TensorBoard and, one JSON object per line, to ``<stage dir>/validation.jsonl``,
+from which
 ``python -m rfnet_tf.training.plot_validation`` draws the learning curve.
 """
 
@@ -32,7 +33,12 @@ from rfnet_tf.colour import luma
 from rfnet_tf.data import Pair
 from rfnet_tf.data.synthetic import AffineRanges, LocalFieldRanges
 from rfnet_tf.evaluation.sources import Sample, misalign
-from rfnet_tf.metrics import landmark_errors, landmark_summary, map_moving_to_fixed, sampling_coordinates
+from rfnet_tf.metrics import (
+    landmark_errors,
+    landmark_summary,
+    map_moving_to_fixed,
+    sampling_coordinates,
+)
 from rfnet_tf.networks import RFNet
 
 VALIDATION_LOG = "validation.jsonl"
@@ -91,7 +97,8 @@ class Validation:
         identity = [landmark_rmse(sample) for sample in self.samples]
         self.identity = {"identity_rmse_mean": float(np.mean(identity)),
                          "identity_rmse_median": float(np.median(identity)),
-                         "identity_epe_mean": float(np.mean([end_point_error(s) for s in self.samples]))}
+                         "identity_epe_mean": float(np.mean([end_point_error(s) for s in self.samples])),
+                         }
         # One traced function per model, reused by every call.
         self._registrations = {}
 

@@ -78,6 +78,12 @@ flags.DEFINE_float(
     "pixels against the synthetic ground truth (0: unsupervised, as in the paper).",
 )
 flags.DEFINE_integer(
+    "batch_norm_batches", DeformationSettings.batch_norm_batches,
+    "Deformation phase: before each validation and the export, recompute the deformation "
+    "block's batch-norm statistics with its current weights over this many training "
+    "batches (0: keep the moving averages, which lag behind the weights).",
+)
+flags.DEFINE_integer(
     "attention_window",
     None,
     "Window of the attention's max pooling, pixels (0 = the global max of the paper; default "
@@ -99,6 +105,8 @@ def main(argv) -> None:
         raise FlagError(f"--gamma must be in [0, 1], got {FLAGS.gamma}")
     if FLAGS.flow_supervision < 0:
         raise FlagError(f"--flow_supervision must be >= 0, got {FLAGS.flow_supervision}")
+    if FLAGS.batch_norm_batches < 0:
+        raise FlagError(f"--batch_norm_batches must be >= 0, got {FLAGS.batch_norm_batches}")
     if FLAGS.max_displacement <= 0:
         raise FlagError(f"--max_displacement must be positive, got {FLAGS.max_displacement}")
     if FLAGS.attention_window is not None and FLAGS.attention_window < 0:

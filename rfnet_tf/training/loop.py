@@ -142,6 +142,7 @@ def run_stage(
     start_step = int(step.numpy())
     if start_step >= config.total_steps:
         print(f"[{stage.name}] already at step {start_step} >= {config.total_steps}", file=out, flush=True)
+        stage.recalibrate(make_dataset(start_step))
         _export(stage, config, chief, start_step)
         return {}
 
@@ -189,6 +190,9 @@ def run_stage(
                 manager.save(checkpoint_number=current)
                 _image_summaries(stage, preview, current)
             if current % config.validate_every == 0 or current == config.total_steps:
+                # Also at the last step, before the export. A fresh stream of the
+                # batches after this step's leaves the training iterator untouched.
+                stage.recalibrate(make_dataset(current))
                 _validate(stage, config, chief, current, out)
         writer.flush()
     _export(stage, config, chief, config.total_steps)

@@ -209,7 +209,9 @@ class F2MSettings:
             misalignment=Misalignment.from_flags(
                 values, misalignment_flags.local_ranges_from, misalignment_flags.LOCAL_FLAGS
             ),
-            deformation=DeformationSettings(values.subpixel_jitter, values.flow_supervision),
+            deformation=DeformationSettings(
+                values.subpixel_jitter, values.flow_supervision, values.batch_norm_batches
+            ),
         )
 
 

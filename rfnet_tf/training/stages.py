@@ -38,6 +38,7 @@ from rfnet_tf.conventions import CONTENT_THRESHOLD
 from rfnet_tf.data import affinenet_dataset, f2m_dataset, transnet_dataset
 from rfnet_tf.networks import RFNet
 from rfnet_tf.networks.f2m import jitter_flows
+from rfnet_tf.training.batch_norm import batch_norm_layers, recompute_batch_norm_statistics
 
 __all__ = [
     "AffineSettings", "DeformationSettings", "LossWeights", "STAGES", "Stage", "TrainingStage",
@@ -86,10 +87,14 @@ class DeformationSettings:
       flow_supervision: weight of a supervised term, the mean end-point error in pixels
         of the flow against the synthetic ground truth, which makes the phase no longer
         unsupervised (0: off, the paper).
+      batch_norm_batches: training batches over which the deformation block's batch-norm
+        statistics are recomputed with the current weights before each validation and
+        the export (``rfnet_tf.training.batch_norm``; 0: keep the moving averages).
     """
 
     subpixel_jitter: bool = True
     flow_supervision: float = 0.0
+    batch_norm_batches: int = 32
 
 
 _REGISTRY: dict[str, type[TrainingStage]] = {}
@@ -136,6 +141,10 @@ class TrainingStage:
 
     def _unfreeze(self) -> None:
         raise NotImplementedError
+
+    def recalibrate(self, batches: tf.data.Dataset) -> None:
+        """Readies the model for inference mode (validation, export) after training
+        steps, from the stage's training batches ``batches``; nothing by default."""
 
     def compute(
         self, batch: dict, training: bool = True, flow: tf.Tensor | None = None
@@ -306,6 +315,16 @@ class DeformationStage(F2MStage):
 
     def _jitter(self, batch):
         return batch["jitter"] if self.settings.subpixel_jitter else None
+
+    def recalibrate(self, batches):
+        """Recomputes the deformation block's batch-norm statistics with its current
+        weights (inference has no jitter, so neither has this forward pass)."""
+        f2m = self.model.f2m
+        recompute_batch_norm_statistics(
+            lambda batch: f2m([luma(batch["vis"]), batch["nir"]], training=True),
+            batches.take(self.settings.batch_norm_batches),
+            batch_norm_layers(f2m.deformation_block),
+        )
 
     def _supervised(self, terms):
         weight = self.settings.flow_supervision

@@ -174,3 +174,32 @@ def test_validation_runs_at_the_start_every_few_steps_and_at_the_end_and_is_logg
         validation=validation, validate_every=2)
     steps = [json.loads(line)["step"] for line in (stage_dir / "validation.jsonl").read_text().splitlines()]
     assert steps == [0, 2, 4, 5, 6]
+
+
+def test_the_stage_recalibrates_from_the_next_batches_before_each_validation_and_export(
+    training_pairs, tmp_path, monkeypatch
+):
+    events = []
+
+    def recalibrate(stage, batches):
+        events.append(("recalibrate", next(iter(batches))["nir"].numpy()))
+
+    def validation(model):
+        events.append(("validate", None))
+        return {"rmse_mean": 1.0}
+
+    monkeypatch.setattr(type(Stage("affinenet", fresh_model())), "recalibrate", recalibrate)
+    stage_dir = tmp_path / "affinenet"
+    run("affinenet", fresh_model(), stage_dir, training_pairs, total_steps=3,
+        validation=validation, validate_every=2)
+
+    assert [name for name, _ in events] == [
+        "validate", "recalibrate", "validate", "recalibrate", "validate"
+    ]
+    stream = Stream(crop_size=CROP, batch_size=BATCH, seed=0, start_batch=2)
+    after_step_2 = next(iter(affinenet_dataset(training_pairs, stream)))["nir"].numpy()
+    np.testing.assert_array_equal(events[1][1], after_step_2)
+    # A rerun past the last step only exports, recalibrated first.
+    events.clear()
+    run("affinenet", fresh_model(), stage_dir, training_pairs, total_steps=3)
+    assert [name for name, _ in events] == ["recalibrate"]

@@ -196,3 +196,31 @@ def test_on_real_crops_eq9_prefers_blur_to_the_true_field_unless_jittered(countr
     none, half = tf.zeros_like(true_flow), tf.fill(tf.shape(true_flow), 0.5)
     assert loss(half, plain) < loss(true_flow, plain) < loss(none, plain)
     assert loss(half, jittered) > max(loss(none, jittered), loss(true_flow, jittered))
+
+
+def test_the_deformation_stage_recalibrates_batch_norm_to_its_training_mode(training_pairs):
+    """Recalibrated on one batch, the block's inference-mode flow on that batch is its
+    training-mode flow (the moving statistics are that batch's); other stages leave the
+    model alone."""
+    keras.utils.set_random_seed(1)
+    batch = first_batch("deformation", training_pairs)
+    model = RFNet(affine_input_size=32, max_displacement=4.0)
+    stage = Stage("deformation", model)
+    stage.freeze()
+    block = model.f2m.deformation_block
+    # A non-zero head, so that the flow depends on the normalised features.
+    block.head.set_weights([0.3 * w for w in (np.ones_like(v) for v in block.head.get_weights())])
+    inputs = [luma(batch["vis"]), batch["nir"]]
+
+    def flow(training):
+        return model.f2m(inputs, training=training)["flow"].numpy()
+
+    trained = flow(True)
+    assert np.abs(flow(False) - trained).max() > 1e-2  # fresh statistics: mean 0, variance 1
+    before = [w.numpy() for w in model.weights]
+    Stage("affinenet", model).recalibrate(tf.data.Dataset.from_tensors(batch))
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights))
+
+    stage.recalibrate(tf.data.Dataset.from_tensors(batch).repeat())
+
+    np.testing.assert_allclose(flow(False), trained, atol=1e-4)

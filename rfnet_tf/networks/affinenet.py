@@ -9,6 +9,12 @@ from layers import DeformableConv2D
 
 IDENTITY_AFFINE = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
 STAGE_FILTERS = (16, 32, 64)
+# Standard deviation of the head's initial kernel. Not zero: the gradient reaching every
+# layer below the head is proportional to its kernel, and while the new network's
+# features say nothing about the misalignment the kernel's own gradient averages to
+# zero, so a zero kernel stays zero and nothing below it ever learns (weights/README.md,
+# issue 15). Small, so that a new network predicts the identity to a fraction of a pixel.
+HEAD_INIT_STDDEV = 1e-3
 
 
 @keras.saving.register_keras_serializable(package="rfnet_tf")
@@ -19,7 +25,9 @@ class AffineNet(keras.Model):
     DeformableConv2D 3x3 + LeakyReLU, max-pool 2] with 16, 32, 64 filters; conv 7x7 -> 64
     and conv 7x7 -> 128 (LeakyReLU); global average pool; dropout 0.2; a zero-initialised
     dense layer -> 6 numbers ``d``; ``A = identity + reshape(d, (2, 3))``. No
-    normalisation. The zero-initialised head makes a new network predict the identity.
+    normalisation. The head's bias starts at zero and its kernel at small random values
+    (``HEAD_INIT_STDDEV``), so a new network predicts nearly the identity and its
+    convolutions still receive a gradient (a zero kernel would pass them none).
 
     Args:
       deformable: use deformable convolutions; ``False`` replaces each by a plain 3x3
@@ -52,7 +60,11 @@ class AffineNet(keras.Model):
         self.pool = keras.layers.MaxPooling2D(2)
         self.global_pool = keras.layers.GlobalAveragePooling2D()
         self.dropout = keras.layers.Dropout(self.dropout_rate)
-        self.head = keras.layers.Dense(6, kernel_initializer="zeros", name="affine_head")
+        self.head = keras.layers.Dense(
+            6,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=HEAD_INIT_STDDEV),
+            name="affine_head",
+        )
         # Every input's channel count is fixed, so the variables can exist from the start
         # (a checkpoint restores into them before any call).
         self.build()

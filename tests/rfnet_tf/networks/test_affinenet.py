@@ -1,4 +1,5 @@
-"""AffineNet: identity at initialisation, shapes, ablation switch, serialisation."""
+"""AffineNet: near the identity at initialisation yet trainable below the head, shapes,
+ablation switch, serialisation."""
 
 import keras
 import numpy as np
@@ -14,11 +15,39 @@ IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
 
 
 @pytest.mark.parametrize("batch,height,width", [(1, 50, 77), (3, 97, 131)])
-def test_identity_at_initialisation(batch, height, width):
+def test_near_the_identity_at_initialisation(batch, height, width):
+    """Within 1e-2 in normalised units: a fraction of a pixel at the 192 px input."""
+    keras.utils.set_random_seed(0)
     model = AffineNet()
     affine = model(tf.random.uniform((batch, height, width, 2)), training=True)
     assert affine.shape == (batch, 2, 3)
-    np.testing.assert_array_equal(affine.numpy(), np.broadcast_to(IDENTITY, (batch, 2, 3)))
+    np.testing.assert_allclose(affine.numpy(), np.broadcast_to(IDENTITY, (batch, 2, 3)), atol=1e-2)
+
+
+def _smooth_pairs(batch: int, size: int, shift_px: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """Smooth noise and a copy shifted right by ``shift_px``: moving and fixed."""
+    rng = np.random.default_rng(7)
+    images = np.stack([gaussian_filter(rng.normal(size=(size, size + 8)), 2.0) for _ in range(batch)])
+    images = images.astype(np.float32)[..., None]
+    start = int(shift_px)
+    return tf.constant(images[:, :, start:start + size]), tf.constant(images[:, :, :size])
+
+
+@pytest.mark.parametrize("deformable", [True, False])
+def test_a_new_network_passes_a_gradient_below_its_head(deformable):
+    """Every convolution of a new network receives a gradient from Eq. 4. With a zero
+    head kernel none would: the head multiplies every gradient below it, and its own
+    gradient averages out while the features carry no information on the
+    misalignment, so the network stayed at the identity (weights/README.md)."""
+    keras.utils.set_random_seed(1)
+    model = AffineNet(deformable=deformable)
+    moving, fixed = _smooth_pairs(4, 48, 3.0)
+    with tf.GradientTape() as tape:
+        affine = model(tf.concat([moving, fixed], axis=-1), training=True)
+        loss = coarse_loss(warp_affine(moving, affine)[0], fixed)
+    kernels = [conv.kernel for conv, _ in model.stages] + [model.conv7a.kernel, model.conv7b.kernel]
+    for kernel, gradient in zip(kernels, tape.gradient(loss, kernels)):
+        assert float(tf.norm(gradient)) > 0.0, kernel.path
 
 
 def test_none_dimensions_in_tf_function():
@@ -95,7 +124,9 @@ def test_recovers_a_known_affine_through_the_whole_gradient_path():
 
     keras.utils.set_random_seed(0)
     model = AffineNet()
-    optimizer = keras.optimizers.Adam(1e-3)
+    # Every layer learns from the first step (the head is not zero), so a rate of 1e-3
+    # jumps out of the image on this single pair.
+    optimizer = keras.optimizers.Adam(3e-4)
     pair = tf.concat([moving, fixed], axis=-1)
     deformable = [layer for layer in model._flatten_layers() if isinstance(layer, DeformableConv2D)]
     before = [layer.offset_kernel.numpy().copy() for layer in deformable]
@@ -110,7 +141,7 @@ def test_recovers_a_known_affine_through_the_whole_gradient_path():
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
 
     initial_error = landmark_error(IDENTITY[None])
-    for _ in range(80):
+    for _ in range(40):
         step()
     final_error = landmark_error(model(pair, training=False))
     assert initial_error > 2.0

@@ -58,6 +58,11 @@ flags.DEFINE_integer(
     "Average Eq. 4 over this many dyadic scales (1: the paper's loss). More scales widen "
     "the loss's reach for large misalignments on short schedules.",
 )
+flags.DEFINE_bool(
+    "overlap_weighted_ncc", AffineSettings.overlap_weighted_ncc,
+    "Weight each image's Eq. 4 NCC by its overlap with the frame (an extension: the masked "
+    "NCC alone rewards affines that move the image partly out of the frame).",
+)
 flags.DEFINE_float(
     "affine_supervision", AffineSettings.affine_supervision,
     "Weight of a supervised term on the synthetic ground-truth affine (0: unsupervised, "

@@ -49,6 +49,7 @@ def coarse_loss(
     fixed: tf.Tensor,
     mask: tf.Tensor | None = None,
     eps: float = 1e-5,
+    overlap_weighted: bool = False,
 ) -> tf.Tensor:
     """AffineNet loss ``L_coarse = -NCC(I_x->y^C, I_y)`` (paper Eq. 4), batch mean.
 
@@ -58,11 +59,17 @@ def coarse_loss(
       fixed: ``(B, H, W, 1)``, ``I_y``.
       mask: ``(B, H, W, 1)`` validity mask of the warp, or ``None``.
       eps: see ``ncc``.
+      overlap_weighted: an extension, not the paper's loss: each image's NCC times the
+        share of its pixels that ``mask`` marks valid, so that an affine cannot raise the
+        masked NCC by moving the image partly out of the frame.
 
     Returns:
       Scalar in ``[-1, 1]``.
     """
-    return -tf.reduce_mean(ncc(translated_warped, fixed, mask=mask, eps=eps))
+    values = ncc(translated_warped, fixed, mask=mask, eps=eps)
+    if overlap_weighted and mask is not None:
+        values = values * tf.reduce_mean(tf.cast(mask, values.dtype), axis=[1, 2, 3])
+    return -tf.reduce_mean(values)
 
 
 def multiscale_coarse_loss(
@@ -71,6 +78,7 @@ def multiscale_coarse_loss(
     mask: tf.Tensor | None = None,
     scales: int = 1,
     eps: float = 1e-5,
+    overlap_weighted: bool = False,
 ) -> tf.Tensor:
     """Eq. 4 averaged over a dyadic pyramid: ``mean_s L_coarse(P_s(I_x->y^C), P_s(I_y))``.
 
@@ -82,8 +90,8 @@ def multiscale_coarse_loss(
     where the full-resolution NCC is flat.
 
     Args:
-      translated_warped, fixed, mask: as in ``coarse_loss``; H, W at least
-        ``2 ** (scales - 1)``.
+      translated_warped, fixed, mask, eps, overlap_weighted: as in ``coarse_loss``; H, W
+        at least ``2 ** (scales - 1)``.
       scales: pyramid levels (>= 1).
 
     Returns:
@@ -98,7 +106,7 @@ def multiscale_coarse_loss(
             fixed = tf.nn.avg_pool2d(fixed, 2, 2, "VALID")
             if mask is not None:
                 mask = -tf.nn.max_pool2d(-mask, 2, 2, "VALID")
-        losses.append(coarse_loss(translated_warped, fixed, mask, eps))
+        losses.append(coarse_loss(translated_warped, fixed, mask, eps, overlap_weighted))
     return tf.add_n(losses) / scales
 
 

@@ -140,7 +140,9 @@ class CoarseSettings:
             common=common,
             stages=("transnet", "affinenet") if values.stage == "all" else (values.stage,),
             weights=LossWeights(eta=values.eta),
-            affine=AffineSettings(values.ncc_scales, values.affine_supervision),
+            affine=AffineSettings(
+                values.ncc_scales, values.affine_supervision, values.overlap_weighted_ncc
+            ),
             affine_input_size=values.affine_input_size,
             native_resolution=values.native_resolution,
             translation_cache=values.translation_cache,

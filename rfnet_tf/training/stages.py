@@ -68,10 +68,13 @@ class AffineSettings:
       affine_supervision: weight of a supervised term, the mean distance (in normalised
         units) between the predicted and the synthetic ground-truth sampling points,
         which makes the stage no longer unsupervised (0: off).
+      overlap_weighted_ncc: each image's NCC times its overlap with the frame
+        (``losses.coarse_loss``); off: the paper's Eq. 4.
     """
 
     ncc_scales: int = 1
     affine_supervision: float = 0.0
+    overlap_weighted_ncc: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,7 +235,10 @@ class AffineNetStage(NetworkStage):
         )
         warped, _ = warp_affine(translated, affine)
         valid = warped_mask(batch["mask"], affine)
-        ncc_loss = multiscale_coarse_loss(warped, nir, valid, scales=settings.ncc_scales)
+        ncc_loss = multiscale_coarse_loss(
+            warped, nir, valid, scales=settings.ncc_scales,
+            overlap_weighted=settings.overlap_weighted_ncc,
+        )
         # Where the predicted and the true registration sample the moving crop: the
         # mean distance in pixels is monitored; in normalised units it is the
         # optional supervised term.

@@ -131,6 +131,28 @@ def test_coarse_loss_is_minus_the_batch_mean_ncc(rng):
     np.testing.assert_allclose(coarse_loss(warped, fixed, mask=mask), -_ncc_reference(warped, fixed, mask).mean(), rtol=1e-5)
 
 
+def test_overlap_weighted_coarse_loss_scales_each_ncc_by_its_valid_share(rng):
+    """Against numpy: -mean(NCC_b * valid share_b); without a mask every share is 1."""
+    warped = rng.random((3, 6, 6, 1)).astype(np.float32)
+    fixed = (0.5 * warped + 0.5 * rng.random(warped.shape)).astype(np.float32)
+    mask = _random_mask(rng, (3, 6, 6, 1))
+    shares = mask.reshape(3, -1).mean(axis=1)
+    expected = -(_ncc_reference(warped, fixed, mask) * shares).mean()
+    np.testing.assert_allclose(
+        coarse_loss(warped, fixed, mask=mask, overlap_weighted=True), expected, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        coarse_loss(warped, fixed, overlap_weighted=True), coarse_loss(warped, fixed), rtol=1e-6
+    )
+    # Half the frame with the same NCC scores half as well.
+    half = np.ones_like(mask)
+    half[:, :3] = 0.0
+    full_ncc = float(coarse_loss(warped, fixed, mask=half))
+    np.testing.assert_allclose(
+        coarse_loss(warped, fixed, mask=half, overlap_weighted=True), 0.5 * full_ncc, rtol=1e-5
+    )
+
+
 def test_coarse_loss_gradient_is_finite(rng):
     warped = tf.constant(rng.random((2, 6, 6, 1)).astype(np.float32))
     fixed = rng.random((2, 6, 6, 1)).astype(np.float32)

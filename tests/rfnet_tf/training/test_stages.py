@@ -99,13 +99,22 @@ def test_unknown_stage_and_settings_of_another_stage_are_rejected():
 
 
 def test_the_affinenet_settings_change_its_loss(training_pairs):
-    """More NCC scales average in coarser levels; supervision adds its weighted term."""
+    """More NCC scales average in coarser levels; the overlap weighting changes the NCC;
+    supervision adds its weighted term."""
     model = RFNet(affine_input_size=32)
     batch = first_batch("affinenet", training_pairs)
     plain, _ = Stage("affinenet", model).compute(batch, training=False)
     assert "supervised" not in plain
     scaled, _ = Stage("affinenet", model, ncc_scales=2).compute(batch, training=False)
     assert not np.isclose(float(scaled["ncc"]), float(plain["ncc"]))
+    # With a quarter of each frame invalid the overlap weights (about 3/4) change the
+    # loss (losses.coarse_loss has the exact value).
+    quartered = np.ones(batch["mask"].shape, np.float32)
+    quartered[:, :, : CROP // 4] = 0.0
+    masked = dict(batch, mask=tf.constant(quartered))
+    unweighted, _ = Stage("affinenet", model).compute(masked, training=False)
+    weighted, _ = Stage("affinenet", model, overlap_weighted_ncc=True).compute(masked, training=False)
+    np.testing.assert_allclose(weighted["ncc"], 0.75 * unweighted["ncc"], rtol=0.05)
     supervised, _ = Stage("affinenet", model, affine_supervision=3.0).compute(batch, training=False)
     np.testing.assert_allclose(
         supervised["total"], plain["ncc"] + 3.0 * supervised["supervised"], rtol=1e-6

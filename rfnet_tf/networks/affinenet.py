@@ -23,8 +23,8 @@ class AffineNet(keras.Model):
 
     ARCHITECTURE section 3: three stages of [conv 9x9 + LeakyReLU(0.2),
     DeformableConv2D 3x3 + LeakyReLU, max-pool 2] with 16, 32, 64 filters; conv 7x7 -> 64
-    and conv 7x7 -> 128 (LeakyReLU); global average pool; dropout 0.2; a zero-initialised
-    dense layer -> 6 numbers ``d``; ``A = identity + reshape(d, (2, 3))``. No
+    and conv 7x7 -> 128 (LeakyReLU); global average pool; dropout 0.2; a dense layer -> 6
+    numbers ``d``; ``A = identity + reshape(d, (2, 3))``. No
     normalisation. The head's bias starts at zero and its kernel at small random values
     (``HEAD_INIT_STDDEV``), so a new network predicts nearly the identity and its
     convolutions still receive a gradient (a zero kernel would pass them none).

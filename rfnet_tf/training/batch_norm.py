@@ -35,8 +35,10 @@ def recompute_batch_norm_statistics(
     ``layers`` trainable; it runs eagerly once per batch. Batch ``i`` (from 0) is folded in
     with momentum ``i / (i + 1)``, which makes the moving values the running mean of the
     batch means and (biased) batch variances exactly. Every layer's momentum is restored
-    afterwards, and no other variable changes: a forward pass only updates moving
-    statistics.
+    afterwards. A forward pass changes no weight, only the moving statistics of the
+    batch-norm layers it runs in training mode: any such layer left out of ``layers``
+    moves by its own momentum, so freeze it (a frozen Keras 3 batch norm runs in
+    inference mode).
 
     Returns:
       The number of batches used (the statistics are unchanged if 0).

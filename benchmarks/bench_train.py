@@ -27,23 +27,27 @@ default), as medians of the per-round ratios (which cancels slow drifts of the l
 ``--affinenet_breakdown`` times instead the parts of the AffineNet stage at the coarse
 input size (``--breakdown_size``, 192 as the shipped weights; batch ``--batch``): one
 batch of its input pipeline, TransNet's forward pass, AffineNet's forward and backward
-pass (deformable and plain convolutions), the training step as the loop runs it (with
-TransNet in the step as before, with the translation cached by the pipeline, and with
-XLA), and the whole loop per step (pipeline, step and the loop's Python work), over
-synthetic 680 x 1024 pairs resized to the input size, interleaved in rounds. Its last
-lines give the steps per hour of the loop with TransNet in the step (the code before
-the translation cache) and with the cache, and their ratio (median of per-round ratios).
+pass (deformable and plain convolutions), and the training step alone and the whole
+loop per step (pipeline, step and the loop's Python work) as the loop runs them: as
+before this work (TransNet in the step, the deformable convolutions in one batch group),
+with the translation cached by the pipeline, with the deformable convolutions' batch
+groups (``layers.deform_conv.PARALLEL_GROUPS``), with XLA on the whole step, and under
+``mixed_bfloat16`` (the training scripts' ``--mixed_precision`` on a CPU). Everything is
+float32 unless named (``--policy`` does not apply), over synthetic 680 x 1024 pairs
+resized to the input size, interleaved in rounds. Its last lines give the loop's steps
+per hour before and with each change, and their ratios (medians of per-round ratios).
 
 On a GPU the script runs unchanged (TensorFlow places the steps on ``GPU:0``; the
 header names the device); fetching the loss synchronises. Pass a larger ``--batch``
-to load a big GPU. ``--policy=mixed_bfloat16`` times the steps under the mixed precision
-that the training scripts' ``--mixed_precision`` selects on a CPU (``mixed_float16`` on
-a GPU).
+to load a big GPU. ``--policy=mixed_bfloat16`` times the stages' steps under the mixed
+precision that the training scripts' ``--mixed_precision`` selects on a CPU
+(``mixed_float16`` on a GPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -62,6 +66,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import layers.deform_conv as deform_conv  # noqa: E402
 from layers import warp_affine  # noqa: E402
 from losses import ncc  # noqa: E402
 from rfnet_tf.colour import luma  # noqa: E402
@@ -171,40 +176,65 @@ def synthetic_pairs(count: int, size: int, rng: np.random.Generator) -> list[Pai
     return pairs
 
 
+@contextlib.contextmanager
+def deform_groups(count: int):
+    """Within, ``layers.deform_conv.PARALLEL_GROUPS`` is ``count``: a step traced
+    inside keeps that many batch groups (the constant is read when tracing)."""
+    saved = deform_conv.PARALLEL_GROUPS
+    deform_conv.PARALLEL_GROUPS = count
+    try:
+        yield
+    finally:
+        deform_conv.PARALLEL_GROUPS = saved
+
+
 def affinenet_breakdown(args) -> None:
     """The table of ``--affinenet_breakdown`` (module docstring)."""
     size, batch = args.breakdown_size, args.batch
     rng = np.random.default_rng(args.seed)
     pairs = synthetic_pairs(8, size, rng)
-    model = RFNet(affine_input_size=size)
-    stage = Stage("affinenet", model)
-    stage.freeze()
-    translations = translate_pairs(model, pairs)
     strategy = tf.distribute.get_strategy()
 
-    def stream(cached: bool):
-        stream = Stream(crop_size=size, batch_size=batch, seed=args.seed, crops_per_image=20)
-        dataset = affinenet_dataset(pairs, stream, translated=translations if cached else None)
-        return iter(dataset)
+    def setup(policy: str):
+        """``(model, stage, cached translations)`` built under the dtype policy."""
+        keras.config.set_dtype_policy(policy)
+        try:
+            model = RFNet(affine_input_size=size)
+            stage = Stage("affinenet", model)
+            stage.freeze()
+            return model, stage, translate_pairs(model, pairs)
+        finally:
+            keras.config.set_dtype_policy("float32")
 
-    def loop_step(cached: bool, jit_compile: bool = False):
+    def stream(translations):
+        stream = Stream(crop_size=size, batch_size=batch, seed=args.seed, crops_per_image=20)
+        return iter(affinenet_dataset(pairs, stream, translated=translations))
+
+    def loop_step(stage, translations, groups: int = deform_conv.PARALLEL_GROUPS,
+                  jit_compile: bool = False):
+        """``(one step on a fixed batch, loop_steps steps as run_stage runs them)``,
+        both traced with ``groups`` batch groups in the deformable convolutions."""
         config = LoopConfig(stage_dir=Path("."), total_steps=1, steps_per_epoch=1, batch_size=batch)
         optimizer = make_optimizer(config)
         optimizer.build(stage.variables)
         train_step = _make_train_step(stage, strategy, optimizer, stage.variables, jit_compile)
-        iterator = stream(cached)
-        batch_of = next(stream(cached))
-        fixed = iter(tf.data.Dataset.from_tensors(batch_of).repeat())
+        iterator = stream(translations)
+        fixed = iter(tf.data.Dataset.from_tensors(next(stream(translations))).repeat())
         step_only = lambda: train_step(fixed)["total"].numpy()
 
         def loop():  # as run_stage: next batch, step, every term to a Python float
             for _ in range(args.loop_steps):
                 {name: float(value) for name, value in train_step(iterator).items()}
 
+        with deform_groups(groups):
+            step_only()
+            loop()
         return step_only, loop
 
-    inputs = next(stream(False))
-    translated = model.transnet.translate_vis(luma(inputs["vis"]))
+    model, stage, translations = setup("float32")
+    _, stage_bf16, translations_bf16 = setup("mixed_bfloat16")
+    inputs = next(stream(None))
+    translated = tf.cast(model.transnet.translate_vis(luma(inputs["vis"])), tf.float32)
     pair_input = tf.concat([translated, inputs["nir"]], axis=-1)
     translate = tf.function(model.transnet.translate_vis)
     plain = RFNet(deformable=False, affine_input_size=size).affinenet
@@ -220,21 +250,28 @@ def affinenet_breakdown(args) -> None:
 
         return lambda: run().numpy()
 
-    today_step, today_loop = loop_step(cached=False)
-    cached_step, cached_loop = loop_step(cached=True)
-    xla_step, _ = loop_step(cached=True, jit_compile=True)
-    pipeline_today, pipeline_cached = stream(False), stream(True)
+    before_step, before_loop = loop_step(stage, None, groups=1)
+    cached_one_step, cached_one_loop = loop_step(stage, translations, groups=1)
+    cached_step, cached_loop = loop_step(stage, translations)
+    xla_step, _ = loop_step(stage, translations, jit_compile=True)
+    bf16_step, bf16_loop = loop_step(stage_bf16, translations_bf16)
+    pipeline_today, pipeline_cached = stream(None), stream(translations)
+    groups = f"{deform_conv.PARALLEL_GROUPS} batch groups"
     parts = {
         "input pipeline, one batch (translation in the step)": lambda: next(pipeline_today),
         "input pipeline, one batch (translation cached)": lambda: next(pipeline_cached),
         "TransNet forward (translate_vis)": lambda: translate(luma(inputs["vis"])).numpy(),
-        "AffineNet forward + backward + Eq. 4, deformable": forward_backward(model.affinenet),
+        f"AffineNet forward + backward + Eq. 4, deformable ({groups})": forward_backward(model.affinenet),
         "AffineNet forward + backward + Eq. 4, plain 3x3": forward_backward(plain),
-        "training step, TransNet in the step (before)": today_step,
-        "training step, translation cached": cached_step,
-        "training step, translation cached, XLA": xla_step,
-        f"loop per step, TransNet in the step (before; {args.loop_steps} steps)": today_loop,
-        f"loop per step, translation cached ({args.loop_steps} steps)": cached_loop,
+        "training step, TransNet in the step, 1 batch group (before)": before_step,
+        "training step, translation cached, 1 batch group": cached_one_step,
+        f"training step, translation cached, {groups}": cached_step,
+        f"training step, translation cached, {groups}, XLA": xla_step,
+        f"training step, translation cached, {groups}, mixed_bfloat16": bf16_step,
+        "loop per step, TransNet in the step, 1 batch group (before)": before_loop,
+        "loop per step, translation cached, 1 batch group": cached_one_loop,
+        f"loop per step, translation cached, {groups}": cached_loop,
+        f"loop per step, translation cached, {groups}, mixed_bfloat16": bf16_loop,
     }
     per_call = {name: (args.loop_steps if name.startswith("loop") else 1) for name in parts}
     seconds = {name: [] for name in parts}
@@ -245,19 +282,23 @@ def affinenet_breakdown(args) -> None:
             elapsed = timed(function) / per_call[name]
             if round_index >= args.warmup:
                 seconds[name].append(elapsed)
-    before, after = (seconds[name] for name in list(parts)[-2:])
+    loops = [name for name in parts if name.startswith("loop")]
+    before = seconds[loops[0]]
     print(f"tensorflow {tf.__version__}, keras {keras.__version__}, {os.cpu_count()} CPU cores; "
-          f"AffineNet stage at {size}x{size}, batch {batch}; warm-up {args.warmup}, median of "
-          f"{args.repeats} rounds; wall time {time.perf_counter() - started:.0f} s")
-    header = f"{'part':72s} {'ms':>8s} {'x loop before':>14s}"
+          f"AffineNet stage at {size}x{size}, batch {batch}, float32 unless named; warm-up "
+          f"{args.warmup}, median of {args.repeats} rounds ({args.loop_steps} steps per loop "
+          f"run); wall time {time.perf_counter() - started:.0f} s")
+    header = f"{'part':80s} {'ms':>8s} {'x loop before':>14s}"
     print(header)
     print("-" * len(header))
     for name, times in seconds.items():
         ratio = statistics.median(a / b for a, b in zip(times, before))
-        print(f"{name:72s} {statistics.median(times) * 1e3:8.0f} {ratio:14.2f}")
-    gain = statistics.median(b / a for a, b in zip(after, before))
-    print(f"steps per hour: {3600 / statistics.median(before):.0f} before, "
-          f"{3600 / statistics.median(after):.0f} with the translation cache ({gain:.2f}x)")
+        print(f"{name:80s} {statistics.median(times) * 1e3:8.0f} {ratio:14.2f}")
+    print(f"steps per hour of the loop: {3600 / statistics.median(before):.0f} before")
+    for name in loops[1:]:
+        gain = statistics.median(b / a for a, b in zip(seconds[name], before))
+        print(f"  {3600 / statistics.median(seconds[name]):.0f} with the {name[len('loop per step, '):]} "
+              f"({gain:.2f}x)")
 
 
 def main(argv=None) -> None:

@@ -56,6 +56,11 @@ from layers.resampler import bilinear_cell, bilinear_weights
 # few (taps * pixels, C) arrays, then stay near a core's L2 cache: at 384 x 384 this
 # measured best, 2 rows for 32 channels, 1 row for 64, 4 rows for 16.
 CHUNK_ELEMENTS = 32768
+# The batch is cut into this many groups, each its own compiled loop: TensorFlow's
+# executor runs independent loops at once, and XLA's CPU loops alone keep two cores
+# busy only part of the time (at 192 x 192, batch 4, on 2 cores: the three AffineNet
+# layers' forward and backward passes 10 % faster; docs/PERFORMANCE.md).
+PARALLEL_GROUPS = 2
 
 
 class _Geometry(NamedTuple):
@@ -104,7 +109,7 @@ def deform_conv2d(
 
     Returns:
       ``(B, Ho, Wo, Cout)`` with ``Ho = (H + 2p - d (kh - 1) - 1) // s + 1`` (same for W),
-      in the dtype of ``x``. Differentiable in ``x``, ``offset``, ``kernel``, ``bias`` and
+      in the dtype of ``x`` (computed in float32 when that is bfloat16). Differentiable in ``x``, ``offset``, ``kernel``, ``bias`` and
       ``mask`` (first derivatives only).
     """
     kernel_h, kernel_w, cin, cout = (int(size) for size in kernel.shape)
@@ -117,13 +122,17 @@ def deform_conv2d(
     )
     x = tf.convert_to_tensor(x)
     dtype = x.dtype
-    inputs = [x, tf.cast(offset, dtype), tf.cast(kernel, dtype)]
+    # XLA's CPU backend emulates bfloat16 arithmetic: the compiled loops ran 3x slower in
+    # bfloat16 than in float32 (docs/PERFORMANCE.md), so a bfloat16 input is computed
+    # in float32 and only the output is rounded.
+    compute_dtype = tf.float32 if dtype == tf.bfloat16 else dtype
+    inputs = [tf.cast(x, compute_dtype), tf.cast(offset, compute_dtype), tf.cast(kernel, compute_dtype)]
     if mask is not None:
-        inputs.append(tf.cast(mask, dtype))
+        inputs.append(tf.cast(mask, compute_dtype))
     out = _deform_conv(geometry, max(cin, cout), inputs)
     if bias is not None:
-        out = out + tf.cast(bias, dtype)
-    return out
+        out = out + tf.cast(bias, compute_dtype)
+    return tf.cast(out, dtype)
 
 
 def _deform_conv(geometry: _Geometry, channels: int, inputs: list[tf.Tensor]) -> tf.Tensor:
@@ -136,27 +145,66 @@ def _deform_conv(geometry: _Geometry, channels: int, inputs: list[tf.Tensor]) ->
         # across the XLA boundary, and the backward pass below is the gradient.
         frozen = [tf.stop_gradient(t) for t in tensors]
         x, offset, kernel, *mask = frozen
-        mask = mask[0] if mask else None
-        # The compiled loops need at least one output pixel; an empty output (empty
-        # batch or image) skips them.
-        nonempty = tf.size(offset) > 0
-        out_shape = tf.concat([tf.shape(offset)[:3], tf.shape(kernel)[3:]], axis=0)
-        out = tf.cond(
-            nonempty,
-            lambda: _forward(geometry, channels, x, offset, kernel, mask),
-            lambda: tf.zeros(out_shape, x.dtype),
+        groups = _batch_groups([x, offset, *mask])
+        out = tf.concat(
+            [_guarded_forward(geometry, channels, group_x, group_offset, kernel, group_mask)
+             for group_x, group_offset, *group_mask in groups],
+            axis=0,
         )
 
         def grad(out_grad):
-            def backward():
-                grads = _backward(geometry, channels, out_grad, x, offset, kernel, mask)
-                return list(grads[: len(frozen)])
-
-            return tf.cond(nonempty, backward, lambda: [tf.zeros_like(t) for t in frozen])
+            per_group = [
+                _guarded_backward(geometry, channels, group_grad, group_x, group_offset, kernel,
+                                  group_mask)
+                for group_grad, (group_x, group_offset, *group_mask)
+                in zip(_batch_groups([out_grad])[0], groups)
+            ]
+            x_grad, offset_grad, kernel_grad, mask_grad = zip(*per_group)
+            grads = [tf.concat(x_grad, 0), tf.concat(offset_grad, 0), tf.add_n(kernel_grad)]
+            if mask:
+                grads.append(tf.concat(mask_grad, 0))
+            return grads
 
         return out, grad
 
     return deform_conv(*inputs)
+
+
+def _batch_groups(tensors: list[tf.Tensor]) -> list[list[tf.Tensor]]:
+    """``tensors`` (equal batch sizes) cut along the batch into ``PARALLEL_GROUPS`` parts
+    of near-equal size (empty parts for a smaller batch): ``[part][tensor]``, except with
+    one tensor, ``[[part, ...]]``."""
+    batch = tf.shape(tensors[0])[0]
+    sizes = [(batch + PARALLEL_GROUPS - 1 - i) // PARALLEL_GROUPS for i in range(PARALLEL_GROUPS)]
+    parts = [tf.split(t, sizes, axis=0) for t in tensors]
+    if len(tensors) == 1:
+        return parts
+    return [list(group) for group in zip(*parts)]
+
+
+def _guarded_forward(geometry, channels, x, offset, kernel, mask):
+    """``_forward`` of one batch group; an empty output (empty group or image) skips the
+    compiled loop, which needs at least one output pixel."""
+    mask = mask[0] if mask else None
+    out_shape = tf.concat([tf.shape(offset)[:3], tf.shape(kernel)[3:]], axis=0)
+    return tf.cond(
+        tf.size(offset) > 0,
+        lambda: _forward(geometry, channels, x, offset, kernel, mask),
+        lambda: tf.zeros(out_shape, x.dtype),
+    )
+
+
+def _guarded_backward(geometry, channels, out_grad, x, offset, kernel, mask):
+    """``_backward`` of one batch group as ``(x, offset, kernel, mask)`` gradients (the
+    mask's ``None`` without one); zeros for an empty output."""
+    mask = mask[0] if mask else None
+    tensors = [x, offset, kernel] + ([] if mask is None else [mask])
+
+    def backward():
+        return list(_backward(geometry, channels, out_grad, x, offset, kernel, mask)[: len(tensors)])
+
+    grads = tf.cond(tf.size(offset) > 0, backward, lambda: [tf.zeros_like(t) for t in tensors])
+    return (*grads[:3], grads[3] if mask is not None else None)
 
 
 class _Chunks:

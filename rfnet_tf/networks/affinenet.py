@@ -35,7 +35,8 @@ class AffineNet(keras.Model):
       dropout: dropout rate before the head.
 
     Called on ``(B, H, W, 2)`` = ``concat(I_x->y, I_y)`` (the translated moving VIS and
-    the fixed NIR; RFNet feeds 384x384), returns ``(B, 2, 3)``: the backward affine in
+    the fixed NIR; RFNet feeds 384x384), returns ``(B, 2, 3)`` float32 (under any dtype
+    policy): the backward affine in
     the normalised align-corners convention, ``registered[p] = moving[A @ [u, v, 1]]``.
     """
 
@@ -63,6 +64,9 @@ class AffineNet(keras.Model):
         self.head = keras.layers.Dense(
             6,
             kernel_initializer=keras.initializers.RandomNormal(stddev=HEAD_INIT_STDDEV),
+            # float32 under a mixed policy too: in bfloat16, 1 + delta has steps of 2^-8,
+            # 0.4 px at 192 px and 2 px at 1024.
+            dtype="float32",
             name="affine_head",
         )
         # Every input's channel count is fixed, so the variables can exist from the start

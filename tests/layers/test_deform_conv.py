@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import layers.deform_conv as deform_conv_module
 from layers import DeformableConv2D, deform_conv2d
 
 REFERENCE_FILE = (
@@ -335,6 +336,45 @@ def test_gradients_match_central_differences(rng, kernel_size, strides, padding,
             ) / (2 * step)
             np.testing.assert_allclose(np.sum(grad * direction), numeric, rtol=1e-6, atol=1e-6,
                                        err_msg=name)
+
+
+@pytest.mark.parametrize("groups", [2, 4])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_batch_groups_leave_output_and_gradients_unchanged(rng, monkeypatch, batch, groups):
+    """The batch cut into compiled loops of one group each (uneven groups, and more
+    groups than images): the output equals the brute force and every gradient, the
+    mask's included, equals that of a single group."""
+    case = _random_case(rng, batch, 6, 7, 2, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1.5)
+    geometry = dict(strides=1, padding=1, dilation=1)
+    r = rng.normal(size=(batch, 6, 7, 3)).astype(np.float32)
+    monkeypatch.setattr(deform_conv_module, "PARALLEL_GROUPS", 1)
+    _, single = _loss_and_gradients(case, r, geometry, with_mask=True)
+    monkeypatch.setattr(deform_conv_module, "PARALLEL_GROUPS", groups)
+    _, grouped = _loss_and_gradients(case, r, geometry, with_mask=True)
+    expected, _ = brute_force_deform_conv(
+        case["x"], case["offset"], case["kernel"], case["bias"], (1, 1), (1, 1), (1, 1),
+        mask=case["mask"],
+    )
+    actual = deform_conv2d(**{name: case[name] for name in ("x", "offset", "kernel", "bias", "mask")},
+                           **geometry)
+    np.testing.assert_allclose(actual.numpy(), expected, atol=1e-4, rtol=0)
+    for name, grad in single.items():
+        np.testing.assert_allclose(grouped[name], grad, atol=1e-4, rtol=1e-6, err_msg=name)
+
+
+def test_bfloat16_input_is_computed_in_float32(rng):
+    """A bfloat16 input gives the float32 result on the same (bfloat16) values, rounded
+    once: XLA's CPU loops are slow in bfloat16, and rounding only the output is closer."""
+    case = _random_case(rng, 2, 6, 7, 2, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1.5)
+    bf16 = {name: tf.cast(value, tf.bfloat16) for name, value in case.items()}
+    actual = deform_conv2d(bf16["x"], bf16["offset"], bf16["kernel"], bf16["bias"], padding=1,
+                           mask=bf16["mask"])
+    as32 = {name: tf.cast(value, tf.float32) for name, value in bf16.items()}
+    expected = deform_conv2d(as32["x"], as32["offset"], as32["kernel"], as32["bias"], padding=1,
+                             mask=as32["mask"])
+    assert actual.dtype == tf.bfloat16
+    np.testing.assert_array_equal(tf.cast(actual, tf.float32).numpy(),
+                                  tf.cast(tf.cast(expected, tf.bfloat16), tf.float32).numpy())
 
 
 def test_gradients_with_none_dimensions_in_tf_function(rng):

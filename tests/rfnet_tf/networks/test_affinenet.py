@@ -85,6 +85,23 @@ def test_head_moves_the_affine():
     assert np.abs(affine.numpy() - IDENTITY).max() > 1e-4
 
 
+def test_head_stays_float32_under_mixed_bfloat16():
+    """Under ``mixed_bfloat16`` the affine is float32 and keeps a delta of 1e-4 (2^-13), which
+    ``1 + delta`` in bfloat16 (steps of 2^-7 above 1) would round away."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = AffineNet()
+    finally:
+        keras.config.set_dtype_policy(previous)
+    model.head.kernel.assign(tf.zeros_like(model.head.kernel))
+    model.head.bias.assign(tf.fill([6], 1e-4))
+    affine = model(tf.random.uniform((2, 48, 40, 2), seed=5))
+    assert affine.dtype == tf.float32
+    np.testing.assert_allclose(affine.numpy(), np.broadcast_to(IDENTITY + 1e-4, (2, 2, 3)), rtol=0,
+                               atol=1e-7)
+
+
 def test_variable_group_is_every_trainable_variable():
     model = AffineNet()
     assert {id(v) for v in model.variable_group} == {id(v) for v in model.trainable_variables}

@@ -123,10 +123,12 @@ class TransNet(keras.Model):
         return decoder(self.shared_decoder_head(content))
 
     def translate_vis(self, vis_luma: tf.Tensor) -> tf.Tensor:
-        """``I_x->y``: VIS luma ``(B, H, W, 1)`` rendered in the NIR domain, same size."""
+        """``I_x->y``: VIS luma ``(B, H, W, 1)`` rendered in the NIR domain, same size;
+        float32 under any dtype policy, as the images it is warped and compared with."""
         shape = tf.shape(vis_luma)
         padded = pad_to_multiple(vis_luma, DOWNSAMPLING)
-        return crop_to(self.decode(self.encode(padded, "vis"), "nir"), shape[1], shape[2])
+        translated = self.decode(self.encode(padded, "vis"), "nir")
+        return tf.cast(crop_to(translated, shape[1], shape[2]), tf.float32)
 
     def call(self, inputs, training=None):
         vis_luma, nir = inputs

@@ -227,7 +227,7 @@ class AffineNetStage(NetworkStage):
         translated = (
             batch["translated"]
             if "translated" in batch
-            else tf.cast(self.model.transnet.translate_vis(vis_luma), tf.float32)
+            else self.model.transnet.translate_vis(vis_luma)
         )
         affine = tf.cast(
             self.model.affinenet(tf.concat([translated, nir], axis=-1), training=training),

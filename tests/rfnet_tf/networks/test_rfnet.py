@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -200,6 +201,38 @@ def test_none_dimensions_in_tf_function(model):
         for key in ("affine", "flow", "fused"):
             np.testing.assert_allclose(out[key].numpy(), eager[key].numpy(), atol=1e-4, err_msg=key)
     assert run.experimental_get_tracing_count() == 1
+
+
+def test_coarse_registration_under_mixed_bfloat16(model):
+    """Built under ``mixed_bfloat16`` (``--mixed_precision`` on a CPU, whose validation
+    calls this), the coarse registration runs, search included, with float32 outputs,
+    and AffineNet's single pass equals the float32 network's to bfloat16 precision."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        mixed = RFNet(affine_input_size=64, coarse_refinement_steps=2)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    for part in ("transnet", "affinenet"):
+        getattr(mixed, part).set_weights(getattr(model, part).get_weights())
+    mixed.affinenet.head.bias.assign([0.02, -0.01, 0.03, 0.01, 0.02, -0.02])
+    vis = tf.random.uniform((1, 70, 90, 3), seed=11)
+    nir = tf.random.uniform((1, 70, 90, 1), seed=12)
+    registration = mixed.register_coarse(vis, nir)
+    assert registration["affine"].dtype == tf.float32
+    assert bool(tf.reduce_all(tf.math.is_finite(registration["affine"])))
+
+    def single_pass(network):
+        translated = network.transnet.translate_vis(resize_for_affine(luma(vis), 64))
+        assert translated.dtype == tf.float32
+        return network.affinenet(tf.concat([translated, resize_for_affine(nir, 64)], axis=-1))
+
+    model.affinenet.head.bias.assign(mixed.affinenet.head.bias)
+    try:
+        expected = single_pass(model)
+    finally:
+        model.affinenet.head.bias.assign(tf.zeros([6]))
+    np.testing.assert_allclose(single_pass(mixed).numpy(), expected.numpy(), atol=2e-3)
 
 
 def test_checkpoint_holds_every_variable(tmp_path):

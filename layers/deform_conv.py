@@ -112,8 +112,8 @@ def deform_conv2d(
 
     Returns:
       ``(B, Ho, Wo, Cout)`` with ``Ho = (H + 2p - d (kh - 1) - 1) // s + 1`` (same for W),
-      in the dtype of ``x`` (computed in float32 when that is bfloat16). Differentiable in ``x``, ``offset``, ``kernel``, ``bias`` and
-      ``mask`` (first derivatives only).
+      in the dtype of ``x`` (computed in float32 when that is bfloat16). Differentiable
+      in ``x``, ``offset``, ``kernel``, ``bias`` and ``mask`` (first derivatives only).
     """
     kernel_h, kernel_w, cin, cout = (int(size) for size in kernel.shape)
     geometry = _Geometry(
@@ -159,8 +159,8 @@ def _deform_conv(geometry: _Geometry, channels: int, inputs: list[tf.Tensor]) ->
             per_group = [
                 _guarded_backward(geometry, channels, group_grad, group_x, group_offset, kernel,
                                   group_mask)
-                for group_grad, (group_x, group_offset, *group_mask)
-                in zip(_batch_groups([out_grad])[0], groups)
+                for (group_grad,), (group_x, group_offset, *group_mask)
+                in zip(_batch_groups([out_grad]), groups)
             ]
             x_grad, offset_grad, kernel_grad, mask_grad = zip(*per_group)
             grads = [tf.concat(x_grad, 0), tf.concat(offset_grad, 0), tf.add_n(kernel_grad)]
@@ -175,13 +175,10 @@ def _deform_conv(geometry: _Geometry, channels: int, inputs: list[tf.Tensor]) ->
 
 def _batch_groups(tensors: list[tf.Tensor]) -> list[list[tf.Tensor]]:
     """``tensors`` (equal batch sizes) cut along the batch into ``PARALLEL_GROUPS`` parts
-    of near-equal size (empty parts for a smaller batch): ``[part][tensor]``, except with
-    one tensor, ``[[part, ...]]``."""
+    of near-equal size (empty parts for a smaller batch), as ``[part][tensor]``."""
     batch = tf.shape(tensors[0])[0]
     sizes = [(batch + PARALLEL_GROUPS - 1 - i) // PARALLEL_GROUPS for i in range(PARALLEL_GROUPS)]
     parts = [tf.split(t, sizes, axis=0) for t in tensors]
-    if len(tensors) == 1:
-        return parts
     return [list(group) for group in zip(*parts)]
 
 

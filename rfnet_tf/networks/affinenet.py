@@ -36,8 +36,8 @@ class AffineNet(keras.Model):
 
     Called on ``(B, H, W, 2)`` = ``concat(I_x->y, I_y)`` (the translated moving VIS and
     the fixed NIR; RFNet feeds 384x384), returns ``(B, 2, 3)`` float32 (under any dtype
-    policy): the backward affine in
-    the normalised align-corners convention, ``registered[p] = moving[A @ [u, v, 1]]``.
+    policy): the backward affine in the normalised align-corners convention,
+    ``registered[p] = moving[A @ [u, v, 1]]``.
     """
 
     def __init__(self, deformable: bool = True, dropout: float = 0.2, **kwargs):

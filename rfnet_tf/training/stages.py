@@ -229,10 +229,7 @@ class AffineNetStage(NetworkStage):
             if "translated" in batch
             else self.model.transnet.translate_vis(vis_luma)
         )
-        affine = tf.cast(
-            self.model.affinenet(tf.concat([translated, nir], axis=-1), training=training),
-            tf.float32,
-        )
+        affine = self.model.affinenet(tf.concat([translated, nir], axis=-1), training=training)
         warped, _ = warp_affine(translated, affine)
         valid = warped_mask(batch["mask"], affine)
         ncc_loss = multiscale_coarse_loss(

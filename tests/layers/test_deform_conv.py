@@ -419,8 +419,8 @@ def test_empty_batch_gives_empty_output_and_zero_gradients(rng):
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_policy(rng, policy):
-    """Under a mixed policy the layer computes in the low precision and stays close to
-    float32, gradients included."""
+    """Under a mixed policy the layer returns the low precision (bfloat16 computed in
+    float32 inside) and stays close to float32, gradients included."""
     x = tf.constant(rng.uniform(0.0, 1.0, size=(2, 8, 7, 3)).astype(np.float32))
     reference = DeformableConv2D(4, 3, modulated=True)
     reference.build(x.shape)

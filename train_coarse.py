@@ -52,6 +52,13 @@ flags.DEFINE_bool(
     "Train on crops of the pairs at their own resolution instead (the paper's text), "
     "although inference sees resized copies.",
 )
+flags.DEFINE_list(
+    "training_zooms", ["1"],
+    "The coarse stages train on copies of the pairs resized to --affine_input_size times "
+    "each of these zooms (>= 1); a --crop_size crop of a zoom above 1 is a window of the "
+    "scene at that magnification. An augmentation (not in the paper): more distinct views "
+    "of few training pairs.",
+)
 flags.DEFINE_float("eta", LossWeights.eta, "Weight of the translation term, Eq. 2.")
 flags.DEFINE_integer(
     "ncc_scales", AffineSettings.ncc_scales,
@@ -104,6 +111,14 @@ def main(argv) -> None:
             f"--crop_size {FLAGS.crop_size} exceeds the resized pairs' --affine_input_size "
             f"{FLAGS.affine_input_size}"
         )
+    try:
+        zooms = [float(zoom) for zoom in FLAGS.training_zooms]
+    except ValueError as error:
+        raise FlagError(f"--training_zooms must be numbers, got {FLAGS.training_zooms}") from error
+    if not zooms or min(zooms) < 1:
+        raise FlagError(f"--training_zooms must be at least 1, got {FLAGS.training_zooms}")
+    if FLAGS.native_resolution and zooms != [1.0]:
+        raise FlagError("--training_zooms resizes the pairs; it does not go with --native_resolution")
     run_coarse(CoarseSettings.from_flags(FLAGS, sys.modules[__name__].__file__))
 
 

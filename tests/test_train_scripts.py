@@ -141,6 +141,7 @@ LOG_LINE = re.compile(r"^[IWEF]\d{4} ")
         ("train_coarse.py", ["stray"], "unexpected arguments: stray"),
         ("train_coarse.py", [], "--data_dir is required"),
         ("train_coarse.py", ["--data_dir=/no/such/folder"], "/no/such/folder: no such folder"),
+        ("train_coarse.py", ["--data_dir={data}", "--training_zooms=1,0.5"], "--training_zooms must be at least 1"),
         ("train_coarse.py", ["--stage=affinenet", "--data_dir={data}", "--model_dir={empty}"],
          "--transnet_dir"),
         ("train_f2m.py", ["--phase=deformation", "--data_dir={data}", "--model_dir={empty}"],

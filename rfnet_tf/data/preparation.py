@@ -8,6 +8,7 @@ Not imported by ``rfnet_tf.data`` itself (it needs ``rfnet_tf.networks``, which 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -31,6 +32,21 @@ def resize_pair(pair: Pair, size: int) -> Pair:
         return resize_for_affine(tf.constant(image[None]), size)[0].numpy()
 
     return dataclasses.replace(pair, vis=resize(pair.vis), nir=resize(pair.nir))
+
+
+def resized_copies(pairs: Sequence[Pair], size: int, zooms: Sequence[float] = (1.0,)) -> list[Pair]:
+    """Each pair resized (:func:`resize_pair`) to ``round(size * zoom)`` square, per zoom.
+
+    A ``size`` crop of a copy with a zoom above 1 is a window of the scene magnified by
+    that zoom against RFNet's coarse input. Copies other than ``zoom = 1`` are named
+    ``<name>@<zoom>x``.
+    """
+    copies = []
+    for zoom in zooms:
+        for pair in pairs:
+            copy = resize_pair(pair, round(size * zoom))
+            copies.append(copy if zoom == 1 else dataclasses.replace(copy, name=f"{pair.name}@{zoom:g}x"))
+    return copies
 
 
 def largest_valid_box(mask: np.ndarray) -> tuple[int, int, int, int]:

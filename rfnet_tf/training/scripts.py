@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from rfnet_tf.data import DataError, Stream, steps_per_epoch
-from rfnet_tf.data.preparation import coarse_align, median_size, resize_pair, translate_pairs
+from rfnet_tf.data.preparation import coarse_align, median_size, resized_copies, translate_pairs
 from rfnet_tf.networks import RFNet
 from rfnet_tf.staging import DestinationError
 from rfnet_tf.training.common_flags import FlagError, read_training_pairs, read_validation_pairs
@@ -133,7 +133,7 @@ def run_coarse(settings: CoarseSettings) -> None:
     if not settings.native_resolution:
         # Misalignments are drawn in the original images' frame (their median size).
         affine_options["sampling_frame"] = median_size(pairs)
-        pairs = [resize_pair(pair, settings.affine_input_size) for pair in pairs]
+        pairs = resized_copies(pairs, settings.affine_input_size, settings.training_zooms)
     for name in settings.stages:
         with strategy.scope():
             model = RFNet(deformable=settings.deformable, affine_input_size=settings.affine_input_size)

@@ -112,6 +112,8 @@ class CoarseSettings:
       weights: the loss weights (``eta``).
       affine: the AffineNet stage's settings.
       affine_input_size, native_resolution, translation_cache, deformable: the flags.
+      training_zooms: the pairs are trained on resized to ``affine_input_size`` times
+        each of these (``--training_zooms``).
       transnet_dir: where TransNet's weights for the AffineNet stage are
         (:func:`stage_weights`; found when the stage starts, after a TransNet stage
         of the same run).
@@ -126,6 +128,7 @@ class CoarseSettings:
     native_resolution: bool
     translation_cache: bool
     deformable: bool
+    training_zooms: tuple[float, ...]
     transnet_dir: Path
     misalignment: Misalignment
 
@@ -147,6 +150,7 @@ class CoarseSettings:
             native_resolution=values.native_resolution,
             translation_cache=values.translation_cache,
             deformable=values.deformable,
+            training_zooms=tuple(float(zoom) for zoom in values.training_zooms),
             transnet_dir=transnet_dir,
             misalignment=Misalignment.from_flags(
                 values, misalignment_flags.affine_ranges_from, misalignment_flags.AFFINE_FLAGS

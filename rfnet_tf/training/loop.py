@@ -216,8 +216,13 @@ def restore_newest(checkpoint: tf.train.Checkpoint, stage_dir: Path, name: str) 
       CheckpointError: the directory lists checkpoints, but none of them restores.
     """
     state = tf.train.get_checkpoint_state(stage_dir)
+    paths = list(state.all_model_checkpoint_paths) if state else []
+    # A state file written by hand (a run forked from another's checkpoint) may name
+    # only the newest checkpoint, without the list.
+    if state and state.model_checkpoint_path and state.model_checkpoint_path not in paths:
+        paths.append(state.model_checkpoint_path)
     failures = []
-    for path in reversed(list(state.all_model_checkpoint_paths) if state else []):
+    for path in reversed(paths):
         try:
             checkpoint.restore(path).assert_existing_objects_matched()
         except Exception as error:  # TensorFlow raises many types for an unusable checkpoint.

@@ -98,6 +98,19 @@ def test_a_corrupt_newest_checkpoint_is_skipped_named_and_left_in_place(training
     assert sorted(path.name for path in stage_dir.glob("ckpt-*.index")) == ["ckpt-2.index", "ckpt-4.index"]
 
 
+def test_a_state_file_naming_only_the_newest_checkpoint_resumes_from_it(training_pairs, tmp_path):
+    """A run forked by hand: a checkpoint copied into a new directory with a one-line
+    ``checkpoint`` file (no ``all_model_checkpoint_paths``) is resumed, not ignored."""
+    run("affinenet", fresh_model(), tmp_path / "original", training_pairs, total_steps=2)
+    fork = tmp_path / "fork"
+    fork.mkdir()
+    for path in (tmp_path / "original").glob("ckpt-2.*"):
+        (fork / path.name).write_bytes(path.read_bytes())
+    (fork / "checkpoint").write_text('model_checkpoint_path: "ckpt-2"\n')
+    _, log = run("affinenet", fresh_model(), fork, training_pairs, total_steps=2)
+    assert f"resumed from {fork / 'ckpt-2'} at step 2" in log
+
+
 def test_checkpoints_events_an_export_the_next_stage_loads_and_a_rerun_only_exports(
     training_pairs, tmp_path
 ):

@@ -18,8 +18,10 @@ Exit codes (the README's table "What happens on bad input" lists the cases):
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 
@@ -30,6 +32,8 @@ from rfnet_tf.data.errors import DataError
 KNOWN_ERROR_EXIT = 2
 INTERNAL_ERROR_EXIT = 1
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# A stop swallowed by a finalizer is delivered again after this long (seconds).
+_REDELIVERY_DELAY_S = 0.01
 
 flags.DEFINE_bool(
     "debug", False, "On an internal error (exit code 1), also print the Python traceback."
@@ -68,7 +72,9 @@ def guarded(
 
     A signal's :class:`Stopped` may reach this function as another exception (TensorFlow
     turns exceptions raised while it traces a function into its own), so the signal is
-    also recorded, and any exception after it counts as the stop.
+    also recorded, and any exception after it counts as the stop. A :class:`Stopped`
+    that a finalizer swallows is delivered again, and a ``main`` that returns after a
+    signal still ends as stopped.
     """
     received = []
 
@@ -76,13 +82,26 @@ def guarded(
         received.append(number)
         raise Stopped(signal.Signals(number).name)
 
+    def unraisable(report) -> None:
+        # A Stopped raised inside a finalizer (a tf.data iterator's __del__) cannot
+        # propagate: Python would print it with a traceback and carry on. Deliver the
+        # signal again shortly, when the finalizer has returned.
+        if isinstance(report.exc_value, Stopped):
+            threading.Timer(_REDELIVERY_DELAY_S, os.kill, (os.getpid(), received[-1])).start()
+        else:
+            previous_unraisable(report)
+
     previous = {number: signal.signal(number, stop) for number in _STOP_SIGNALS}
+    previous_unraisable, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         if len(argv) > 1:
             raise UsageError(
                 f"unexpected arguments: {' '.join(argv[1:])} (flags take --name=value)"
             )
-        return main(list(argv)) or 0
+        code = main(list(argv)) or 0
+        if received:
+            raise Stopped(signal.Signals(received[0]).name)
+        return code
     except BaseException as error:
         if received:
             print(f"{program}: stopped by {signal.Signals(received[0]).name}", file=sys.stderr)
@@ -101,6 +120,7 @@ def guarded(
         )
         return INTERNAL_ERROR_EXIT
     finally:
+        sys.unraisablehook = previous_unraisable
         for number, handler in previous.items():
             signal.signal(number, handler)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 
@@ -83,6 +84,29 @@ def test_a_signal_turned_into_another_exception_still_counts_as_the_stop(capsys)
             raise TypeError("Failed to convert elements to Tensor") from error
 
     assert run_guarded(main, capsys) == (143, "prog: stopped by SIGTERM\n")
+
+
+def test_a_signal_that_lands_in_a_finalizer_still_stops_the_run(capsys):
+    """A handler's exception raised inside ``__del__`` (e.g. a tf.data iterator's) cannot
+    propagate: Python prints it as "Exception ignored ... Traceback" and carries on. The
+    stop must still end the run, with one line and no traceback."""
+    cleaned = []
+
+    class Finalised:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            cleaned.append("del")  # the handler runs by here, inside __del__
+
+    def main(argv):
+        try:
+            Finalised()
+            time.sleep(5)  # the stop is delivered again meanwhile
+            cleaned.append("went on")
+        finally:
+            cleaned.append("main")
+
+    assert run_guarded(main, capsys) == (143, "prog: stopped by SIGTERM\n")
+    assert cleaned[-1] == "main" and "went on" not in cleaned
 
 
 def test_one_line_messages():

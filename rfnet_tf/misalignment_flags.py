@@ -17,7 +17,7 @@ from rfnet_tf.data.synthetic import AffineRanges, Curriculum, LocalFieldRanges
 
 AFFINE_FLAGS = ("max_rotation", "scale_range", "max_shear", "max_translation")
 LOCAL_FLAGS = ("local_displacement", "local_control_spacing")
-CURRICULUM_FLAGS = ("curriculum_steps", "curriculum_start")
+CURRICULUM_FLAGS = ("curriculum_steps", "curriculum_start", "curriculum_first_step")
 
 _AFFINE = AffineRanges()
 _LOCAL = LocalFieldRanges()
@@ -73,7 +73,13 @@ def define_curriculum_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None
     )
     flags.DEFINE_float(
         "curriculum_start", _CURRICULUM.start,
-        "With --curriculum_steps: the share of the ranges at step 0.",
+        "With --curriculum_steps: the share of the ranges at --curriculum_first_step.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "curriculum_first_step", _CURRICULUM.first_step,
+        "With --curriculum_steps: the training step at which the ranges start to grow "
+        "(the step of the checkpoint a run was forked from).",
         flag_values=flag_values,
     )
 
@@ -127,7 +133,11 @@ def local_ranges_from(values: Mapping[str, object]) -> LocalFieldRanges:
 def curriculum_from(values: Mapping[str, object]) -> Curriculum:
     """:class:`Curriculum` from the values of :data:`CURRICULUM_FLAGS`."""
     return _checked(
-        lambda: Curriculum(int(values["curriculum_steps"]), float(values["curriculum_start"])),
+        lambda: Curriculum(
+            int(values["curriculum_steps"]),
+            float(values["curriculum_start"]),
+            int(values["curriculum_first_step"]),
+        ),
         CURRICULUM_FLAGS,
         values,
     )

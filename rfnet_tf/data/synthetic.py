@@ -162,24 +162,31 @@ class LocalFieldRanges:
 class Curriculum:
     """Misalignments that grow with the training step (an option; off by default).
 
-    ``magnitude(step) = min(1, start + (1 - start) * step / steps)`` scales every range:
-    the rotation, shear and translation, the logarithm of the scale and the local
-    field's amplitude. ``steps = 0`` is no curriculum (magnitude 1 from the start).
+    ``magnitude(step) = min(1, start + (1 - start) * max(0, step - first_step) / steps)``
+    scales every range: the rotation, shear and translation, the logarithm of the scale
+    and the local field's amplitude. ``steps = 0`` is no curriculum (magnitude 1 from the
+    start). ``first_step`` is the training step at which the ranges start to grow: a run
+    forked from another run's checkpoint at step ``k`` counts its steps on from ``k``,
+    so its curriculum starts there.
     """
 
     steps: int = 0
     start: float = 0.25
+    first_step: int = 0
 
     def __post_init__(self):
-        if self.steps < 0 or not 0 <= self.start <= 1:
-            raise ValueError(f"Curriculum needs steps >= 0 and start in [0, 1], got {self}")
+        if self.steps < 0 or not 0 <= self.start <= 1 or self.first_step < 0:
+            raise ValueError(
+                f"Curriculum needs steps >= 0, start in [0, 1] and first_step >= 0, got {self}"
+            )
 
     def magnitude(self, step) -> tf.Tensor:
         """The factor of the ranges at ``step`` (a scalar tensor or number)."""
         step = tf.cast(step, tf.float32)
         if not self.steps:
             return tf.ones_like(step)
-        return tf.minimum(1.0, self.start + (1.0 - self.start) * step / self.steps)
+        progress = tf.maximum(0.0, step - float(self.first_step)) / self.steps
+        return tf.minimum(1.0, self.start + (1.0 - self.start) * progress)
 
 
 @dataclasses.dataclass(eq=False)

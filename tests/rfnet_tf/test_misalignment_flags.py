@@ -20,8 +20,8 @@ def test_flag_values_become_the_ranges_they_name():
         max_displacement_range=(1.0, 3.0), control_spacing=32.0
     )
     assert misalignment_flags.curriculum_from(
-        {"curriculum_steps": 10, "curriculum_start": 0.5}
-    ) == Curriculum(10, 0.5)
+        {"curriculum_steps": 10, "curriculum_start": 0.5, "curriculum_first_step": 7}
+    ) == Curriculum(10, 0.5, 7)
 
 
 def test_the_flags_default_to_the_range_classes_defaults():

@@ -362,6 +362,14 @@ def test_curriculum_magnitude_grows_linearly_to_one_and_stays():
         Curriculum(steps=-1)
 
 
+def test_a_curriculum_with_a_first_step_holds_its_start_until_then_and_grows_from_there():
+    curriculum = Curriculum(steps=100, start=0.2, first_step=1000)
+    magnitudes = [float(curriculum.magnitude(step)) for step in (0, 1000, 1050, 1100, 5000)]
+    np.testing.assert_allclose(magnitudes, [0.2, 0.2, 0.6, 1.0, 1.0], atol=1e-7)
+    with pytest.raises(ValueError):
+        Curriculum(steps=100, first_step=-1)
+
+
 def test_a_magnitude_scales_every_parameter_of_the_affine():
     unit = tf.constant([0.9, 0.95, 0.1, 0.8, 0.3], tf.float64)
     ranges = AffineRanges()

@@ -30,6 +30,7 @@ with native_stderr_silenced():
 from absl import flags
 
 from rfnet_tf import cli, misalignment_flags
+from rfnet_tf.networks.affinenet import HEADS
 from rfnet_tf.training import common_flags
 from rfnet_tf.training.common_flags import (
     FlagError,
@@ -87,6 +88,12 @@ flags.DEFINE_string(
     "directory, or the model directory holding transnet/ (default --model_dir).",
 )
 flags.DEFINE_bool("deformable", True, "Deformable convolutions in AffineNet (False: the paper's ablation ii).")
+flags.DEFINE_enum(
+    "affine_head", "pooled", list(HEADS),
+    "AffineNet's head: 'pooled' (the paper's: global average pool, dense -> 6) or "
+    "'matching' (an option: the affine fitted to the local correlation of the two images' "
+    "features; weights/README.md item 14).",
+)
 define_common_flags(default_model_dir="runs/coarse", default_epochs=100)
 misalignment_flags.define_affine_flags()
 misalignment_flags.define_curriculum_flags()

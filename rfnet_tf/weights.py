@@ -17,6 +17,7 @@ from pathlib import Path
 from absl import logging
 
 from rfnet_tf.networks import RFNet
+from rfnet_tf.networks.affinenet import HEADS
 from rfnet_tf.networks.refine import SIMILARITIES
 from rfnet_tf.staging import staged_directory
 
@@ -30,7 +31,7 @@ def _is_int(value) -> bool:
 
 
 # The RFNet constructor arguments stored in rfnet.json's "model" (older files may lack the
-# last four; RFNet's defaults apply): which values each takes, as a check and its words.
+# last five; RFNet's defaults apply): which values each takes, as a check and its words.
 # An affine input of 4 px fails in TransNet's reflect padding; 8 runs.
 _MODEL_VALUES = {
     "deformable": (lambda v: isinstance(v, bool), "true or false"),
@@ -49,6 +50,10 @@ _MODEL_VALUES = {
     "attention_window": (
         lambda v: v is None or (_is_int(v) and v >= 1),
         "null or an integer >= 1",
+    ),
+    "affine_head": (
+        lambda v: v in HEADS,
+        "one of " + ", ".join(f'"{name}"' for name in HEADS),
     ),
 }
 MODEL_CONFIG_KEYS = tuple(_MODEL_VALUES)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
 import tensorflow as tf
 
 from layers import DeformableConv2D
+from rfnet_tf.networks.matching import affine_from_matches
 
 IDENTITY_AFFINE = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
 STAGE_FILTERS = (16, 32, 64)
@@ -15,6 +18,16 @@ STAGE_FILTERS = (16, 32, 64)
 # zero, so a zero kernel stays zero and nothing below it ever learns (weights/README.md,
 # issue 15). Small, so that a new network predicts the identity to a fraction of a pixel.
 HEAD_INIT_STDDEV = 1e-3
+HEADS = ("pooled", "matching")
+# The matching head's initial sharpness: the correlation is a cosine over the channel
+# count, and softmax(40 * cosine) prefers a cell whose cosine is higher by 0.1 by e^4.
+# Softer distributions have broad means, biased inwards at the border (a new network
+# found about 60 % of a known affine at 10, 70 % at 40, no more at 100 or 300).
+INITIAL_SHARPNESS = 40.0 * STAGE_FILTERS[-1]
+# Pulls the fitted affine towards the identity by about 0.3 % of the point spread (the
+# mean squared normalised coordinate is 1/3): enough to keep the fit solvable, too little
+# to bias it.
+MATCHING_RIDGE = 1e-3
 
 
 @keras.saving.register_keras_serializable(package="rfnet_tf")
@@ -29,10 +42,22 @@ class AffineNet(keras.Model):
     (``HEAD_INIT_STDDEV``), so a new network predicts nearly the identity and its
     convolutions still receive a gradient (a zero kernel would pass them none).
 
+    With ``head="matching"`` (an option beyond the paper and the spec, weights/README.md
+    item 14) the same three stages run on each image alone, with shared weights; the two
+    feature maps (1/8 of the input, centred and L2-normalised per cell) are correlated over
+    ``correlation_radius`` cells, each cell's displacement is the mean of its softmax
+    distribution, and the affine is their least-squares fit weighted by each cell's
+    largest probability (``rfnet_tf.networks.matching``). A new network of either head
+    predicts nearly the identity on an aligned pair.
+
     Args:
       deformable: use deformable convolutions; ``False`` replaces each by a plain 3x3
         convolution (the paper's ablation ii).
-      dropout: dropout rate before the head.
+      dropout: dropout rate before the pooled head's dense layer (the matching head has
+        none).
+      head: ``"pooled"`` (the paper's, as the spec fixes it) or ``"matching"``.
+      correlation_radius: the matching head's largest displacement per axis, in cells of
+        8 input pixels (8: 64 px, a third of the 192 px input).
 
     Called on ``(B, H, W, 2)`` = ``concat(I_x->y, I_y)`` (the translated moving VIS and
     the fixed NIR; RFNet feeds 384x384), returns ``(B, 2, 3)`` float32 (under any dtype
@@ -40,10 +65,23 @@ class AffineNet(keras.Model):
     ``registered[p] = moving[A @ [u, v, 1]]``.
     """
 
-    def __init__(self, deformable: bool = True, dropout: float = 0.2, **kwargs):
+    def __init__(
+        self,
+        deformable: bool = True,
+        dropout: float = 0.2,
+        head: str = "pooled",
+        correlation_radius: int = 8,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if correlation_radius < 1:
+            raise ValueError(f"correlation_radius must be >= 1, got {correlation_radius}")
         self.deformable = bool(deformable)
         self.dropout_rate = float(dropout)
+        self.head_kind = head
+        self.correlation_radius = int(correlation_radius)
         # One attribute per layer: tf.train.Checkpoint does not follow layers held in
         # Python lists of a Keras 3 layer, so a list would drop them from checkpoints.
         for index, filters in enumerate(STAGE_FILTERS, start=1):
@@ -55,20 +93,29 @@ class AffineNet(keras.Model):
             conv = keras.layers.Conv2D(filters, 9, padding="same", name=f"conv9_{index}")
             setattr(self, f"conv9_{index}", conv)
             setattr(self, f"local{index}", local)
-        self.conv7a = keras.layers.Conv2D(64, 7, padding="same", name="conv7_1")
-        self.conv7b = keras.layers.Conv2D(128, 7, padding="same", name="conv7_2")
         self.activation = keras.layers.LeakyReLU(negative_slope=0.2)
         self.pool = keras.layers.MaxPooling2D(2)
-        self.global_pool = keras.layers.GlobalAveragePooling2D()
-        self.dropout = keras.layers.Dropout(self.dropout_rate)
-        self.head = keras.layers.Dense(
-            6,
-            kernel_initializer=keras.initializers.RandomNormal(stddev=HEAD_INIT_STDDEV),
-            # float32 under a mixed policy too: in bfloat16, 1 + delta has steps of 2^-8,
-            # 0.4 px at 192 px and 2 px at 1024.
-            dtype="float32",
-            name="affine_head",
-        )
+        if self.head_kind == "pooled":
+            self.conv7a = keras.layers.Conv2D(64, 7, padding="same", name="conv7_1")
+            self.conv7b = keras.layers.Conv2D(128, 7, padding="same", name="conv7_2")
+            self.global_pool = keras.layers.GlobalAveragePooling2D()
+            self.dropout = keras.layers.Dropout(self.dropout_rate)
+            self.head = keras.layers.Dense(
+                6,
+                kernel_initializer=keras.initializers.RandomNormal(stddev=HEAD_INIT_STDDEV),
+                # float32 under a mixed policy too: in bfloat16, 1 + delta has steps of
+                # 2^-8, 0.4 px at 192 px and 2 px at 1024.
+                dtype="float32",
+                name="affine_head",
+            )
+        else:
+            # Learnt in the log domain, so that it stays positive.
+            self.log_sharpness = self.add_weight(
+                shape=(),
+                initializer=keras.initializers.Constant(math.log(INITIAL_SHARPNESS)),
+                dtype="float32",
+                name="log_sharpness",
+            )
         # Every input's channel count is fixed, so the variables can exist from the start
         # (a checkpoint restores into them before any call).
         self.build()
@@ -82,33 +129,61 @@ class AffineNet(keras.Model):
         ]
 
     def build(self, input_shape=None):
-        channels = 2
+        # The matching head's stages see one image at a time.
+        channels = 2 if self.head_kind == "pooled" else 1
         for conv, local in self.stages:
             conv.build((None, None, None, channels))
             local.build((None, None, None, conv.filters))
             channels = conv.filters
-        self.conv7a.build((None, None, None, channels))
-        self.conv7b.build((None, None, None, 64))
-        self.head.build((None, 128))
+        if self.head_kind == "pooled":
+            self.conv7a.build((None, None, None, channels))
+            self.conv7b.build((None, None, None, 64))
+            self.head.build((None, 128))
         self.built = True
 
-    def call(self, inputs, training=None):
+    def _features(self, inputs):
+        """The three stages: ``(B, H, W, c)`` -> ``(B, H/8, W/8, 64)``."""
         h = inputs
         for conv, local in self.stages:
             h = self.activation(conv(h))
             h = self.activation(local(h))
             h = self.pool(h)
+        return h
+
+    def call(self, inputs, training=None):
+        if self.head_kind == "matching":
+            return self._matching_affine(inputs)
+        h = self._features(inputs)
         h = self.activation(self.conv7a(h))
         h = self.activation(self.conv7b(h))
         h = self.dropout(self.global_pool(h), training=training)
         delta = tf.reshape(self.head(h), [-1, 2, 3])
         return tf.constant(IDENTITY_AFFINE, delta.dtype) + delta
 
+    def _matching_affine(self, inputs):
+        """The matching head (see the class docstring)."""
+        batch = tf.shape(inputs)[0]
+        # Both images through the shared stages in one batch.
+        both = tf.concat([inputs[..., :1], inputs[..., 1:]], axis=0)
+        features = self._features(both)
+        moving, fixed = features[:batch], features[batch:]
+        stride = 2 ** len(STAGE_FILTERS)
+        return affine_from_matches(
+            fixed,
+            moving,
+            tf.exp(self.log_sharpness),
+            self.correlation_radius,
+            stride,
+            tf.shape(inputs)[1:3],
+            MATCHING_RIDGE,
+        )
+
     @property
     def random_states(self) -> list:
         """The dropout's random-generator state: not a weight, but a resumed training run
-        must restore it to draw the same dropout masks as an uninterrupted one."""
-        return [self.dropout.seed_generator.state]
+        must restore it to draw the same dropout masks as an uninterrupted one. The
+        matching head draws nothing."""
+        return [self.dropout.seed_generator.state] if self.head_kind == "pooled" else []
 
     @property
     def variable_group(self) -> list:
@@ -117,5 +192,10 @@ class AffineNet(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.update(deformable=self.deformable, dropout=self.dropout_rate)
+        config.update(
+            deformable=self.deformable,
+            dropout=self.dropout_rate,
+            head=self.head_kind,
+            correlation_radius=self.correlation_radius,
+        )
         return config

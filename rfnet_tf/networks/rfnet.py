@@ -79,6 +79,8 @@ class RFNet(ConfigFromArguments, keras.Model):
     4. F2M fuses ``Y(I_x^C)`` and ``I_y`` at full resolution and predicts the residual
        flow ``phi_f``. ``attention_window`` (``None`` by default) is F2M's: the window of
        its attention's max pooling, the fusion's training crop size in trained weights.
+       ``affine_head`` is AffineNet's ``head``: ``"pooled"`` (the paper's, by default) or
+       ``"matching"`` (an option, ``rfnet_tf.networks.affinenet``).
 
     The final registered VIS samples the original VIS once, at the composed coordinates
     ``A(p + phi_f(p))`` (one interpolation, not two). Returns a dict:
@@ -99,7 +101,7 @@ class RFNet(ConfigFromArguments, keras.Model):
     CONFIG_ARGUMENTS = (
         "deformable", "max_displacement", "affine_input_size", "coarse_refinement_steps",
         "coarse_refinement_levels", "coarse_refinement_fine_size",
-        "coarse_refinement_similarity", "attention_window",
+        "coarse_refinement_similarity", "attention_window", "affine_head",
     )
 
     def __init__(
@@ -112,6 +114,7 @@ class RFNet(ConfigFromArguments, keras.Model):
         coarse_refinement_fine_size: int = 0,
         coarse_refinement_similarity: str = "ncc",
         attention_window: int | None = None,
+        affine_head: str = "pooled",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -135,7 +138,8 @@ class RFNet(ConfigFromArguments, keras.Model):
         self.coarse_refinement_similarity = coarse_refinement_similarity
         self.attention_window = None if attention_window is None else int(attention_window)
         self.transnet = TransNet(name="transnet")
-        self.affinenet = AffineNet(deformable=self.deformable, name="affinenet")
+        self.affine_head = affine_head
+        self.affinenet = AffineNet(deformable=self.deformable, head=affine_head, name="affinenet")
         self.f2m = F2M(
             max_displacement=self.max_displacement,
             attention_window=self.attention_window,

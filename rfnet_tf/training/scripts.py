@@ -136,7 +136,11 @@ def run_coarse(settings: CoarseSettings) -> None:
         pairs = resized_copies(pairs, settings.affine_input_size, settings.training_zooms)
     for name in settings.stages:
         with strategy.scope():
-            model = RFNet(deformable=settings.deformable, affine_input_size=settings.affine_input_size)
+            model = RFNet(
+                deformable=settings.deformable,
+                affine_input_size=settings.affine_input_size,
+                affine_head=settings.affine_head,
+            )
         carried: tuple[str, ...] = ()
         options = {}
         if name == "affinenet":
@@ -177,7 +181,8 @@ def run_f2m(settings: F2MSettings) -> None:
         pairs = coarse_align(pairs, model_from_weights(coarse_dir, required=("transnet", "affinenet")),
                              common.crop_size)
     carried: tuple[str, ...] = ("transnet", "affinenet") if coarse_dir is not None else ()
-    # The coarse module's own configuration (its input size, deformable or not) carries over.
+    # The coarse module's own configuration (its input size, deformable or not, its head)
+    # carries over.
     model_config = read_config(coarse_dir)["model"] if coarse_dir is not None else {}
     window = settings.attention_window
     model_config = dict(model_config, max_displacement=settings.max_displacement, attention_window=window)

@@ -111,7 +111,8 @@ class CoarseSettings:
       stages: the stages to train, in order.
       weights: the loss weights (``eta``).
       affine: the AffineNet stage's settings.
-      affine_input_size, native_resolution, translation_cache, deformable: the flags.
+      affine_input_size, native_resolution, translation_cache, deformable, affine_head:
+        the flags.
       training_zooms: the pairs are trained on resized to ``affine_input_size`` times
         each of these (``--training_zooms``).
       transnet_dir: where TransNet's weights for the AffineNet stage are
@@ -128,6 +129,7 @@ class CoarseSettings:
     native_resolution: bool
     translation_cache: bool
     deformable: bool
+    affine_head: str
     training_zooms: tuple[float, ...]
     transnet_dir: Path
     misalignment: Misalignment
@@ -150,6 +152,7 @@ class CoarseSettings:
             native_resolution=values.native_resolution,
             translation_cache=values.translation_cache,
             deformable=values.deformable,
+            affine_head=values.affine_head,
             training_zooms=tuple(float(zoom) for zoom in values.training_zooms),
             transnet_dir=transnet_dir,
             misalignment=Misalignment.from_flags(

@@ -45,6 +45,7 @@ def test_the_shipped_config_and_an_older_one_without_the_newer_keys_are_valid(tm
         ({"max_displacement": 0}, '"model.max_displacement" must be a number > 0'),
         ({"deformable": "yes"}, '"model.deformable" must be true or false'),
         ({"attention_window": 0}, '"model.attention_window" must be null or an integer >= 1'),
+        ({"affine_head": "dense"}, '"model.affine_head" must be one of "pooled", "matching"'),
         ({"dropout": 0.5}, 'unknown key "model.dropout"'),
     ],
 )

@@ -108,11 +108,54 @@ def test_variable_group_is_every_trainable_variable():
 
 
 def test_config_round_trip():
-    model = AffineNet(deformable=False, dropout=0.1)
+    model = AffineNet(deformable=False, dropout=0.1, head="matching", correlation_radius=5)
     config = model.get_config()
     restored = AffineNet.from_config(config)
     assert restored.get_config() == config
     assert restored.deformable is False and restored.dropout_rate == 0.1
+    assert restored.head_kind == "matching" and restored.correlation_radius == 5
+
+
+@pytest.mark.parametrize("arguments,message", [({"head": "dense"}, "head"),
+                                               ({"correlation_radius": 0}, "correlation_radius")])
+def test_bad_head_arguments_are_refused(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        AffineNet(**arguments)
+
+
+def test_the_matching_head_reads_a_shift_with_untrained_features():
+    """The matching head matches before it learns: on smooth noise shifted by 12 px (1.5
+    cells), a new network's affine moves the sampling the right way by at least half the
+    shift and keeps the linear part near the identity; the paper's pooled head predicts
+    nearly the identity until it is trained."""
+    keras.utils.set_random_seed(2)
+    rng = np.random.default_rng(7)
+    images = np.stack([gaussian_filter(rng.normal(size=(96, 108)), 2.0) for _ in range(2)])
+    images = images.astype(np.float32)[..., None]
+    moving, fixed = images[:, :, 12:], images[:, :, :96]
+    pair = tf.concat([moving, fixed], axis=-1)
+    # fixed[:, x] = moving[:, x - 12]: the backward affine samples moving 12 px to the left.
+    expected_shift = -2 * 12 / 95
+    matched = AffineNet(head="matching")(pair).numpy()
+    assert np.all(matched[:, 0, 2] < 0.5 * expected_shift), matched[:, 0, 2]
+    assert np.all(np.abs(matched[:, :, :2] - IDENTITY[:, :2]) < 0.1), matched
+    pooled = AffineNet()(pair).numpy()
+    assert np.all(np.abs(pooled[:, 0, 2]) < 0.1 * abs(expected_shift))
+
+
+def test_the_matching_head_passes_a_gradient_to_every_variable_and_draws_nothing():
+    keras.utils.set_random_seed(1)
+    model = AffineNet(head="matching")
+    assert model.random_states == []
+    moving, fixed = _smooth_pairs(2, 48, 3.0)
+    with tf.GradientTape() as tape:
+        affine = model(tf.concat([moving, fixed], axis=-1), training=True)
+        loss = coarse_loss(warp_affine(moving, affine)[0], fixed)
+    gradients = tape.gradient(loss, model.trainable_variables)
+    kernels = [v.path for v, g in zip(model.trainable_variables, gradients)
+               if g is None or float(tf.norm(g)) == 0.0]
+    assert kernels == []
+    assert any("log_sharpness" in v.path for v in model.trainable_variables)
 
 
 def _smooth_texture(size: int, seed: int) -> np.ndarray:

@@ -235,10 +235,12 @@ def test_coarse_registration_under_mixed_bfloat16(model):
     np.testing.assert_allclose(single_pass(mixed).numpy(), expected.numpy(), atol=2e-3)
 
 
-def test_checkpoint_holds_every_variable(tmp_path):
+@pytest.mark.parametrize("affine_head", ["pooled", "matching"])
+def test_checkpoint_holds_every_variable(tmp_path, affine_head):
     """tf.train.Checkpoint must reach every variable (layers kept in Python lists of a
-    Keras 3 layer would be silently left out, and a resumed run would reset them)."""
-    network = RFNet(affine_input_size=64)
+    Keras 3 layer would be silently left out, and a resumed run would reset them; so
+    would the matching head's sharpness, a weight of the model itself)."""
+    network = RFNet(affine_input_size=64, affine_head=affine_head)
     path = tf.train.Checkpoint(model=network).save(str(tmp_path / "ckpt"))
     stored = {name for name, _ in tf.train.list_variables(path) if name.startswith("model/")}
     assert len(stored) == len(network.weights)

@@ -31,8 +31,9 @@ pass (deformable and plain convolutions), and the training step alone and the wh
 loop per step (pipeline, step and the loop's Python work) as the loop runs them: as
 before this work (TransNet in the step, the deformable convolutions in one batch group),
 with the translation cached by the pipeline, with the deformable convolutions' batch
-groups (``layers.deform_conv.PARALLEL_GROUPS``), with XLA on the whole step, and under
-``mixed_bfloat16`` (the training scripts' ``--mixed_precision`` on a CPU). Everything is
+groups (``layers.deform_conv.PARALLEL_GROUPS``), with XLA on the whole step, under
+``mixed_bfloat16`` (the training scripts' ``--mixed_precision`` on a CPU), and with the
+matching head (``--affine_head=matching``, an option) instead of the paper's. Everything is
 float32 unless named (``--policy`` does not apply), over synthetic 680 x 1024 pairs
 resized to the input size, interleaved in rounds. Its last lines give the loop's steps
 per hour before and with each change, and their ratios (medians of per-round ratios).
@@ -195,11 +196,11 @@ def affinenet_breakdown(args) -> None:
     pairs = synthetic_pairs(8, size, rng)
     strategy = tf.distribute.get_strategy()
 
-    def setup(policy: str):
+    def setup(policy: str, affine_head: str = "pooled"):
         """``(model, stage, cached translations)`` built under the dtype policy."""
         keras.config.set_dtype_policy(policy)
         try:
-            model = RFNet(affine_input_size=size)
+            model = RFNet(affine_input_size=size, affine_head=affine_head)
             stage = Stage("affinenet", model)
             stage.freeze()
             return model, stage, translate_pairs(model, pairs)
@@ -233,6 +234,7 @@ def affinenet_breakdown(args) -> None:
 
     model, stage, translations = setup("float32")
     _, stage_bf16, translations_bf16 = setup("mixed_bfloat16")
+    matching_model, stage_matching, translations_matching = setup("float32", "matching")
     inputs = next(stream(None))
     translated = tf.cast(model.transnet.translate_vis(luma(inputs["vis"])), tf.float32)
     pair_input = tf.concat([translated, inputs["nir"]], axis=-1)
@@ -255,6 +257,7 @@ def affinenet_breakdown(args) -> None:
     cached_step, cached_loop = loop_step(stage, translations)
     xla_step, _ = loop_step(stage, translations, jit_compile=True)
     bf16_step, bf16_loop = loop_step(stage_bf16, translations_bf16)
+    matching_step, matching_loop = loop_step(stage_matching, translations_matching)
     pipeline_today, pipeline_cached = stream(None), stream(translations)
     groups = f"{deform_conv.PARALLEL_GROUPS} batch groups"
     parts = {
@@ -263,15 +266,19 @@ def affinenet_breakdown(args) -> None:
         "TransNet forward (translate_vis)": lambda: translate(luma(inputs["vis"])).numpy(),
         f"AffineNet forward + backward + Eq. 4, deformable ({groups})": forward_backward(model.affinenet),
         "AffineNet forward + backward + Eq. 4, plain 3x3": forward_backward(plain),
+        f"AffineNet forward + backward + Eq. 4, matching head ({groups})":
+            forward_backward(matching_model.affinenet),
         "training step, TransNet in the step, 1 batch group (before)": before_step,
         "training step, translation cached, 1 batch group": cached_one_step,
         f"training step, translation cached, {groups}": cached_step,
         f"training step, translation cached, {groups}, XLA": xla_step,
         f"training step, translation cached, {groups}, mixed_bfloat16": bf16_step,
+        f"training step, translation cached, {groups}, matching head": matching_step,
         "loop per step, TransNet in the step, 1 batch group (before)": before_loop,
         "loop per step, translation cached, 1 batch group": cached_one_loop,
         f"loop per step, translation cached, {groups}": cached_loop,
         f"loop per step, translation cached, {groups}, mixed_bfloat16": bf16_loop,
+        f"loop per step, translation cached, {groups}, matching head": matching_loop,
     }
     per_call = {name: (args.loop_steps if name.startswith("loop") else 1) for name in parts}
     seconds = {name: [] for name in parts}

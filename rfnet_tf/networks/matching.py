@@ -3,8 +3,9 @@
 The paper's head (global average pool, dense -> 6) must learn to read an affine out of
 features pooled over the whole image. The matching head reads it off explicit matches
 instead: the local correlation of the two images' features gives, at every cell of the
-feature grid, a distribution over displacements; its mean is the cell's displacement;
-the affine is the weighted least-squares fit of those displacements.
+feature grid, a distribution over displacements; its mean near its peak is the cell's
+displacement; the affine is the robust weighted least-squares fit of those
+displacements.
 
 Conventions: feature maps are ``(B, h, w, C)`` on a grid whose cell ``(i, j)`` is
 centred on input pixel ``(stride * i + (stride - 1) / 2, stride * j + (stride - 1) / 2)``;
@@ -73,29 +74,75 @@ def local_correlation(fixed: tf.Tensor, moving: tf.Tensor, radius: int) -> tf.Te
     return tf.reshape(windows, [batch, height, width, -1])
 
 
-def expected_displacement(correlation: tf.Tensor, sharpness: tf.Tensor, radius: int):
-    """The mean and the confidence of the displacement distribution of each cell.
-
-    Args:
-      correlation: ``(B, h, w, K)`` from :func:`local_correlation`.
-      sharpness: scalar; the distribution is ``softmax(sharpness * correlation)`` over
-        the displacements that stay on the grid (one that leaves it would pull each
-        border cell's mean inwards: a contraction).
-      radius: the correlation's radius.
-
-    Returns:
-      ``(displacement, confidence)``: ``(B, h, w, 2)`` ``(dy, dx)`` cells, the
-      distribution's mean; ``(B, h, w)`` its largest probability (1 for one certain
-      match, ``1 / K`` for no preference).
-    """
+def _on_grid_logits(correlation: tf.Tensor, sharpness, radius: int) -> tf.Tensor:
+    """``sharpness * correlation``, and -1e9 at the displacements that leave the grid."""
     shape = tf.shape(correlation)
     _, on_grid = _window(shape[1], shape[2], radius)
     on_grid = tf.reshape(on_grid, [1, shape[1], shape[2], -1])
-    logits = tf.where(on_grid, sharpness * correlation, tf.cast(-1e9, correlation.dtype))
+    return tf.where(on_grid, sharpness * correlation, tf.cast(-1e9, correlation.dtype))
+
+
+def peak_displacement(correlation: tf.Tensor, radius: int) -> tf.Tensor:
+    """``(B, h, w, 2)`` int32 ``(dy, dx)`` cells: each cell's best on-grid displacement."""
+    offsets = tf.constant(displacement_offsets(radius).astype("int32"))
+    return tf.gather(offsets, tf.argmax(_on_grid_logits(correlation, 1.0, radius), axis=-1))
+
+
+def mutual_matches(forward: tf.Tensor, backward: tf.Tensor, radius: int) -> tf.Tensor:
+    """Whether each fixed cell's best match picks it back (a mutual nearest neighbour).
+
+    Args:
+      forward: ``(B, h, w, K)`` :func:`local_correlation` of (fixed, moving).
+      backward: the same of (moving, fixed).
+      radius: their radius.
+
+    Returns:
+      ``(B, h, w)`` float32: 1 where the moving cell ``q = p + d`` that fixed cell ``p``
+      matches best has its own best match within one cell of ``p`` (``|d' + d| <= 1`` per
+      axis), else 0. No gradient.
+    """
+    forward_peak = peak_displacement(forward, radius)
+    backward_peak = peak_displacement(backward, radius)
+    shape = tf.shape(forward)
+    rows, cols = tf.meshgrid(tf.range(shape[1]), tf.range(shape[2]), indexing="ij")
+    target = tf.stack([rows, cols], axis=-1)[None] + forward_peak
+    batch_index = tf.broadcast_to(tf.range(shape[0])[:, None, None, None], [shape[0], shape[1], shape[2], 1])
+    returned = tf.gather_nd(backward_peak, tf.concat([batch_index, target], axis=-1))
+    return tf.cast(tf.reduce_all(tf.abs(returned + forward_peak) <= 1, axis=-1), tf.float32)
+
+
+def expected_displacement(correlation: tf.Tensor, sharpness: tf.Tensor, radius: int):
+    """The displacement of each cell: the mean of its distribution around the peak.
+
+    The distribution is ``softmax(sharpness * correlation)`` over the displacements that
+    stay on the grid. Its mean is taken over the 3x3 displacements around its peak only
+    (a local soft-argmax): the mean of the whole distribution is pulled towards the
+    window's centre by everything else in it, and at a border cell, whose window is cut
+    off on one side, that pull points inwards for every such cell: a contraction (a new
+    network found 70-97 % of a known affine, and trained with Eq. 4 it predicted zooms
+    of 0.86 where the truth's mean was 1).
+
+    Args:
+      correlation: ``(B, h, w, K)`` from :func:`local_correlation`.
+      sharpness: scalar.
+      radius: the correlation's radius.
+
+    Returns:
+      ``(displacement, confidence)``: ``(B, h, w, 2)`` ``(dy, dx)`` cells;
+      ``(B, h, w)`` the probability within the peak's 3x3 neighbourhood (1 for a sharp
+      match, about ``9 / K`` for no preference).
+    """
+    logits = _on_grid_logits(correlation, sharpness, radius)
     probabilities = tf.nn.softmax(logits, axis=-1)
     offsets = tf.constant(displacement_offsets(radius), correlation.dtype)
-    displacement = tf.einsum("bhwk,kc->bhwc", probabilities, offsets)
-    return displacement, tf.reduce_max(probabilities, axis=-1)
+    peak = tf.gather(offsets, tf.argmax(logits, axis=-1))
+    near_peak = tf.reduce_all(
+        tf.abs(offsets - peak[..., None, :]) <= 1.0, axis=-1
+    )
+    local = tf.where(near_peak, probabilities, tf.zeros_like(probabilities))
+    confidence = tf.reduce_sum(local, axis=-1)
+    displacement = tf.einsum("bhwk,kc->bhwc", local, offsets) / confidence[..., None]
+    return displacement, confidence
 
 
 def cell_centres(height, width, stride: int, image_height, image_width) -> tf.Tensor:
@@ -178,7 +225,8 @@ def affine_from_matches(
     stride: int,
     image_size,
     ridge: float,
-    robust_iterations: int = 3,
+    robust_iterations: int = 10,
+    mutual_check: bool = True,
 ) -> tf.Tensor:
     """The matching head: features -> correlation -> displacements -> fitted affine.
 
@@ -194,6 +242,15 @@ def affine_from_matches(
       ridge: see :func:`fit_affine`.
       robust_iterations: Cauchy refits (:func:`fit_affine_robust`) whose residual scale
         is one cell.
+      mutual_check: weight only the cells whose match is mutual
+        (:func:`mutual_matches`; the others keep 1e-3 of their weight, so that the fit
+        stays defined when no cell is). A wrong match lands anywhere in its window, and
+        near the border the window lies mostly inwards, so wrong matches pull the fit
+        into a contraction; they are rarely mutual. On 64 validation crops at 192 px,
+        with the features of a network trained for 4000 steps, 46 % of the cells were
+        mutual, 26 % of those within one cell of the truth against 9 % of the others,
+        and the fit's error fell from 18.3 to 15.3 px (identity 27.0; 14.5 with 10
+        refits instead of 3).
 
     Returns:
       ``(B, 2, 3)`` float32: the backward affine that samples, at each fixed cell, the
@@ -207,6 +264,9 @@ def affine_from_matches(
     batch, height, width = shape[0], shape[1], shape[2]
     correlation = local_correlation(fixed, moving, radius)
     displacement, confidence = expected_displacement(correlation, sharpness, radius)
+    if mutual_check:
+        mutual = mutual_matches(correlation, local_correlation(moving, fixed, radius), radius)
+        confidence = confidence * tf.maximum(mutual, 1e-3)
     image_height = tf.cast(image_size[0], tf.float32)
     image_width = tf.cast(image_size[1], tf.float32)
     centres = cell_centres(height, width, stride, image_height, image_width)

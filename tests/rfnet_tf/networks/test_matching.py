@@ -12,6 +12,7 @@ from rfnet_tf.networks.matching import (
     fit_affine,
     fit_affine_robust,
     local_correlation,
+    mutual_matches,
 )
 
 
@@ -48,16 +49,45 @@ def test_a_sharp_distribution_gives_its_peak_and_full_confidence():
     np.testing.assert_allclose(confidence.numpy()[0, 1:4, 2:5], 1.0, atol=1e-5)
 
 
-def test_a_flat_distribution_averages_only_the_displacements_that_stay_on_the_grid():
-    """At the top-left cell of a 4x4 grid with radius 2, the on-grid displacements are
-    0..2 on each axis: their mean is (1, 1), and the confidence 1/9."""
-    correlation = tf.zeros((1, 4, 4, 25))
-    displacement, confidence = expected_displacement(correlation, 10.0, 2)
-    np.testing.assert_allclose(displacement.numpy()[0, 0, 0], [1.0, 1.0], atol=1e-6)
-    np.testing.assert_allclose(confidence.numpy()[0, 0, 0], 1 / 9, atol=1e-6)
-    # The centre-most cells see a symmetric window (-1..2 on a 4-grid is not; 5-grid is).
-    displacement, _ = expected_displacement(tf.zeros((1, 5, 5, 25)), 10.0, 2)
-    np.testing.assert_allclose(displacement.numpy()[0, 2, 2], [0.0, 0.0], atol=1e-6)
+def _index(dy: int, dx: int, radius: int) -> int:
+    side = 2 * radius + 1
+    return (dy + radius) * side + dx + radius
+
+
+def test_the_mean_is_taken_around_the_peak_only():
+    """Two equal neighbouring peaks at (0, 1) and (0, 2) give 1.5, whatever a weaker mode
+    far away at (-2, -2) holds; the whole distribution's mean would be pulled to it."""
+    radius = 2
+    correlation = np.zeros((1, 5, 5, 25), np.float32)
+    correlation[..., _index(0, 1, radius)] = 1.0
+    correlation[..., _index(0, 2, radius)] = 1.0
+    correlation[..., _index(-2, -2, radius)] = 0.9
+    displacement, confidence = expected_displacement(tf.constant(correlation), 50.0, radius)
+    # The centre cell sees every displacement on the grid.
+    np.testing.assert_allclose(displacement.numpy()[0, 2, 2], [0.0, 1.5], atol=1e-5)
+    weights = np.exp(50.0 * np.array([1.0, 1.0, 0.9] + [0.0] * 22))
+    np.testing.assert_allclose(confidence.numpy()[0, 2, 2], 2 * weights[0] / weights.sum(), rtol=1e-5)
+
+
+def test_a_border_cell_is_not_pulled_inwards():
+    """At the top-left cell of a 4x4 grid the window is cut off above and to the left.
+    With a peak at displacement 0 over a flat background, the displacement is the mean
+    of the peak's on-grid 3x3 neighbourhood, under 40 % of the whole on-grid
+    distribution's mean, which points inwards, (+, +)."""
+    radius = 2
+    correlation = np.full((1, 4, 4, 25), 0.5, np.float32)
+    correlation[..., _index(0, 0, radius)] = 1.0
+    sharpness = 3.0
+    displacement, _ = expected_displacement(tf.constant(correlation), sharpness, radius)
+    corner = displacement.numpy()[0, 0, 0]
+    # The on-grid window of the corner: displacements 0..2 on each axis.
+    offsets = np.array([(dy, dx) for dy in range(3) for dx in range(3)], np.float64)
+    weights = np.exp(sharpness * np.where((offsets == 0).all(axis=1), 1.0, 0.5))
+    whole_mean = (weights[:, None] * offsets).sum(axis=0) / weights.sum()
+    near = (offsets <= 1).all(axis=1)
+    local_mean = (weights[near, None] * offsets[near]).sum(axis=0) / weights[near].sum()
+    np.testing.assert_allclose(corner, local_mean, atol=1e-5)
+    assert np.all(whole_mean > 2.5 * local_mean), (whole_mean, local_mean)
 
 
 def test_cell_centres_in_normalised_units():
@@ -108,24 +138,54 @@ def _shifted_features(shift, size: int = 24, channels: int = 32):
     return tf.constant(fixed), tf.constant(moving)
 
 
-@pytest.mark.parametrize("robust_iterations,tolerance", [(3, 0.01), (0, None)])
+@pytest.mark.parametrize(
+    "robust_iterations,mutual_check,tolerance", [(10, True, 0.01), (10, False, 0.01), (0, True, 0.01), (0, False, None)]
+)
 def test_a_shift_of_whole_cells_is_found_as_a_translation_despite_the_unmatched_border(
-    robust_iterations, tolerance
+    robust_iterations, mutual_check, tolerance
 ):
     """A (1, 2)-cell shift of 8-px cells in a 192x192 input is the backward translation
     (16, 8) px, (2 * 16 / 191, 2 * 8 / 191) normalised, to within 1 px at the corners.
     The 70 border cells (12 %) without a counterpart make confident random matches:
     the plain weighted fit is pulled into a contraction by 6 % (0.94) and misses; the
-    Cauchy refits shed them."""
+    Cauchy refits shed them, and so does the mutual check."""
     fixed, moving = _shifted_features((1, 2))
     affine = affine_from_matches(fixed, moving, tf.constant(2000.0), 3, 8, (192, 192), 1e-6,
-                                 robust_iterations).numpy()[0]
+                                 robust_iterations, mutual_check).numpy()[0]
     expected = np.array([[1.0, 0.0, 2 * 16 / 191], [0.0, 1.0, 2 * 8 / 191]])
     error = np.abs(affine - expected).max()
     if tolerance is None:
         assert error > 0.03
     else:
         assert error < tolerance
+
+
+def test_mutual_matches_against_a_brute_force_loop():
+    rng = np.random.default_rng(5)
+    fixed = rng.normal(size=(2, 6, 7, 4)).astype(np.float32)
+    moving = rng.normal(size=(2, 6, 7, 4)).astype(np.float32)
+    radius = 2
+    forward = local_correlation(tf.constant(fixed), tf.constant(moving), radius).numpy()
+    backward = local_correlation(tf.constant(moving), tf.constant(fixed), radius).numpy()
+    result = mutual_matches(tf.constant(forward), tf.constant(backward), radius).numpy()
+
+    def best(a, b, batch, i, j):
+        """The on-grid (dy, dx) maximising a[i, j] . b[i + dy, j + dx]."""
+        candidates = [(float(a[batch, i, j] @ b[batch, i + dy, j + dx]), dy, dx)
+                      for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
+                      if 0 <= i + dy < 6 and 0 <= j + dx < 7]
+        _, dy, dx = max(candidates)
+        return dy, dx
+
+    expected = np.zeros((2, 6, 7), np.float32)
+    for batch in range(2):
+        for i in range(6):
+            for j in range(7):
+                dy, dx = best(fixed, moving, batch, i, j)
+                back_y, back_x = best(moving, fixed, batch, i + dy, j + dx)
+                expected[batch, i, j] = abs(back_y + dy) <= 1 and abs(back_x + dx) <= 1
+    np.testing.assert_array_equal(result, expected)
+    assert 0 < expected.mean() < 1
 
 
 def test_the_robust_fit_equals_the_plain_fit_without_outliers():

@@ -110,11 +110,13 @@ class AffineNet(keras.Model):
                 name="affine_head",
             )
         else:
-            # Learnt in the log domain, so that it stays positive.
+            # Learnt in the log domain, so that it stays positive; float32 under a mixed
+            # policy too (not autocast), as the matching maths runs in float32.
             self.log_sharpness = self.add_weight(
                 shape=(),
                 initializer=keras.initializers.Constant(math.log(INITIAL_SHARPNESS)),
                 dtype="float32",
+                autocast=False,
                 name="log_sharpness",
             )
         # Every input's channel count is fixed, so the variables can exist from the start

@@ -85,6 +85,24 @@ def test_head_moves_the_affine():
     assert np.abs(affine.numpy() - IDENTITY).max() > 1e-4
 
 
+def test_the_matching_head_runs_in_float32_under_mixed_bfloat16():
+    """Its stages run in bfloat16; the correlation, the sharpness and the fit in float32."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = AffineNet(head="matching")
+        pair = tf.random.uniform((2, 64, 64, 2), seed=6)
+        affine = model(pair)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert affine.dtype == tf.float32 and np.all(np.isfinite(affine.numpy()))
+    float32 = AffineNet(head="matching")
+    assert float32.dtype_policy.name == "float32"
+    float32.set_weights(model.get_weights())
+    # The same network in float32 fits nearly the same affine (bfloat16 features).
+    np.testing.assert_allclose(affine.numpy(), float32(pair).numpy(), atol=0.05)
+
+
 def test_head_stays_float32_under_mixed_bfloat16():
     """Under ``mixed_bfloat16`` the affine is float32 and keeps a delta of 1e-4 (2^-13), which
     ``1 + delta`` in bfloat16 (steps of 2^-7 above 1) would round away."""

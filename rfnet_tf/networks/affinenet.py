@@ -48,8 +48,7 @@ class AffineNet(keras.Model):
     ``correlation_radius`` cells, each cell's displacement is the mean of its softmax
     distribution around its peak, and the affine is their robust least-squares fit
     weighted by the probability near each peak, over the mutual matches
-    (``rfnet_tf.networks.matching``). A new network of either head
-    predicts nearly the identity on an aligned pair.
+    (``rfnet_tf.networks.matching``).
 
     Args:
       deformable: use deformable convolutions; ``False`` replaces each by a plain 3x3

@@ -31,7 +31,7 @@ def _is_int(value) -> bool:
 
 
 # The RFNet constructor arguments stored in rfnet.json's "model" (older files may lack the
-# last five; RFNet's defaults apply): which values each takes, as a check and its words.
+# last seven; RFNet's defaults apply): which values each takes, as a check and its words.
 # An affine input of 4 px fails in TransNet's reflect padding; 8 runs.
 _MODEL_VALUES = {
     "deformable": (lambda v: isinstance(v, bool), "true or false"),
@@ -54,6 +54,11 @@ _MODEL_VALUES = {
     "affine_head": (
         lambda v: v in HEADS,
         "one of " + ", ".join(f'"{name}"' for name in HEADS),
+    ),
+    "correlation_radius": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "affinenet_input_size": (
+        lambda v: v is None or (_is_int(v) and v >= 8),
+        "null or an integer >= 8",
     ),
 }
 MODEL_CONFIG_KEYS = tuple(_MODEL_VALUES)

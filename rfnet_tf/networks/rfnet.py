@@ -80,7 +80,13 @@ class RFNet(ConfigFromArguments, keras.Model):
        flow ``phi_f``. ``attention_window`` (``None`` by default) is F2M's: the window of
        its attention's max pooling, the fusion's training crop size in trained weights.
        ``affine_head`` is AffineNet's ``head``: ``"pooled"`` (the paper's, by default) or
-       ``"matching"`` (an option, ``rfnet_tf.networks.affinenet``).
+       ``"matching"`` (an option, ``rfnet_tf.networks.affinenet``), and
+       ``correlation_radius`` the matching head's (cells of 8 px).
+       ``affinenet_input_size`` (``None``: ``affine_input_size``) is the side of the
+       square copy AffineNet alone sees, TransNet translating that copy too; the search
+       stays on ``affine_input_size``. The matching head, trained at 192 px, is more
+       precise on a larger copy, with a radius grown to cover the same displacements
+       (``weights/README.md``, AffineNet item 15).
 
     The final registered VIS samples the original VIS once, at the composed coordinates
     ``A(p + phi_f(p))`` (one interpolation, not two). Returns a dict:
@@ -102,6 +108,7 @@ class RFNet(ConfigFromArguments, keras.Model):
         "deformable", "max_displacement", "affine_input_size", "coarse_refinement_steps",
         "coarse_refinement_levels", "coarse_refinement_fine_size",
         "coarse_refinement_similarity", "attention_window", "affine_head",
+        "correlation_radius", "affinenet_input_size",
     )
 
     def __init__(
@@ -115,6 +122,8 @@ class RFNet(ConfigFromArguments, keras.Model):
         coarse_refinement_similarity: str = "ncc",
         attention_window: int | None = None,
         affine_head: str = "pooled",
+        correlation_radius: int = 8,
+        affinenet_input_size: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -138,8 +147,17 @@ class RFNet(ConfigFromArguments, keras.Model):
         self.coarse_refinement_similarity = coarse_refinement_similarity
         self.attention_window = None if attention_window is None else int(attention_window)
         self.transnet = TransNet(name="transnet")
+        if affinenet_input_size is not None and affinenet_input_size < 8:
+            raise ValueError(f"affinenet_input_size must be None or >= 8, got {affinenet_input_size}")
+        self.affinenet_input_size = None if affinenet_input_size is None else int(affinenet_input_size)
         self.affine_head = affine_head
-        self.affinenet = AffineNet(deformable=self.deformable, head=affine_head, name="affinenet")
+        self.correlation_radius = int(correlation_radius)
+        self.affinenet = AffineNet(
+            deformable=self.deformable,
+            head=affine_head,
+            correlation_radius=self.correlation_radius,
+            name="affinenet",
+        )
         self.f2m = F2M(
             max_displacement=self.max_displacement,
             attention_window=self.attention_window,
@@ -171,7 +189,8 @@ class RFNet(ConfigFromArguments, keras.Model):
     def register_coarse(self, vis: tf.Tensor, nir: tf.Tensor, extra_starts=None) -> dict:
         """The coarse registration of ``vis`` onto ``nir`` and its confidence.
 
-        AffineNet's single pass on the coarse input, then (with
+        AffineNet's single pass on the coarse input (or on its own copy of
+        ``affinenet_input_size``), then (with
         ``coarse_refinement_steps > 0``) the guarded search of
         ``rfnet_tf.networks.refine``, on the coarse input and, with
         ``coarse_refinement_fine_size > 0``, on a finer copy.
@@ -192,7 +211,14 @@ class RFNet(ConfigFromArguments, keras.Model):
         small_vis = resize_for_affine(vis_luma, self.affine_input_size)
         small_nir = resize_for_affine(nir, self.affine_input_size)
         translated = self.transnet.translate_vis(small_vis)
-        affine = self.affinenet(tf.concat([translated, small_nir], axis=-1))
+        if self.affinenet_input_size in (None, self.affine_input_size):
+            affine = self.affinenet(tf.concat([translated, small_nir], axis=-1))
+        else:
+            net_vis = resize_for_affine(vis_luma, self.affinenet_input_size)
+            net_nir = resize_for_affine(nir, self.affinenet_input_size)
+            affine = self.affinenet(
+                tf.concat([self.transnet.translate_vis(net_vis), net_nir], axis=-1)
+            )
         shape = tf.cast(tf.shape(vis)[1:3], affine.dtype)
         fine = None
         if self.coarse_refinement_steps and self.coarse_refinement_fine_size:

@@ -285,11 +285,12 @@ def test_an_extra_start_and_a_fine_level_are_used():
 def test_rfnet_config_carries_the_refinement():
     model = RFNet(affine_input_size=64, coarse_refinement_steps=5, coarse_refinement_levels=2,
                   coarse_refinement_fine_size=128, coarse_refinement_similarity="gradient_ncc",
-                  affine_head="matching")
+                  affine_head="matching", correlation_radius=5, affinenet_input_size=96)
     config = model.get_config()
     restored = RFNet.from_config(config)
     assert restored.get_config() == config
     assert restored.affinenet.head_kind == "matching"
+    assert (restored.affinenet.correlation_radius, restored.affinenet_input_size) == (5, 96)
     assert (restored.coarse_refinement_steps, restored.coarse_refinement_levels,
             restored.coarse_refinement_fine_size, restored.coarse_refinement_similarity) == (
         5, 2, 128, "gradient_ncc")

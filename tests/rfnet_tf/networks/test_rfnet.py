@@ -128,6 +128,29 @@ def test_registered_samples_the_composed_transform():
     np.testing.assert_allclose(registered[interior], resampled[interior], atol=1e-4)
 
 
+def test_affinenet_input_size_gives_affinenet_its_own_copy():
+    """AffineNet (matching head, untrained) sees TransNet's translation of a 96 px copy
+    while the coarse input stays 64 px; None keeps it on the coarse input."""
+    rng = np.random.default_rng(3)
+    vis = tf.constant(rng.uniform(size=(1, 50, 70, 3)).astype(np.float32))
+    nir = tf.constant(rng.uniform(size=(1, 50, 70, 1)).astype(np.float32))
+    same = RFNet(affine_input_size=64, affine_head="matching", correlation_radius=3)
+    larger = RFNet(affine_input_size=64, affine_head="matching", correlation_radius=3,
+                   affinenet_input_size=96)
+    larger.set_weights(same.get_weights())
+
+    def affinenet_alone(size):
+        small_vis = resize_for_affine(luma(vis), size)
+        translated = same.transnet.translate_vis(small_vis)
+        return same.affinenet(tf.concat([translated, resize_for_affine(nir, size)], axis=-1))
+
+    np.testing.assert_allclose(same.predict_affine(vis, nir).numpy(), affinenet_alone(64).numpy(), atol=1e-6)
+    np.testing.assert_allclose(larger.predict_affine(vis, nir).numpy(), affinenet_alone(96).numpy(), atol=1e-6)
+    assert np.abs(affinenet_alone(96).numpy() - affinenet_alone(64).numpy()).max() > 1e-4
+    with pytest.raises(ValueError, match="affinenet_input_size"):
+        RFNet(affinenet_input_size=4)
+
+
 def test_fine_is_f2m_alone_on_the_pair_as_given():
     """With a non-identity affine and a flow of exactly (2, -2) px: fine() ignores the
     affine, registers every VIS channel by the flow alone (integer shift = slicing)."""

@@ -360,8 +360,10 @@ def test_bad_input_exits_2_with_one_line_naming_the_file(workdir, weights):
 def test_a_signal_during_the_evaluation_ends_with_one_line_and_leaves_nothing(workdir, weights, number):
     rng = np.random.default_rng(9)
     data = workdir / f"signal_{number}"
-    for name in ("p1", "p2", "p3"):
-        write_pair(data, name, rng)
+    # Enough pairs that the evaluation is still running when the signal lands: with three,
+    # a loaded machine (CI beside other work) let it publish its results first.
+    for index in range(12):
+        write_pair(data, f"p{index}", rng)
     out = workdir / f"out_signal_{number}"
     process = evaluate(f"--data_dir={data}", f"--weights={weights}", f"--out_dir={out}", cwd=workdir)
     deadline = time.monotonic() + 300

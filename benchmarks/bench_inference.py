@@ -431,8 +431,12 @@ def main(argv) -> None:
         ])
 
     model_name = f"weights {FLAGS.weights}" if FLAGS.weights else "untrained"
+    own_copy = model.affinenet_input_size
+    affinenet_copy = (f", AffineNet on a {own_copy}x{own_copy} copy"
+                      if own_copy not in (None, affine_input_size) else "")
     details = [
-        f"RFNet ({model_name}, coarse module at {affine_input_size}x{affine_input_size}), "
+        f"RFNet ({model_name}, coarse module at {affine_input_size}x{affine_input_size}"
+        f"{affinenet_copy}), "
         f"batch 1, float32, one tf.function with open sizes; ECC: {ECC_LEVELS} levels, on the CPU",
         f"input: demo pair '{FLAGS.pair}' (simulated NIR) resized to each size, VIS misaligned "
         f"by a synthetic affine (seed {FLAGS.seed})",
@@ -456,9 +460,10 @@ def main(argv) -> None:
         scaling_rows,
     ))
     print()
-    print("coarse = TransNet + AffineNet at the coarse input size + the full-size affine warp; "
-          "F2M alone at full size. Peak MiB: resident-set growth of one call in a fresh "
-          "process (host memory). ECC error: largest corner distance to the true registration.")
+    print("coarse = TransNet + AffineNet at the coarse input size (or AffineNet's own copy) + "
+          "the search (if switched on) + the full-size affine warp; F2M alone at full size. "
+          "Peak MiB: resident-set growth of one call in a fresh process (host memory). "
+          "ECC error: largest corner distance to the true registration.")
     print(f"\nwall time {time.perf_counter() - started:.0f} s")
 
 

@@ -32,11 +32,13 @@ loop per step (pipeline, step and the loop's Python work) as the loop runs them:
 before this work (TransNet in the step, the deformable convolutions in one batch group),
 with the translation cached by the pipeline, with the deformable convolutions' batch
 groups (``layers.deform_conv.PARALLEL_GROUPS``), with XLA on the whole step, under
-``mixed_bfloat16`` (the training scripts' ``--mixed_precision`` on a CPU), and with the
-matching head (``--affine_head=matching``, an option) instead of the paper's. Everything is
-float32 unless named (``--policy`` does not apply), over synthetic 680 x 1024 pairs
-resized to the input size, interleaved in rounds. Its last lines give the loop's steps
-per hour before and with each change, and their ratios (medians of per-round ratios).
+``mixed_bfloat16`` (the training scripts' ``--mixed_precision`` on a CPU); then the same
+loop before and after for the matching head (``--affine_head=matching``, the shipped
+AffineNet's) instead of the specification's pooled head. Everything is float32 unless
+named (``--policy`` does not apply), over synthetic 680 x 1024 pairs resized to the input
+size, interleaved in rounds. Ratios are against the same head's loop before (medians of
+per-round ratios); the last lines give each head's steps per hour before and with each
+change.
 
 On a GPU the script runs unchanged (TensorFlow places the steps on ``GPU:0``; the
 header names the device); fetching the loss synchronises. Pass a larger ``--batch``
@@ -235,6 +237,7 @@ def affinenet_breakdown(args) -> None:
     model, stage, translations = setup("float32")
     _, stage_bf16, translations_bf16 = setup("mixed_bfloat16")
     matching_model, stage_matching, translations_matching = setup("float32", "matching")
+    _, stage_matching_bf16, translations_matching_bf16 = setup("mixed_bfloat16", "matching")
     inputs = next(stream(None))
     translated = tf.cast(model.transnet.translate_vis(luma(inputs["vis"])), tf.float32)
     pair_input = tf.concat([translated, inputs["nir"]], axis=-1)
@@ -258,6 +261,8 @@ def affinenet_breakdown(args) -> None:
     xla_step, _ = loop_step(stage, translations, jit_compile=True)
     bf16_step, bf16_loop = loop_step(stage_bf16, translations_bf16)
     matching_step, matching_loop = loop_step(stage_matching, translations_matching)
+    _, matching_before_loop = loop_step(stage_matching, None, groups=1)
+    _, matching_bf16_loop = loop_step(stage_matching_bf16, translations_matching_bf16)
     pipeline_today, pipeline_cached = stream(None), stream(translations)
     groups = f"{deform_conv.PARALLEL_GROUPS} batch groups"
     parts = {
@@ -278,7 +283,11 @@ def affinenet_breakdown(args) -> None:
         "loop per step, translation cached, 1 batch group": cached_one_loop,
         f"loop per step, translation cached, {groups}": cached_loop,
         f"loop per step, translation cached, {groups}, mixed_bfloat16": bf16_loop,
+        "loop per step, TransNet in the step, 1 batch group (before), matching head":
+            matching_before_loop,
         f"loop per step, translation cached, {groups}, matching head": matching_loop,
+        f"loop per step, translation cached, {groups}, mixed_bfloat16, matching head":
+            matching_bf16_loop,
     }
     per_call = {name: (args.loop_steps if name.startswith("loop") else 1) for name in parts}
     seconds = {name: [] for name in parts}
@@ -289,23 +298,27 @@ def affinenet_breakdown(args) -> None:
             elapsed = timed(function) / per_call[name]
             if round_index >= args.warmup:
                 seconds[name].append(elapsed)
-    loops = [name for name in parts if name.startswith("loop")]
-    before = seconds[loops[0]]
+    head_of = lambda name: "matching" if name.endswith("matching head") else "pooled"
+    heads = {head: [name for name in parts if name.startswith("loop") and head_of(name) == head]
+             for head in ("pooled", "matching")}
+    before_of = {name: seconds[heads[head_of(name)][0]] for name in parts}
     print(f"tensorflow {tf.__version__}, keras {keras.__version__}, {os.cpu_count()} CPU cores; "
           f"AffineNet stage at {size}x{size}, batch {batch}, float32 unless named; warm-up "
           f"{args.warmup}, median of {args.repeats} rounds ({args.loop_steps} steps per loop "
           f"run); wall time {time.perf_counter() - started:.0f} s")
-    header = f"{'part':80s} {'ms':>8s} {'x loop before':>14s}"
+    header = f"{'part':80s} {'ms':>8s} {'x loop before':>14s}"  # of the same head
     print(header)
     print("-" * len(header))
     for name, times in seconds.items():
-        ratio = statistics.median(a / b for a, b in zip(times, before))
+        ratio = statistics.median(a / b for a, b in zip(times, before_of[name]))
         print(f"{name:80s} {statistics.median(times) * 1e3:8.0f} {ratio:14.2f}")
-    print(f"steps per hour of the loop: {3600 / statistics.median(before):.0f} before")
-    for name in loops[1:]:
-        gain = statistics.median(b / a for a, b in zip(seconds[name], before))
-        print(f"  {3600 / statistics.median(seconds[name]):.0f} with the {name[len('loop per step, '):]} "
-              f"({gain:.2f}x)")
+    for head, loops in heads.items():
+        before = seconds[loops[0]]
+        print(f"steps per hour of the loop, {head} head: {3600 / statistics.median(before):.0f} before")
+        for name in loops[1:]:
+            gain = statistics.median(b / a for a, b in zip(seconds[name], before))
+            print(f"  {3600 / statistics.median(seconds[name]):.0f} with the "
+                  f"{name[len('loop per step, '):]} ({gain:.2f}x)")
 
 
 def main(argv=None) -> None:

@@ -90,9 +90,9 @@ flags.DEFINE_string(
 flags.DEFINE_bool("deformable", True, "Deformable convolutions in AffineNet (False: the paper's ablation ii).")
 flags.DEFINE_enum(
     "affine_head", "pooled", list(HEADS),
-    "AffineNet's head: 'pooled' (the paper's: global average pool, dense -> 6) or "
-    "'matching' (an option: the affine fitted to the local correlation of the two images' "
-    "features; weights/README.md item 14).",
+    "AffineNet's head: 'pooled' (the spec's: global average pool, dense -> 6) or "
+    "'matching' (the shipped weights': the affine fitted to the local correlation of the "
+    "two images' features; weights/README.md items 14-15).",
 )
 define_common_flags(default_model_dir="runs/coarse", default_epochs=100)
 misalignment_flags.define_affine_flags()

@@ -42,8 +42,8 @@ class AffineNet(keras.Model):
     (``HEAD_INIT_STDDEV``), so a new network predicts nearly the identity and its
     convolutions still receive a gradient (a zero kernel would pass them none).
 
-    With ``head="matching"`` (an option beyond the paper and the spec, weights/README.md
-    item 14) the same three stages run on each image alone, with shared weights; the two
+    With ``head="matching"`` (beyond the spec, and the shipped weights' head:
+    docs/ARCHITECTURE.md section 7, weights/README.md items 14-15) the same three stages run on each image alone, with shared weights; the two
     feature maps (1/8 of the input, centred and L2-normalised per cell) are correlated over
     ``correlation_radius`` cells, each cell's displacement is the mean of its softmax
     distribution around its peak, and the affine is their robust least-squares fit
@@ -55,7 +55,7 @@ class AffineNet(keras.Model):
         convolution (the paper's ablation ii).
       dropout: dropout rate before the pooled head's dense layer (the matching head has
         none).
-      head: ``"pooled"`` (the paper's, as the spec fixes it) or ``"matching"``.
+      head: ``"pooled"`` (the spec's reading of the paper) or ``"matching"`` (the shipped one).
       correlation_radius: the matching head's largest displacement per axis, in cells of
         8 input pixels (8: 64 px, a third of the 192 px input).
 

@@ -1,4 +1,4 @@
-"""The maths of AffineNet's matching head (an option beyond the paper, ``head="matching"``).
+"""The maths of AffineNet's matching head (``head="matching"``, the shipped weights' head).
 
 The paper's head (global average pool, dense -> 6) must learn to read an affine out of
 features pooled over the whole image. The matching head reads it off explicit matches

@@ -79,8 +79,8 @@ class RFNet(ConfigFromArguments, keras.Model):
     4. F2M fuses ``Y(I_x^C)`` and ``I_y`` at full resolution and predicts the residual
        flow ``phi_f``. ``attention_window`` (``None`` by default) is F2M's: the window of
        its attention's max pooling, the fusion's training crop size in trained weights.
-       ``affine_head`` is AffineNet's ``head``: ``"pooled"`` (the paper's, by default) or
-       ``"matching"`` (an option, ``rfnet_tf.networks.affinenet``), and
+       ``affine_head`` is AffineNet's ``head``: ``"pooled"`` (the spec's, by default) or
+       ``"matching"`` (the shipped weights', ``rfnet_tf.networks.affinenet``), and
        ``correlation_radius`` the matching head's (cells of 8 px).
        ``affinenet_input_size`` (``None``: ``affine_input_size``) is the side of the
        square copy AffineNet alone sees, TransNet translating that copy too; the search

@@ -12,7 +12,10 @@ Exit codes (the README's table "What happens on bad input" lists the cases):
   traceback first.
 * 130 / 143 (128 + the signal number): SIGINT / SIGTERM: one line. Either signal raises
   :class:`Stopped` in the main thread, so every ``finally`` runs on the way out and
-  staging folders are removed before the process exits.
+  staging folders are removed before the process exits. A signal that lands outside the
+  program's own code (in TensorFlow's Python code, or in an import that its C++ makes) is
+  delivered again a moment later, until it lands in the program's own code: raised
+  there, TensorFlow's C++ could print it with a traceback or swallow it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from absl import app, flags
 
@@ -32,8 +36,11 @@ from rfnet_tf.data.errors import DataError
 KNOWN_ERROR_EXIT = 2
 INTERNAL_ERROR_EXIT = 1
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-# A stop swallowed by a finalizer is delivered again after this long (seconds).
+# A stop swallowed by a finalizer, or that landed outside the program's code, is
+# delivered again after this long (seconds).
 _REDELIVERY_DELAY_S = 0.01
+_PROGRAM_ROOT = Path(__file__).resolve().parents[1]
+_PACKAGE_FOLDERS = {"site-packages", "dist-packages"}
 
 flags.DEFINE_bool(
     "debug", False, "On an internal error (exit code 1), also print the Python traceback."
@@ -72,14 +79,24 @@ def guarded(
 
     A signal's :class:`Stopped` may reach this function as another exception (TensorFlow
     turns exceptions raised while it traces a function into its own), so the signal is
-    also recorded, and any exception after it counts as the stop. A :class:`Stopped`
-    that a finalizer swallows is delivered again, and a ``main`` that returns after a
+    also recorded, and any exception after it counts as the stop. A signal that lands
+    outside the program's code, and a :class:`Stopped` that a finalizer swallows, are
+    delivered again, and a ``main`` that returns after a
     signal still ends as stopped.
     """
     received = []
+    redeliveries = []
+
+    def redeliver(number: int) -> None:
+        timer = threading.Timer(_REDELIVERY_DELAY_S, os.kill, (os.getpid(), number))
+        redeliveries.append(timer)
+        timer.start()
 
     def stop(number: int, frame) -> None:
         received.append(number)
+        if not in_program(frame):
+            redeliver(number)
+            return
         raise Stopped(signal.Signals(number).name)
 
     def unraisable(report) -> None:
@@ -87,7 +104,7 @@ def guarded(
         # propagate: Python would print it with a traceback and carry on. Deliver the
         # signal again shortly, when the finalizer has returned.
         if isinstance(report.exc_value, Stopped):
-            threading.Timer(_REDELIVERY_DELAY_S, os.kill, (os.getpid(), received[-1])).start()
+            redeliver(received[-1])
         else:
             previous_unraisable(report)
 
@@ -120,9 +137,21 @@ def guarded(
         )
         return INTERNAL_ERROR_EXIT
     finally:
+        for timer in redeliveries:
+            timer.cancel()
         sys.unraisablehook = previous_unraisable
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def in_program(frame) -> bool:
+    """Whether ``frame`` (the innermost Python frame when a signal lands, or ``None``:
+    unknown, counted as the program's) runs this repository's code, not a library's
+    (an installed package, the standard library, frozen import machinery)."""
+    if frame is None:
+        return True
+    path = Path(frame.f_code.co_filename)
+    return path.is_relative_to(_PROGRAM_ROOT) and _PACKAGE_FOLDERS.isdisjoint(path.parts)
 
 
 def parse_flags(program: str, argv: list[str]) -> list[str]:

@@ -109,6 +109,40 @@ def test_a_signal_that_lands_in_a_finalizer_still_stops_the_run(capsys):
     assert cleaned[-1] == "main" and "went on" not in cleaned
 
 
+@pytest.mark.parametrize(
+    "library_file", ["/venv/lib/python3.11/site-packages/library.py", "<frozen importlib._bootstrap>"]
+)
+def test_a_signal_that_lands_in_a_library_is_raised_back_in_the_program(library_file, capsys):
+    """Raised outside the program's code, a stop can be printed with a traceback or
+    swallowed: an evaluation once printed "SystemError: <built-in function __import__>
+    returned a result with an exception set" from TensorFlow's nest.flatten, the signal
+    having landed in an import its C++ made. Landing in a library's code (an installed
+    package, the import machinery), the stop lets that code finish and ends the program
+    at its next line of its own."""
+    library = {}
+    source = (
+        "def busy(seconds, os, signal, time):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    end = time.monotonic() + seconds\n"
+        "    while time.monotonic() < end:\n"
+        "        pass\n"
+        "    return 'library finished'\n"
+    )
+    exec(compile(source, library_file, "exec"), library)
+    events = []
+
+    def main(argv):
+        try:
+            events.append(library["busy"](0.3, os, signal, time))
+            time.sleep(5)  # the stop is delivered again meanwhile
+            events.append("went on")
+        finally:
+            events.append("main")
+
+    assert run_guarded(main, capsys) == (143, "prog: stopped by SIGTERM\n")
+    assert events == ["library finished", "main"]
+
+
 def test_one_line_messages():
     single = DataError.from_problems("root: bad input data", ["root/vis/a.png: file not found"])
     assert cli.one_line(single) == "root/vis/a.png: file not found"

@@ -43,8 +43,9 @@ class AffineNet(keras.Model):
     convolutions still receive a gradient (a zero kernel would pass them none).
 
     With ``head="matching"`` (beyond the spec, and the shipped weights' head:
-    docs/ARCHITECTURE.md section 7, weights/README.md items 14-15) the same three stages run on each image alone, with shared weights; the two
-    feature maps (1/8 of the input, centred and L2-normalised per cell) are correlated over
+    docs/ARCHITECTURE.md section 7, weights/README.md items 14-15) the same three stages
+    run on each image alone, with shared weights; the two feature maps (1/8 of the
+    input, centred and L2-normalised per cell) are correlated over
     ``correlation_radius`` cells, each cell's displacement is the mean of its softmax
     distribution around its peak, and the affine is their robust least-squares fit
     weighted by the probability near each peak, over the mutual matches

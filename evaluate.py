@@ -48,6 +48,7 @@ from rfnet_tf import misalignment_flags
 from rfnet_tf import cli
 from rfnet_tf.evaluation import INPUT_ERRORS, default_weights_dir, execute, settings_from_flags
 from rfnet_tf.evaluation.command import Settings as EvaluationSettings
+from rfnet_tf.evaluation.inference import FINE_GUARDS
 from rfnet_tf.evaluation.methods import DEFAULT_METHODS, methods_help
 from rfnet_tf.evaluation.sources import FOLDER_LAYOUTS, FOLDER_MISALIGNMENTS
 
@@ -123,6 +124,12 @@ flags.DEFINE_integer(
     "loss, Eq. 4 (an extension; 0 = AffineNet's single pass, as in the paper). Default: "
     "the value stored with the weights (rfnet.json).",
 )
+flags.DEFINE_enum(
+    "fine_guard", EvaluationSettings.fine_guard, list(FINE_GUARDS),
+    "The guard on F2M's flow (an extension): 'on' applies the flow only where it raises the "
+    "gradient NCC of the registered VIS with the NIR by the shipped margin; 'off' always "
+    "applies it, as the paper; 'stored': as rfnet.json says (the shipped weights: on).",
+)
 misalignment_flags.define_affine_flags()
 misalignment_flags.define_local_flags()
 FLAGS = flags.FLAGS
@@ -130,6 +137,7 @@ FLAG_NAMES = misalignment_flags.AFFINE_FLAGS + misalignment_flags.LOCAL_FLAGS + 
     "vis", "nir", "data_dir", "layout", "vis_dir", "nir_dir", "skip_bad", "exclude", "pairs",
     "landmarks_dir", "misalign", "seed", "num_landmarks", "demo_images", "weights", "methods", "out_dir",
     "paper_conventions", "checkerboard_tiles", "ecc_levels", "coarse_refinement_steps",
+    "fine_guard",
 )
 
 

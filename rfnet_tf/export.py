@@ -11,7 +11,8 @@ The SavedModel holds one ``tf.Module`` wrapping the Keras ``RFNet``; its
 
 with every size left open (one trace serves any image size), and returns the
 ``RFNet`` output dict: ``registered_coarse``, ``registered``, ``fused``,
-``fused_rgb``, ``affine``, ``flow``, ``mask`` (see ``rfnet_tf.networks.rfnet.RFNet``).
+``fused_rgb``, ``affine``, ``flow``, ``mask``, the coarse registration's confidence and
+the guard on F2M's flow (see ``rfnet_tf.networks.rfnet.RFNet``).
 A ``vis`` and ``nir`` that differ in batch size, height or width, or with a side under
 ``MIN_IMAGE_SIZE`` (5) pixels, raise ``InvalidArgumentError`` naming both shapes.
 Loading needs TensorFlow only: ``tf.saved_model.load(path).signatures["serving_default"]``.

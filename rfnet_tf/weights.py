@@ -31,7 +31,7 @@ def _is_int(value) -> bool:
 
 
 # The RFNet constructor arguments stored in rfnet.json's "model" (older files may lack the
-# last seven; RFNet's defaults apply): which values each takes, as a check and its words.
+# last eight; RFNet's defaults apply): which values each takes, as a check and its words.
 # An affine input of 4 px fails in TransNet's reflect padding; 8 runs.
 _MODEL_VALUES = {
     "deformable": (lambda v: isinstance(v, bool), "true or false"),
@@ -59,6 +59,11 @@ _MODEL_VALUES = {
     "affinenet_input_size": (
         lambda v: v is None or (_is_int(v) and v >= 8),
         "null or an integer >= 8",
+    ),
+    "fine_min_gain": (
+        lambda v: v is None
+        or (isinstance(v, (int, float)) and not isinstance(v, bool) and -2 <= v <= 2),
+        "null or a number in [-2, 2]",
     ),
 }
 MODEL_CONFIG_KEYS = tuple(_MODEL_VALUES)

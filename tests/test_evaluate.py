@@ -37,6 +37,8 @@ LANDMARK_METRICS = {"rmse", "mae", "mee", "success_2px", "success_5px", "success
 # What a classic method, or RFNet's coarse registration, reports besides its metrics.
 OUTCOME_KEYS = {"failed", "reason", "correlation", "matches", "inliers"}
 CONFIDENCE_KEYS = {"coarse_ncc", "coarse_overlap", "unsure"}
+# The guard on F2M's flow, reported for the methods with a flow.
+GUARD_KEYS = {"fine_gain", "fine_kept"}
 ALIGNED_SCENES = ("scene_105", "scene_401", "scene_201")  # truly aligned pairs of vis_nir
 SHAPE = (64, 80)
 
@@ -97,11 +99,14 @@ def check_schema(results: dict, out_dir: Path, registration_metrics: set, num_pa
     for record in results["per_image"]:
         assert isinstance(record["name"], str) and isinstance(record["height"], int)
         for method in REGISTRATION_METHODS:
-            assert set(record["registration"][method]) - OUTCOME_KEYS - CONFIDENCE_KEYS == registration_metrics
+            assert set(record["registration"][method]) - OUTCOME_KEYS - CONFIDENCE_KEYS - GUARD_KEYS == registration_metrics
         for method in ("rfnet", "rfnet_coarse"):
             confidence = record["registration"][method]
             assert CONFIDENCE_KEYS <= set(confidence) and isinstance(confidence["unsure"], bool)
             assert -1.0 <= confidence["coarse_ncc"] <= 1.0 and 0.0 <= confidence["coarse_overlap"] <= 1.0
+        guard = record["registration"]["rfnet"]
+        assert isinstance(guard["fine_kept"], bool) and -2.0 <= guard["fine_gain"] <= 2.0
+        assert "fine_kept" not in record["registration"]["rfnet_coarse"]
         for method in ("ecc", "sift"):
             outcome = record["registration"][method]
             assert isinstance(outcome["failed"], bool) and isinstance(outcome["reason"], str)

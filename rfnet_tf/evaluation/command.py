@@ -22,7 +22,7 @@ from rfnet_tf.data.demo import DEMO_IMAGES
 from rfnet_tf.data.synthetic import MISALIGNMENT_KINDS, AffineRanges, LocalFieldRanges
 from rfnet_tf.evaluation import methods as methods_lib
 from rfnet_tf.evaluation import sources
-from rfnet_tf.evaluation.inference import WeightsInfo, inspect_weights, load_predictor
+from rfnet_tf.evaluation.inference import FINE_GUARDS, WeightsInfo, inspect_weights, load_predictor
 from rfnet_tf.evaluation.outputs import check_out_dir
 from rfnet_tf.evaluation.pipeline import (
     EvaluationError,
@@ -105,6 +105,7 @@ class Settings:
     checkerboard_tiles: int = Options.checkerboard_tiles
     ecc_levels: int = Options.ecc_levels
     coarse_refinement_steps: int | None = None
+    fine_guard: str = "stored"
     progress: bool = True
 
 
@@ -163,6 +164,9 @@ def settings_from_flags(
     refinement = values.get("coarse_refinement_steps")
     if refinement is not None and refinement < 0:
         raise EvaluationError(f"--coarse_refinement_steps must be at least 0, got {refinement}")
+    fine_guard = values.get("fine_guard", "stored")
+    if fine_guard not in FINE_GUARDS:
+        raise EvaluationError(f"--fine_guard must be one of {', '.join(FINE_GUARDS)}, got {fine_guard!r}")
     demo_images = _names(values["demo_images"])
     unknown = [name for name in demo_images if name not in DEMO_IMAGES]
     if not demo_images or unknown:
@@ -191,6 +195,7 @@ def settings_from_flags(
         field_ranges=field_ranges,
         demo_images=demo_images,
         coarse_refinement_steps=refinement,
+        fine_guard=fine_guard,
         **{name: values[name] for name in _SETTINGS_AS_GIVEN},
     )
 
@@ -266,7 +271,9 @@ def execute(settings: Settings, extra_config: dict | None = None) -> Report:
         logging.warning("%s is not evaluated: %s", method, reason)
     dataset = load_dataset(settings)
     predictor = (
-        load_predictor(info, settings.coarse_refinement_steps) if plan.needs_model else None
+        load_predictor(info, settings.coarse_refinement_steps, settings.fine_guard)
+        if plan.needs_model
+        else None
     )
     options = Options(
         paper_conventions=settings.paper_conventions,

@@ -32,6 +32,7 @@ from rfnet_tf import baselines
 from rfnet_tf.colour import luma
 from rfnet_tf.export import NIR_SPEC, VIS_SPEC, is_saved_model, load_serving_function
 from rfnet_tf.metrics.registration import affine_distance
+from rfnet_tf.networks.rfnet import FINE_MIN_GAIN
 from rfnet_tf.weights import (
     PARTS,
     WeightsError,
@@ -47,11 +48,16 @@ SAVED_MODEL_FORMAT = "saved_model"
 # The coarse registration's confidence (``rfnet_tf.networks.refine.Confidence``).
 CONFIDENCE_OUTPUTS = ("coarse_ncc", "coarse_overlap", "coarse_unsure")
 COARSE_OUTPUTS = ("affine", "registered_coarse", *CONFIDENCE_OUTPUTS)
+# Whether F2M's flow was applied (RFNet's fine_min_gain).
+FINE_GUARD_OUTPUTS = ("fine_gain", "fine_kept")
 FULL_OUTPUTS = (
     "registered_coarse", "registered", "fused", "fused_rgb", "affine", "flow", "mask",
-    *CONFIDENCE_OUTPUTS,
+    *CONFIDENCE_OUTPUTS, *FINE_GUARD_OUTPUTS,
 )
-FINE_OUTPUTS = ("registered", "fused", "fused_rgb", "flow", "mask")
+FINE_OUTPUTS = ("registered", "fused", "fused_rgb", "flow", "mask", *FINE_GUARD_OUTPUTS)
+# evaluate.py's --fine_guard: the guard on F2M's flow as rfnet.json stores it, off (the
+# paper's F2M) or on with the shipped margin (rfnet_tf.networks.rfnet.FINE_MIN_GAIN).
+FINE_GUARDS = ("stored", "off", "on")
 MODEL_CALL = "rfnet"
 FINE_CALL = "rfnet_fine"
 # The coarse module whose search also starts from a SIFT estimate
@@ -210,24 +216,28 @@ class Predictor:
         return {**result, **extra}
 
 
-def load_predictor(info: WeightsInfo, coarse_refinement_steps: int | None = None) -> Predictor:
+def load_predictor(
+    info: WeightsInfo, coarse_refinement_steps: int | None = None, fine_guard: str = "stored"
+) -> Predictor:
     """Loads the model ``info`` describes.
 
     Args:
       info: see :func:`inspect_weights`.
       coarse_refinement_steps: replaces the test-time refinement steps stored with the
         weights (``RFNet(coarse_refinement_steps=...)``); ``None`` keeps them.
+      fine_guard: one of :data:`FINE_GUARDS`: ``"stored"`` keeps the weights'
+        ``fine_min_gain``, ``"off"`` sets it to ``None``, ``"on"`` to ``FINE_MIN_GAIN``.
 
     Raises:
       WeightsError: a weights directory with neither the coarse module (TransNet and
-        AffineNet) nor F2M, files that do not fit the model, or a refinement override
-        for a SavedModel (whose graph fixed it at export).
+        AffineNet) nor F2M, files that do not fit the model, or a refinement or guard
+        override for a SavedModel (whose graph fixed both at export).
     """
     if info.format == SAVED_MODEL_FORMAT:
-        if coarse_refinement_steps is not None:
+        if coarse_refinement_steps is not None or fine_guard != "stored":
             raise WeightsError(
-                f"{info.path}: a SavedModel's coarse refinement was fixed when it was "
-                "exported; evaluate the weights directory to change it"
+                f"{info.path}: a SavedModel's coarse refinement and fine guard were fixed "
+                "when it was exported; evaluate the weights directory to change them"
             )
         serving = load_serving_function(info.path)
         return Predictor(info, FULL_OUTPUTS, lambda vis, nir: serving(vis=vis, nir=nir))
@@ -239,6 +249,8 @@ def load_predictor(info: WeightsInfo, coarse_refinement_steps: int | None = None
     overrides = {}
     if coarse_refinement_steps is not None:
         overrides["coarse_refinement_steps"] = coarse_refinement_steps
+    if fine_guard != "stored":
+        overrides["fine_min_gain"] = FINE_MIN_GAIN if fine_guard == "on" else None
     model = model_from_weights(info.path, required=info.parts, overrides=overrides)
     config = model_config(model)
     # Traced on first use only: a call the evaluation does not need costs nothing.

@@ -114,9 +114,11 @@ def _model_registration(affine: bool, flow: bool) -> Callable:
         theta = np.asarray(prediction["affine"], np.float64) if affine else None
         field = np.asarray(prediction["flow"], np.float64) if flow else None
         details = confidence(prediction) if method.confident else {}
-        for key in ("sift_failed", "sift_kept"):
+        for key in ("sift_failed", "sift_kept") + (("fine_kept",) if flow else ()):
             if key in prediction:
                 details[key] = bool(prediction[key])
+        if flow and "fine_gain" in prediction:
+            details["fine_gain"] = finite_or_none(float(prediction["fine_gain"]))
         return Registration(name, theta=theta, flow=field, details=details)
 
     return register_from
@@ -283,7 +285,8 @@ class Registration:
       failed, reason: the outcome of a method of :data:`FALLIBLE_METHODS`.
       details: what the method reports besides, for results.json (ECC:
         ``correlation``; SIFT: ``matches``, ``inliers``; RFNet's coarse registration:
-        ``coarse_ncc``, ``coarse_overlap`` and ``unsure``, see :func:`confidence`).
+        ``coarse_ncc``, ``coarse_overlap`` and ``unsure``, see :func:`confidence`; its
+        flow: ``fine_gain`` and ``fine_kept``, ``RFNet``'s guard on F2M's flow).
       seconds: the method's own run time (the RFNet calls are timed separately).
     """
 

@@ -367,6 +367,7 @@ def _notes(
                 f"{label}'s coarse registration is above the confidence thresholds "
                 f"({THRESHOLDS_TEXT}) on every pair."
             )
+    notes.extend(_fine_guard_notes(plan, per_image))
     if plan.fusion:
         if plan.fusion_registration == "rfnet":
             same = "the same registration as RFNet's fusion"
@@ -386,6 +387,30 @@ def _notes(
                         f"{section} {metric} of {method}: could not be computed on {missing} "
                         "pair(s) (null in per_image); the table averages the others."
                     )
+    return notes
+
+
+def _fine_guard_notes(plan: MethodPlan, per_image: list[dict]) -> list[str]:
+    """One note per flow method whose model guards F2M's flow: on which pairs the flow was
+    refused (RFNet's ``fine_min_gain``; per_image: ``fine_gain``, ``fine_kept``)."""
+    notes = []
+    for method in methods_lib.FLOW_METHODS:
+        if method not in plan.registration:
+            continue
+        details = [r["registration"][method] for r in per_image]
+        if not all("fine_kept" in d for d in details):
+            continue
+        refused = [r["name"] for r, d in zip(per_image, details) if not d["fine_kept"]]
+        label = report.METHOD_LABELS[method]
+        if refused:
+            notes.append(
+                f"{label}: the guard refused F2M's flow on {len(refused)} of {len(per_image)} "
+                "pair(s), whose flow did not raise the gradient NCC of the registered VIS with "
+                "the NIR by the margin (fine_min_gain; per_image: fine_gain, fine_kept); F2M "
+                f"fused them unmoved: {', '.join(refused)}."
+            )
+        else:
+            notes.append(f"{label}: F2M's flow was applied on every pair.")
     return notes
 
 

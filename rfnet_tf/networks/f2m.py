@@ -225,6 +225,21 @@ class F2M(ConfigFromArguments, keras.Model):
     def _shared_deep_features(self, features: tf.Tensor) -> tf.Tensor:
         return self.activation(self.shared_conv3(self.activation(self.shared_conv2(features))))
 
+    def predict_flow(self, inputs, training=None) -> tf.Tensor:
+        """The deformation block's flow alone, ``(B, H, W, 2)`` ``(dy, dx)`` px, for
+        ``inputs`` as :meth:`call` takes them: what :meth:`call` returns as ``flow``
+        without a given one (the fusion layers are not run)."""
+        vis_luma, nir = inputs
+        shape = tf.shape(vis_luma)
+        features = tf.concat(
+            [
+                self._shared_features(pad_to_multiple(vis_luma, PAD_MULTIPLE)),
+                self._shared_features(pad_to_multiple(nir, PAD_MULTIPLE)),
+            ],
+            axis=-1,
+        )
+        return crop_to(self.deformation_block(features, training=training), shape[1], shape[2])
+
     def call(self, inputs, training=None, flow=None, jitter=None):
         vis_luma, nir = inputs
         shape = tf.shape(vis_luma)

@@ -8,6 +8,7 @@ import tensorflow as tf
 from layers import affine_grid, identity_grid, resample, warp_flow
 from layers.config import ConfigFromArguments
 from layers.resampler import inside_mask
+from losses import gradient_ncc
 from rfnet_tf.colour import luma, rgb_to_ycbcr, ycbcr_to_rgb
 from rfnet_tf.networks.affinenet import AffineNet
 from rfnet_tf.networks.f2m import F2M, MIN_IMAGE_SIZE
@@ -15,6 +16,11 @@ from rfnet_tf.networks.refine import SIMILARITIES, refine_affine
 from rfnet_tf.networks.transnet import TransNet
 
 AFFINE_INPUT_SIZE = 384
+# The shipped weights' fine_min_gain: how much F2M's flow must raise the gradient NCC of
+# the registered VIS with the NIR to be applied. Chosen on 8 Country training pairs
+# (weights/README.md, F2M item 11): the true field of a local misalignment gained at
+# least 0.021, the shipped flow at most 0.004 (and lost up to 0.059 on aligned pairs).
+FINE_MIN_GAIN = 0.01
 
 
 def resize_for_affine(image: tf.Tensor, size: int = AFFINE_INPUT_SIZE) -> tf.Tensor:
@@ -42,6 +48,22 @@ def checked_inputs(vis: tf.Tensor, nir: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor
     check = tf.debugging.Assert(fits, [message])
     with tf.control_dependencies([check]):
         return tf.identity(vis), tf.identity(nir)
+
+
+def flow_gain(
+    before: tf.Tensor, after: tf.Tensor, nir: tf.Tensor, before_mask: tf.Tensor, after_mask: tf.Tensor
+) -> tf.Tensor:
+    """``(B,)``: how much a flow raises the NCC of gradient magnitudes
+    (``losses.gradient_ncc``, the coarse search's similarity) of the VIS luma with the
+    NIR: ``gradient_ncc(after, nir, after_mask) - gradient_ncc(before, nir, before_mask)``,
+    in ``[-2, 2]``.
+
+    Args:
+      before, after: ``(B, H, W, 1)`` VIS luma without and with the flow.
+      nir: ``(B, H, W, 1)``.
+      before_mask, after_mask: ``(B, H, W, 1)``, 1 where each shows VIS content.
+    """
+    return gradient_ncc(after, nir, after_mask) - gradient_ncc(before, nir, before_mask)
 
 
 def chroma(rgb: tf.Tensor) -> tf.Tensor:
@@ -99,7 +121,18 @@ class RFNet(ConfigFromArguments, keras.Model):
     - ``affine (B, 2, 3)``, ``flow (B, H, W, 2)`` (``(dy, dx)`` px);
     - ``mask (B, H, W, 1)``: 1 where ``registered`` samples inside the VIS image;
     - ``coarse_ncc (B,)``, ``coarse_overlap (B,)``, ``coarse_unsure (B,)`` bool: the
-      coarse registration's confidence (``rfnet_tf.networks.refine.Confidence``).
+      coarse registration's confidence (``rfnet_tf.networks.refine.Confidence``);
+    - ``fine_gain (B,)``: how much F2M's flow raised the gradient NCC of the registered VIS
+      with the NIR (:func:`flow_gain`); ``fine_kept (B,)`` bool: whether the flow was
+      applied.
+
+    ``fine_min_gain`` (``None`` by default: the paper's F2M, whose flow is always applied)
+    guards the flow, an extension like the coarse search: F2M's flow is applied to an
+    image only if it raises the gradient NCC by at least that much; otherwise the flow
+    is zero and F2M fuses the pair as the coarse module left it (``fine_kept`` false).
+    The shipped block's flow lowers the similarity on real pairs (a half-pixel blur,
+    ``weights/README.md``, F2M items 3 and 11), so the guard keeps it from making a
+    registration worse unnoticed.
 
     :meth:`coarse` runs the coarse module alone, :meth:`fine` F2M alone.
     """
@@ -108,7 +141,7 @@ class RFNet(ConfigFromArguments, keras.Model):
         "deformable", "max_displacement", "affine_input_size", "coarse_refinement_steps",
         "coarse_refinement_levels", "coarse_refinement_fine_size",
         "coarse_refinement_similarity", "attention_window", "affine_head",
-        "correlation_radius", "affinenet_input_size",
+        "correlation_radius", "affinenet_input_size", "fine_min_gain",
     )
 
     def __init__(
@@ -124,6 +157,7 @@ class RFNet(ConfigFromArguments, keras.Model):
         affine_head: str = "pooled",
         correlation_radius: int = 8,
         affinenet_input_size: int | None = None,
+        fine_min_gain: float | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -146,6 +180,9 @@ class RFNet(ConfigFromArguments, keras.Model):
             )
         self.coarse_refinement_similarity = coarse_refinement_similarity
         self.attention_window = None if attention_window is None else int(attention_window)
+        if fine_min_gain is not None and not -2.0 <= fine_min_gain <= 2.0:
+            raise ValueError(f"fine_min_gain must be None or in [-2, 2], got {fine_min_gain}")
+        self.fine_min_gain = None if fine_min_gain is None else float(fine_min_gain)
         self.transnet = TransNet(name="transnet")
         if affinenet_input_size is not None and affinenet_input_size < 8:
             raise ValueError(f"affinenet_input_size must be None or >= 8, got {affinenet_input_size}")
@@ -272,7 +309,8 @@ class RFNet(ConfigFromArguments, keras.Model):
         bilinear, zero outside), ``flow (B, H, W, 2)`` ``(dy, dx)`` px.
         """
         vis, nir = checked_inputs(vis, nir)
-        fine = self.f2m([luma(vis), nir])
+        vis_luma = luma(vis)
+        fine = self._guarded_f2m(vis_luma, nir, tf.ones_like(vis_luma))
         registered, mask = warp_flow(vis, fine["flow"])
         return {
             "registered": registered,
@@ -280,7 +318,31 @@ class RFNet(ConfigFromArguments, keras.Model):
             "fused_rgb": colour_fusion(fine["fused"], registered),
             "flow": fine["flow"],
             "mask": mask,
+            "fine_gain": fine["gain"],
+            "fine_kept": fine["kept"],
         }
+
+    def _guarded_f2m(self, vis_luma: tf.Tensor, nir: tf.Tensor, vis_mask: tf.Tensor) -> dict:
+        """F2M on ``[vis_luma, nir]`` (``vis_mask``: 1 where ``vis_luma`` shows VIS
+        content), its flow guarded by ``fine_min_gain``: ``{"fused", "flow", "gain",
+        "kept"}``. Unguarded, F2M runs once as the paper's; guarded, its block predicts
+        the flow, then F2M fuses with the flow the guard keeps (zero where it refuses)."""
+        if self.fine_min_gain is None:
+            fine = self.f2m([vis_luma, nir])
+            flow, fused = fine["flow"], fine["fused"]
+        else:
+            flow = self.f2m.predict_flow([vis_luma, nir])
+        registered, inside = warp_flow(vis_luma, flow)
+        moved_mask, _ = warp_flow(vis_mask, flow)
+        content = inside * tf.cast(moved_mask > 0.999, inside.dtype)
+        gain = flow_gain(vis_luma, registered, nir, vis_mask, content)
+        if self.fine_min_gain is None:
+            kept = tf.ones_like(gain, tf.bool)
+        else:
+            kept = gain >= self.fine_min_gain
+            flow = flow * tf.cast(kept, flow.dtype)[:, None, None, None]
+            fused = self.f2m([vis_luma, nir], flow=flow)["fused"]
+        return {"fused": fused, "flow": flow, "gain": gain, "kept": kept}
 
     def call(self, inputs, training=None):
         vis, nir = checked_inputs(*inputs)
@@ -289,9 +351,9 @@ class RFNet(ConfigFromArguments, keras.Model):
         registration = self.register_coarse(vis, nir)
         affine = registration["affine"]
         affine_coords = affine_grid(affine, height, width)  # (B, H, W, 2)
-        registered_coarse, _ = resample(vis, affine_coords)
+        registered_coarse, coarse_mask = resample(vis, affine_coords)
 
-        fine = self.f2m([luma(registered_coarse), nir])
+        fine = self._guarded_f2m(luma(registered_coarse), nir, coarse_mask)
         flow = fine["flow"]
         # Bilinear interpolation reproduces the affine's (linear) coordinates exactly,
         # so this is A(p + flow(p)) without approximation inside the image.
@@ -312,4 +374,6 @@ class RFNet(ConfigFromArguments, keras.Model):
             "coarse_ncc": registration["ncc"],
             "coarse_overlap": registration["overlap"],
             "coarse_unsure": registration["unsure"],
+            "fine_gain": fine["gain"],
+            "fine_kept": fine["kept"],
         }

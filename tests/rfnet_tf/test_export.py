@@ -21,7 +21,8 @@ from rfnet_tf.weights import export_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KEYS = ("registered_coarse", "registered", "fused", "fused_rgb", "affine", "flow", "mask",
-        "coarse_ncc", "coarse_overlap", "coarse_unsure")
+        "coarse_ncc", "coarse_overlap", "coarse_unsure", "fine_gain", "fine_kept")
+BOOL_KEYS = ("coarse_unsure", "fine_kept")
 SIZES = ((40, 56), (53, 71))
 
 # Runs in a fresh interpreter outside the repository (so it cannot import rfnet_tf):
@@ -85,7 +86,7 @@ def test_cli_writes_a_saved_model_and_prints_its_signature(exported):
     assert "vis: float32 [None, None, None, 3]" in stdout
     assert "nir: float32 [None, None, None, 1]" in stdout
     for key in KEYS:
-        assert f"    {key}: {'bool' if key == 'coarse_unsure' else 'float32'}" in stdout
+        assert f"    {key}: {'bool' if key in BOOL_KEYS else 'float32'}" in stdout
     assert export.is_saved_model(saved_model)
     assert sorted(path.name for path in saved_model.parent.iterdir()) == ["rfnet"]  # no staging left
 

@@ -48,6 +48,8 @@ def test_the_shipped_config_and_an_older_one_without_the_newer_keys_are_valid(tm
         ({"affine_head": "dense"}, '"model.affine_head" must be one of "pooled", "matching"'),
         ({"correlation_radius": 0}, '"model.correlation_radius" must be an integer >= 1'),
         ({"affinenet_input_size": 4}, '"model.affinenet_input_size" must be null or an integer >= 8'),
+        ({"fine_min_gain": 2.5}, '"model.fine_min_gain" must be null or a number in [-2, 2]'),
+        ({"fine_min_gain": True}, '"model.fine_min_gain" must be null or a number in [-2, 2]'),
         ({"dropout": 0.5}, 'unknown key "model.dropout"'),
     ],
 )

@@ -11,6 +11,7 @@ import tensorflow as tf
 from rfnet_tf import baselines
 from rfnet_tf.evaluation import inference
 from rfnet_tf.metrics.registration import affine_to_pixel_matrix
+from rfnet_tf.networks.rfnet import FINE_MIN_GAIN
 from rfnet_tf.weights import WeightsError
 
 
@@ -142,6 +143,10 @@ def test_refinement_steps_override_the_stored_ones(weights_dirs, tmp_path):
     assert inference.load_predictor(info).model_config == stored
     overridden = inference.load_predictor(info, coarse_refinement_steps=7).model_config
     assert overridden == dict(stored, coarse_refinement_steps=7)
+    assert inference.load_predictor(info, fine_guard="on").model_config == dict(
+        stored, fine_min_gain=FINE_MIN_GAIN
+    )
+    assert inference.load_predictor(info, fine_guard="off").model_config == dict(stored, fine_min_gain=None)
     fake_saved_model = tmp_path / "sm"
     fake_saved_model.mkdir()
     (fake_saved_model / "saved_model.pb").write_bytes(b"")

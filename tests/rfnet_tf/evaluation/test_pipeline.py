@@ -80,9 +80,11 @@ def test_a_saved_model_cannot_run_f2m_alone():
         pipeline.plan_methods(("rfnet", "rfnet_fine"), SAVED_MODEL, True)
 
 
-def oracle_predictor(samples: list[Sample]) -> Predictor:
+def oracle_predictor(samples: list[Sample], refused: tuple[str, ...] | None = None) -> Predictor:
     """A model double: returns each sample's true affine and flow (and its NIR as the
-    fused image), looked up by the NIR it is called with."""
+    fused image), looked up by the NIR it is called with. With ``refused`` (pair names)
+    it also reports a guard on its flow that refused those pairs (``fine_kept`` false,
+    ``fine_gain`` -0.5; 0.25 elsewhere)."""
 
     def function(vis, nir, fine=False):
         for sample in samples:
@@ -97,7 +99,12 @@ def oracle_predictor(samples: list[Sample]) -> Predictor:
                     "affine": np.eye(2, 3)[None] if truth.affine is None else truth.affine.registration[None],
                     "flow": flow[None],
                 }
-                return {key: tf.constant(value, tf.float32) for key, value in outputs.items()}
+                result = {key: tf.constant(value, tf.float32) for key, value in outputs.items()}
+                if refused is not None:
+                    kept = sample.name not in refused
+                    result["fine_kept"] = tf.constant([kept])
+                    result["fine_gain"] = tf.constant([0.25 if kept else -0.5])
+                return result
         raise AssertionError("called with an unknown pair")
 
     return Predictor(FULL, FULL_OUTPUTS, function, fine_function=lambda vis, nir: function(vis, nir, True))
@@ -148,6 +155,27 @@ def test_a_run_writes_every_output_and_scores_a_perfect_model_perfectly(tmp_path
     # Perfect registration: RFNet's EPE cell is the bold one.
     epe_row = [line for line in markdown.splitlines() if line.startswith("| EPE")][0]
     assert epe_row.split("|")[2].strip().startswith("**")
+
+
+@pytest.mark.parametrize("refused", [(), ("cat/two",)])
+def test_the_guard_on_f2ms_flow_is_reported_per_pair_and_in_the_notes(tmp_path, rng, refused):
+    dataset = synthetic_set(rng, kind="local")
+    plan = pipeline.plan_methods(("rfnet", "rfnet_fine", "identity"), FULL, True)
+    result = pipeline.run_evaluation(
+        dataset, oracle_predictor(dataset.samples, refused), plan, pipeline.Options(progress=False), tmp_path / "out"
+    )
+    for record in result.results["per_image"]:
+        for method in ("rfnet", "rfnet_fine"):
+            details = record["registration"][method]
+            assert details["fine_kept"] == (record["name"] not in refused)
+            assert details["fine_gain"] == (-0.5 if record["name"] in refused else 0.25)
+        assert "fine_kept" not in record["registration"]["identity"]
+    for label in ("RFNet", "RFNet fine (F2M alone)"):
+        if refused:
+            assert f"{label}: the guard refused F2M's flow on 1 of 2 pair(s)" in result.markdown
+            assert "fused them unmoved: cat/two." in result.markdown
+        else:
+            assert f"{label}: F2M's flow was applied on every pair." in result.markdown
 
 
 def test_a_run_of_f2m_alone_scores_its_own_flow_and_fusion(tmp_path, rng):

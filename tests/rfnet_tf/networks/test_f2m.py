@@ -100,6 +100,19 @@ def test_a_given_flow_replaces_the_deformation_blocks(rng):
     np.testing.assert_array_equal(out["flow"].numpy(), flow.numpy())
 
 
+@pytest.mark.parametrize("height,width", [(32, 40), (29, 35)])
+def test_predict_flow_is_the_calls_own_flow(rng, height, width):
+    """``predict_flow`` returns the flow a call computes itself, also at a size F2M pads."""
+    model = F2M()
+    head = model.deformation_block.head
+    head.kernel.assign(rng.normal(0.0, 0.05, head.kernel.shape))
+    vis = tf.random.uniform((2, height, width, 1), seed=15)
+    nir = tf.random.uniform((2, height, width, 1), seed=16)
+    flow = model.predict_flow([vis, nir])
+    assert np.abs(flow.numpy()).max() > 0.1
+    np.testing.assert_allclose(flow.numpy(), model([vis, nir])["flow"].numpy(), atol=1e-6)
+
+
 def test_jitter_offsets_the_vis_features_beyond_the_flow_and_the_nir_features(rng):
     """``jitter`` rows ``u`` (VIS) and ``v`` (NIR): the VIS features are sampled at
     ``p + flow + u``, which fuses as the flow ``flow + u`` does; the NIR features at

@@ -9,9 +9,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from scipy.ndimage import map_coordinates
+from scipy.ndimage import gaussian_filter, map_coordinates
 
-from layers import warp_affine
+from layers import warp_affine, warp_flow
 from losses import ncc
 from rfnet_tf.colour import luma, rgb_to_ycbcr
 from rfnet_tf.data import read_dataset
@@ -19,13 +19,13 @@ from rfnet_tf.data.splits import select_pairs
 from rfnet_tf.evaluation.sources import misalign
 from rfnet_tf.networks.f2m import MIN_IMAGE_SIZE
 from rfnet_tf.networks.refine import SIMILARITIES
-from rfnet_tf.networks.rfnet import RFNet, resize_for_affine
+from rfnet_tf.networks.rfnet import FINE_MIN_GAIN, RFNet, flow_gain, resize_for_affine
 from rfnet_tf.training.validation import landmark_rmse
 from rfnet_tf.weights import model_from_weights
 
 REPO = Path(__file__).resolve().parents[3]
 KEYS = {"registered_coarse", "registered", "fused", "fused_rgb", "affine", "flow", "mask",
-        "coarse_ncc", "coarse_overlap", "coarse_unsure"}
+        "coarse_ncc", "coarse_overlap", "coarse_unsure", "fine_gain", "fine_kept"}
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +180,8 @@ def test_fine_is_f2m_alone_on_the_pair_as_given():
     vis = tf.random.uniform((2, 40, 48, 3), seed=15)
     nir = tf.random.uniform((2, 40, 48, 1), seed=16)
     out = network.fine(vis, nir)
-    assert set(out) == {"registered", "fused", "fused_rgb", "flow", "mask"}
+    assert set(out) == {"registered", "fused", "fused_rgb", "flow", "mask", "fine_gain", "fine_kept"}
+    assert out["fine_kept"].numpy().all()  # unguarded: the paper's F2M
     alone = network.f2m([luma(vis), nir])
     np.testing.assert_allclose(out["flow"].numpy(), alone["flow"].numpy(), atol=1e-6)
     np.testing.assert_allclose(out["fused"].numpy(), alone["fused"].numpy(), atol=1e-6)
@@ -199,6 +200,80 @@ def test_fine_is_f2m_alone_on_the_pair_as_given():
     np.testing.assert_allclose(ycbcr[..., 0][unclipped], out["fused"].numpy()[..., 0][unclipped], atol=1e-5)
     reference = rgb_to_ycbcr(out["registered"]).numpy()
     np.testing.assert_allclose(ycbcr[..., 1:][unclipped], reference[..., 1:][unclipped], atol=1e-5)
+
+
+def _textured_pair(shift: tuple[int, int]):
+    """``(vis (1, 48, 64, 3), nir (1, 48, 64, 1))`` of one smooth random texture, the VIS
+    content moved so that ``vis[p + shift] = nir[p]`` (wrapped at the border)."""
+    texture = gaussian_filter(np.random.default_rng(8).standard_normal((48, 64)), 2.0)
+    texture = (texture - texture.min()) / (texture.max() - texture.min())
+    moved = np.roll(texture, shift, axis=(0, 1))
+    vis = np.repeat(moved[None, ..., None], 3, axis=-1).astype(np.float32)
+    return tf.constant(vis), tf.constant(texture[None, ..., None].astype(np.float32))
+
+
+def test_the_fine_guard_applies_only_a_flow_that_raises_the_gradient_ncc():
+    """F2M's flow is exactly (2, -2) px. Where the VIS is the NIR moved by that much, the
+    flow registers it (the gradient NCC rises to 1 inside), and the guarded model applies
+    it as the unguarded one does. On an aligned pair the same flow misaligns: the guard
+    refuses it, so the flow is zero, the VIS is returned as it is and F2M fuses the pair
+    unmoved; unguarded (the paper's F2M), the flow is applied."""
+    guarded = RFNet(affine_input_size=64, fine_min_gain=FINE_MIN_GAIN)
+    unguarded = RFNet(affine_input_size=64)
+    guarded.f2m.deformation_block.head.bias.assign(np.arctanh([2.0 / 16.0, -2.0 / 16.0]))
+    unguarded.set_weights(guarded.get_weights())
+    moved_vis, nir = _textured_pair((2, -2))
+    shifted = guarded.fine(moved_vis, nir)
+    assert shifted["fine_kept"].numpy().all() and shifted["fine_gain"].numpy()[0] > 0.5
+    reference = unguarded.fine(moved_vis, nir)
+    for key in ("flow", "registered", "fused"):
+        np.testing.assert_allclose(shifted[key].numpy(), reference[key].numpy(), atol=1e-5)
+    np.testing.assert_allclose(shifted["fine_gain"].numpy(), reference["fine_gain"].numpy(), atol=1e-6)
+
+    aligned_vis, nir = _textured_pair((0, 0))
+    refused = guarded.fine(aligned_vis, nir)
+    assert not refused["fine_kept"].numpy().any() and refused["fine_gain"].numpy()[0] < 0
+    np.testing.assert_array_equal(refused["flow"].numpy(), 0.0)
+    np.testing.assert_allclose(refused["registered"].numpy(), aligned_vis.numpy(), atol=1e-6)
+    unmoved = guarded.f2m([luma(aligned_vis), nir], flow=tf.zeros((1, 48, 64, 2)))
+    np.testing.assert_allclose(refused["fused"].numpy(), unmoved["fused"].numpy(), atol=1e-6)
+    applied = unguarded.fine(aligned_vis, nir)
+    assert applied["fine_kept"].numpy().all()
+    np.testing.assert_allclose(applied["flow"].numpy(), np.broadcast_to([2.0, -2.0], (1, 48, 64, 2)), atol=1e-5)
+    # The whole model (identity affine: AffineNet's head zeroed) guards the same way.
+    guarded.affinenet.head.kernel.assign(tf.zeros_like(guarded.affinenet.head.kernel))
+    whole = guarded([aligned_vis, nir])
+    assert not whole["fine_kept"].numpy().any()
+    np.testing.assert_allclose(whole["registered"].numpy(), whole["registered_coarse"].numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="fine_min_gain"):
+        RFNet(fine_min_gain=3.0)
+
+
+def test_the_shipped_fine_guard_refuses_the_shipped_flow_and_passes_a_true_field(shared_dir):
+    """On validation pair 0009 (full size): aligned, the shipped F2M's flow (a half-pixel
+    shift, weights/README.md F2M item 3) lowers the gradient NCC, so the shipped guard
+    refuses it and the pair stays exactly aligned; under seed 0's local misalignment the
+    true field raises the gradient NCC far beyond the margin (0.19 measured) while the
+    shipped flow does not."""
+    dataset = read_dataset(shared_dir / "data" / "rgbnir_country")
+    model = model_from_weights(REPO / "weights")
+    assert model.fine_min_gain == FINE_MIN_GAIN
+    (pair,) = select_pairs(dataset, only=["country/0009"])
+    vis, nir = tf.constant(pair.vis[None]), tf.constant(pair.nir[None])
+    aligned = model.fine(vis, nir)
+    assert not aligned["fine_kept"].numpy()[0]
+    np.testing.assert_array_equal(aligned["flow"].numpy(), 0.0)
+    sample = misalign(pair, "local", seed=0, num_landmarks=5)
+    moving = luma(tf.constant(sample.pair.vis[None]))
+    nir = tf.constant(sample.pair.nir[None])
+    coordinates = sample.truth.registration_coordinates()
+    grid = np.stack(np.meshgrid(*map(np.arange, coordinates.shape[:2]), indexing="ij"), axis=-1)
+    true_flow = tf.constant((coordinates - grid)[None], tf.float32)
+    registered, inside = warp_flow(moving, true_flow)
+    ones = tf.ones_like(moving)
+    assert flow_gain(moving, registered, nir, ones, inside).numpy()[0] > 3 * FINE_MIN_GAIN
+    local = model.fine(tf.constant(sample.pair.vis[None]), nir)
+    assert local["fine_gain"].numpy()[0] < FINE_MIN_GAIN
 
 
 def test_min_image_size_is_the_smallest_side_f2m_accepts(model):

@@ -114,10 +114,11 @@ def _model_registration(affine: bool, flow: bool) -> Callable:
         theta = np.asarray(prediction["affine"], np.float64) if affine else None
         field = np.asarray(prediction["flow"], np.float64) if flow else None
         details = confidence(prediction) if method.confident else {}
-        for key in ("sift_failed", "sift_kept") + (("fine_kept",) if flow else ()):
+        for key in ("sift_failed", "sift_kept"):
             if key in prediction:
                 details[key] = bool(prediction[key])
-        if flow and "fine_gain" in prediction:
+        if flow and "fine_kept" in prediction:
+            details["fine_kept"] = bool(prediction["fine_kept"])
             details["fine_gain"] = finite_or_none(float(prediction["fine_gain"]))
         return Registration(name, theta=theta, flow=field, details=details)
 

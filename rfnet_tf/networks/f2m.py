@@ -229,29 +229,29 @@ class F2M(ConfigFromArguments, keras.Model):
         """The deformation block's flow alone, ``(B, H, W, 2)`` ``(dy, dx)`` px, for
         ``inputs`` as :meth:`call` takes them: what :meth:`call` returns as ``flow``
         without a given one (the fusion layers are not run)."""
+        shape = tf.shape(inputs[0])
+        features_vis, features_nir = self._padded_shared_features(inputs)
+        flow = self._block_flow(features_vis, features_nir, training)
+        return crop_to(flow, shape[1], shape[2])
+
+    def _padded_shared_features(self, inputs) -> tuple[tf.Tensor, tf.Tensor]:
+        """The first shared convolution's features of both inputs, reflect-padded to a
+        multiple of ``PAD_MULTIPLE``."""
         vis_luma, nir = inputs
-        shape = tf.shape(vis_luma)
-        features = tf.concat(
-            [
-                self._shared_features(pad_to_multiple(vis_luma, PAD_MULTIPLE)),
-                self._shared_features(pad_to_multiple(nir, PAD_MULTIPLE)),
-            ],
-            axis=-1,
+        return (
+            self._shared_features(pad_to_multiple(vis_luma, PAD_MULTIPLE)),
+            self._shared_features(pad_to_multiple(nir, PAD_MULTIPLE)),
         )
-        return crop_to(self.deformation_block(features, training=training), shape[1], shape[2])
+
+    def _block_flow(self, features_vis, features_nir, training) -> tf.Tensor:
+        return self.deformation_block(tf.concat([features_vis, features_nir], axis=-1), training=training)
 
     def call(self, inputs, training=None, flow=None, jitter=None):
-        vis_luma, nir = inputs
+        vis_luma, _ = inputs
         shape = tf.shape(vis_luma)
-        vis_padded = pad_to_multiple(vis_luma, PAD_MULTIPLE)
-        nir_padded = pad_to_multiple(nir, PAD_MULTIPLE)
-
-        features_vis = self._shared_features(vis_padded)
-        features_nir = self._shared_features(nir_padded)
+        features_vis, features_nir = self._padded_shared_features(inputs)
         if flow is None:
-            flow = self.deformation_block(
-                tf.concat([features_vis, features_nir], axis=-1), training=training
-            )
+            flow = self._block_flow(features_vis, features_nir, training)
         else:
             flow = pad_to_multiple(tf.cast(flow, features_vis.dtype), PAD_MULTIPLE)
         sampling_flow = flow

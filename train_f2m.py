@@ -33,6 +33,7 @@ with native_stderr_silenced():
 from absl import flags
 
 from rfnet_tf import cli, misalignment_flags
+from rfnet_tf.networks.f2m import DEFORMATION_BLOCKS
 from rfnet_tf.training import common_flags
 from rfnet_tf.training.common_flags import (
     FlagError,
@@ -65,6 +66,11 @@ flags.DEFINE_float(
 )
 flags.DEFINE_float("alpha", LossWeights.alpha, "Edge sensitivity of the bilateral smoothness, Eq. 10.")
 flags.DEFINE_float("max_displacement", 16.0, "Bound of the deformation field, pixels.")
+flags.DEFINE_enum(
+    "deformation_block_type", "unet", list(DEFORMATION_BLOCKS),
+    "F2M's deformation block: 'unet' (the paper's) or 'correlation' (an option that compares "
+    "the two images' descriptors in a cost volume; rfnet_tf.networks.correlation_flow).",
+)
 flags.DEFINE_boolean(
     "subpixel_jitter", DeformationSettings.subpixel_jitter,
     "Deformation phase: F2M samples the VIS and NIR features at random sub-pixel offsets "

@@ -18,6 +18,7 @@ from absl import logging
 
 from rfnet_tf.networks import RFNet
 from rfnet_tf.networks.affinenet import HEADS
+from rfnet_tf.networks.f2m import DEFORMATION_BLOCKS
 from rfnet_tf.networks.refine import SIMILARITIES
 from rfnet_tf.staging import staged_directory
 
@@ -31,7 +32,7 @@ def _is_int(value) -> bool:
 
 
 # The RFNet constructor arguments stored in rfnet.json's "model" (older files may lack the
-# last eight; RFNet's defaults apply): which values each takes, as a check and its words.
+# last nine; RFNet's defaults apply): which values each takes, as a check and its words.
 # An affine input of 4 px fails in TransNet's reflect padding; 8 runs.
 _MODEL_VALUES = {
     "deformable": (lambda v: isinstance(v, bool), "true or false"),
@@ -64,6 +65,10 @@ _MODEL_VALUES = {
         lambda v: v is None
         or (isinstance(v, (int, float)) and not isinstance(v, bool) and -2 <= v <= 2),
         "null or a number in [-2, 2]",
+    ),
+    "deformation_block_type": (
+        lambda v: v in DEFORMATION_BLOCKS,
+        "one of " + ", ".join(f'"{name}"' for name in DEFORMATION_BLOCKS),
     ),
 }
 MODEL_CONFIG_KEYS = tuple(_MODEL_VALUES)

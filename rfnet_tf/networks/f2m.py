@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from layers import GradientChannelAttention, ResidualBlock, warp_flow
 from layers.config import ConfigFromArguments
+from rfnet_tf.networks.correlation_flow import CorrelationBlock
 from rfnet_tf.networks.padding import crop_to, pad_to_multiple
 
 # Two max-pools in the deformation U-Net; 8 leaves room for one more level.
@@ -15,6 +16,9 @@ PAD_MULTIPLE = 8
 # padding it gets, (-side) % PAD_MULTIPLE, which holds from PAD_MULTIPLE // 2 + 1 on
 # (sides of 1-4 px fail at 8).
 MIN_IMAGE_SIZE = PAD_MULTIPLE // 2 + 1
+# F2M's deformation blocks: the paper's U-Net (the default) and the correlation block of
+# rfnet_tf.networks.correlation_flow (an option, ARCHITECTURE section 7).
+DEFORMATION_BLOCKS = ("unet", "correlation")
 
 
 def _conv(filters: int, name: str, **kwargs) -> keras.layers.Conv2D:
@@ -141,6 +145,10 @@ class F2M(ConfigFromArguments, keras.Model):
       attention_window: the attention's ``max_pool_window`` (``None``: the global max of
         the paper). Set it to the training crop size, so that an image larger than the
         crops gets the attention statistics of the crops it was trained on.
+      deformation_block_type: ``"unet"`` (the paper's :class:`DeformationBlock`) or
+        ``"correlation"`` (:class:`~rfnet_tf.networks.correlation_flow.CorrelationBlock`,
+        which compares the two images' descriptors explicitly; an option). Either takes
+        the first shared convolution's features of both images.
 
     Called on ``[vis_luma, nir]`` (the coarse-aligned VIS luma ``Y(I_x^C)`` and ``I_y``,
     both ``(B, H, W, 1)`` in ``[0, 1]``); returns a dict: ``fused`` ``(B, H, W, 1)``,
@@ -162,13 +170,16 @@ class F2M(ConfigFromArguments, keras.Model):
     ``fused`` with the NIR sampled at ``p + v``.
     """
 
-    CONFIG_ARGUMENTS = ("max_displacement", "attention_reduction", "attention_window")
+    CONFIG_ARGUMENTS = (
+        "max_displacement", "attention_reduction", "attention_window", "deformation_block_type",
+    )
 
     def __init__(
         self,
         max_displacement: float = 16.0,
         attention_reduction: int = 8,
         attention_window: int | None = None,
+        deformation_block_type: str = "unet",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -180,7 +191,14 @@ class F2M(ConfigFromArguments, keras.Model):
         self.shared_conv1 = _conv(16, "shared_conv1")
         self.shared_conv2 = _conv(32, "shared_conv2")
         self.shared_conv3 = _conv(32, "shared_conv3")
-        self.deformation_block = DeformationBlock(self.max_displacement, name="deformation_block")
+        if deformation_block_type not in DEFORMATION_BLOCKS:
+            raise ValueError(
+                f"deformation_block_type must be one of {DEFORMATION_BLOCKS}, "
+                f"got {deformation_block_type!r}"
+            )
+        self.deformation_block_type = deformation_block_type
+        block = DeformationBlock if deformation_block_type == "unet" else CorrelationBlock
+        self.deformation_block = block(self.max_displacement, name="deformation_block")
         self.attention = GradientChannelAttention(
             self.attention_reduction, self.attention_window, name="attention"
         )

@@ -134,6 +134,10 @@ class RFNet(ConfigFromArguments, keras.Model):
     ``weights/README.md``, F2M items 3 and 11), so the guard keeps it from making a
     registration worse unnoticed.
 
+    ``deformation_block_type`` is F2M's: ``"unet"`` (the paper's block, by default) or
+    ``"correlation"`` (an option that compares the two images' descriptors explicitly,
+    ``rfnet_tf.networks.correlation_flow``).
+
     :meth:`coarse` runs the coarse module alone, :meth:`fine` F2M alone.
     """
 
@@ -141,7 +145,7 @@ class RFNet(ConfigFromArguments, keras.Model):
         "deformable", "max_displacement", "affine_input_size", "coarse_refinement_steps",
         "coarse_refinement_levels", "coarse_refinement_fine_size",
         "coarse_refinement_similarity", "attention_window", "affine_head",
-        "correlation_radius", "affinenet_input_size", "fine_min_gain",
+        "correlation_radius", "affinenet_input_size", "fine_min_gain", "deformation_block_type",
     )
 
     def __init__(
@@ -158,6 +162,7 @@ class RFNet(ConfigFromArguments, keras.Model):
         correlation_radius: int = 8,
         affinenet_input_size: int | None = None,
         fine_min_gain: float | None = None,
+        deformation_block_type: str = "unet",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -198,8 +203,10 @@ class RFNet(ConfigFromArguments, keras.Model):
         self.f2m = F2M(
             max_displacement=self.max_displacement,
             attention_window=self.attention_window,
+            deformation_block_type=deformation_block_type,
             name="f2m",
         )
+        self.deformation_block_type = deformation_block_type
         # Every input's channel count is fixed, so the variables can exist from the start
         # (a checkpoint restores into them before any call).
         self.build()

@@ -159,14 +159,13 @@ def run_coarse(settings: CoarseSettings) -> None:
 
 
 def _load_fusion_weights(model: RFNet, fusion_dir) -> None:
-    """F2M's weights from ``fusion_dir`` with the deformation block kept as initialised
-    (zero flow), so that phase 2 starts where the paper's does, also from weights whose
-    block was trained before (e.g. the shipped ``weights/``)."""
-    block = model.f2m.deformation_block
-    initial = [variable.numpy() for variable in block.weights]
-    load_parts(model, fusion_dir, required=("f2m",))
-    for variable, value in zip(block.weights, initial):
-        variable.assign(value)
+    """F2M's fusion variables from ``fusion_dir``, the deformation block kept as
+    initialised (zero flow), so that phase 2 starts where the paper's does, also from
+    weights whose block was trained before (e.g. the shipped ``weights/``) or is of
+    another type. The coarse parts come from ``--coarse_dir`` alone."""
+    stored = model_from_weights(fusion_dir, required=("f2m",))
+    for target, source in zip(model.f2m.fusion_variables, stored.f2m.fusion_variables, strict=True):
+        target.assign(source)
 
 
 def run_f2m(settings: F2MSettings) -> None:
@@ -185,7 +184,12 @@ def run_f2m(settings: F2MSettings) -> None:
     # carries over.
     model_config = read_config(coarse_dir)["model"] if coarse_dir is not None else {}
     window = settings.attention_window
-    model_config = dict(model_config, max_displacement=settings.max_displacement, attention_window=window)
+    model_config = dict(
+        model_config,
+        max_displacement=settings.max_displacement,
+        attention_window=window,
+        deformation_block_type=settings.deformation_block_type,
+    )
     for name in settings.phases:
         phase_config = model_config
         if name == "deformation":

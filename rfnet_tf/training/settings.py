@@ -173,6 +173,7 @@ class F2MSettings:
       fusion_dir: where the fusion phase's weights are (:func:`stage_weights`; found
         when the deformation phase starts, after a fusion phase of the same run).
       max_displacement: the flag.
+      deformation_block_type: F2M's deformation block, the flag.
       attention_window: the attention's window for the fusion phase (``None``: the
         global max): ``--attention_window``, by default ``--crop_size``.
       misalignment: the synthetic local misalignment.
@@ -185,6 +186,7 @@ class F2MSettings:
     coarse_dir: Path | None
     fusion_dir: Path
     max_displacement: float
+    deformation_block_type: str
     attention_window: int | None
     misalignment: Misalignment
     deformation: DeformationSettings
@@ -214,6 +216,7 @@ class F2MSettings:
             coarse_dir=coarse_dir,
             fusion_dir=fusion_dir,
             max_displacement=values.max_displacement,
+            deformation_block_type=values.deformation_block_type,
             attention_window=common.crop_size if window is None else window or None,
             misalignment=Misalignment.from_flags(
                 values, misalignment_flags.local_ranges_from, misalignment_flags.LOCAL_FLAGS

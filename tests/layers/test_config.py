@@ -66,4 +66,4 @@ def test_the_project_classes_use_it():
     names = {cls.__name__ for cls in _users()}
     assert {"PaddedConv2D", "ResidualBlock", "DeformableConv2D", "GradientChannelAttention",
             "SpatialTransformer", "ConvNormAct", "UNetLevel", "DeformationBlock", "F2M",
-            "RFNet"} <= names
+            "RFNet", "CorrelationBlock"} <= names

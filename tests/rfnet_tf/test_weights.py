@@ -50,6 +50,10 @@ def test_the_shipped_config_and_an_older_one_without_the_newer_keys_are_valid(tm
         ({"affinenet_input_size": 4}, '"model.affinenet_input_size" must be null or an integer >= 8'),
         ({"fine_min_gain": 2.5}, '"model.fine_min_gain" must be null or a number in [-2, 2]'),
         ({"fine_min_gain": True}, '"model.fine_min_gain" must be null or a number in [-2, 2]'),
+        (
+            {"deformation_block_type": "mlp"},
+            '"model.deformation_block_type" must be one of "unet", "correlation"',
+        ),
         ({"dropout": 0.5}, 'unknown key "model.dropout"'),
     ],
 )

@@ -31,3 +31,26 @@ def test_the_deformation_phase_loads_the_fusion_weights_and_keeps_its_block_as_i
     images = [tf.random.uniform((1, 24, 24, 1)) for _ in range(2)]
     assert float(tf.reduce_max(tf.abs(trained.f2m(images)["flow"]))) > 0
     np.testing.assert_array_equal(fresh.f2m(images)["flow"].numpy(), 0.0)
+
+
+def test_the_fusion_weights_load_under_a_correlation_block(tmp_path):
+    """The paper's fusion weights (stored with a U-Net block) start a correlation block's
+    phase 2: the fusion variables are the stored ones and the flow is 0."""
+    tf.keras.utils.set_random_seed(2)
+    trained = RFNet(affine_input_size=32)
+    for variable in trained.f2m.weights:
+        variable.assign(variable + tf.random.uniform(variable.shape, 0.01, 0.02))
+    export_weights(trained, tmp_path, ("f2m",))
+
+    fresh = RFNet(affine_input_size=32, deformation_block_type="correlation")
+    _load_fusion_weights(fresh, tmp_path)
+
+    for source, target in zip(trained.f2m.fusion_variables, fresh.f2m.fusion_variables, strict=True):
+        np.testing.assert_array_equal(target.numpy(), source.numpy())
+    images = [tf.random.uniform((1, 24, 24, 1)) for _ in range(2)]
+    np.testing.assert_array_equal(fresh.f2m(images)["flow"].numpy(), 0.0)
+    np.testing.assert_allclose(
+        fresh.f2m(images, flow=tf.zeros((1, 24, 24, 2)))["fused"].numpy(),
+        trained.f2m(images, flow=tf.zeros((1, 24, 24, 2)))["fused"].numpy(),
+        atol=1e-6,
+    )

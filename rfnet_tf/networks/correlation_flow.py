@@ -1,0 +1,147 @@
+"""F2M's correlation deformation block (``F2M(deformation_block="correlation")``), an
+option beside the paper's U-Net block (ARCHITECTURE section 7, issue 17).
+
+The paper's block maps the concatenated shallow features of the two images to a flow and
+must discover on its own that the flow is where the features agree. This block compares
+them explicitly, as AffineNet's matching head does: a siamese encoder turns each
+image's shallow features into descriptors on a grid of ``STRIDE`` px cells, the cosine
+similarity of every NIR cell with the VIS cells within ``radius`` cells is the cost
+volume, and a small decoder reads the cell's displacement off the cost volume and the
+NIR descriptors. The flow is upsampled bilinearly to the pixels.
+
+Conventions: descriptor grids ``(B, h, w, C)`` with ``h = H / STRIDE``; cell ``(i, j)``
+is centred on pixel ``(STRIDE i + (STRIDE - 1) / 2, STRIDE j + (STRIDE - 1) / 2)``
+(half-pixel centres, as ``tf.image.resize`` samples); flows ``(dy, dx)`` in pixels of
+the input, backward (``registered[p] = moving[p + flow[p]]``).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from layers.config import ConfigFromArguments
+from rfnet_tf.networks.matching import displacement_offsets
+
+# The encoder's two stride-2 convolutions: one descriptor per 4 x 4 pixels.
+STRIDE = 4
+# Keeps the normalisation of an all-zero descriptor (a flat patch) finite.
+_NORM_EPSILON = 1e-6
+
+
+def shifted_correlation(fixed: tf.Tensor, moving: tf.Tensor, radius: int) -> tf.Tensor:
+    """The correlation of each fixed cell with the moving cells around it, one shifted
+    copy of ``moving`` per displacement.
+
+    Same result as :func:`rfnet_tf.networks.matching.local_correlation`, whose every-pair
+    product needs ``(h w)^2`` numbers per image (7.6 GB for a 1024x680 image at a 4 px
+    stride); this needs ``(2 radius + 1)^2 h w``.
+
+    Args:
+      fixed, moving: ``(B, h, w, C)`` descriptor grids of one size.
+      radius: the largest displacement, in cells, on each axis (a Python int).
+
+    Returns:
+      ``(B, h, w, (2 radius + 1)^2)``: channel ``k`` at ``p`` is
+      ``mean_c fixed[p, c] * moving[p + d_k, c]`` with ``d_k`` the ``k``-th row of
+      :func:`~rfnet_tf.networks.matching.displacement_offsets`; 0 where ``p + d_k``
+      leaves the grid.
+    """
+    shape = tf.shape(fixed)
+    height, width = shape[1], shape[2]
+    padded = tf.pad(moving, [[0, 0], [radius, radius], [radius, radius], [0, 0]])
+    channels = []
+    for dy, dx in displacement_offsets(radius).astype(int):
+        window = padded[:, radius + dy : radius + dy + height, radius + dx : radius + dx + width]
+        channels.append(tf.reduce_mean(fixed * window, axis=-1))
+    return tf.stack(channels, axis=-1)
+
+
+def unit_descriptors(features: tf.Tensor) -> tf.Tensor:
+    """``features`` ``(B, h, w, C)`` centred over the channels and scaled to unit length
+    at each cell, so that their correlation times ``C`` is a cosine similarity."""
+    centred = features - tf.reduce_mean(features, axis=-1, keepdims=True)
+    return centred * tf.math.rsqrt(tf.reduce_sum(tf.square(centred), axis=-1, keepdims=True) + _NORM_EPSILON)
+
+
+def _conv(filters: int, name: str, strides: int = 1, **kwargs) -> keras.layers.Conv2D:
+    return keras.layers.Conv2D(filters, 3, strides=strides, padding="same", name=name, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="rfnet_tf")
+class CorrelationBlock(ConfigFromArguments, keras.layers.Layer):
+    """Siamese encoder, cost volume and decoder: a bounded dense flow.
+
+    Input ``concat(F_x1, F_y1)`` ``(B, H, W, 2 C)`` (the VIS features first, as the
+    paper's block takes them) with H, W multiples of ``STRIDE``; output ``(B, H, W, 2)``
+    = ``(dy, dx)`` pixels, ``max_displacement * tanh(head)`` on the cell grid, upsampled
+    bilinearly. The head convolution is zero-initialised, so the flow is exactly 0 until
+    phase 2 trains it. No batch norm: the flow of a pair does not depend on its batch.
+
+    Args:
+      max_displacement: bound of the flow in pixels.
+      filters: channels of the descriptors.
+      radius: the cost volume's reach in cells (``STRIDE * radius`` px on each axis).
+    """
+
+    CONFIG_ARGUMENTS = ("max_displacement", "filters", "radius")
+
+    def __init__(self, max_displacement: float = 16.0, filters: int = 64, radius: int = 4, **kwargs):
+        super().__init__(**kwargs)
+        if radius < 1 or filters < 1:
+            raise ValueError(f"radius and filters must be >= 1, got {radius} and {filters}")
+        self.max_displacement = float(max_displacement)
+        self.filters = int(filters)
+        self.radius = int(radius)
+        self.activation = keras.layers.LeakyReLU(negative_slope=0.2)
+        # One attribute per convolution: tf.train.Checkpoint does not follow layers held
+        # in Python lists of a Keras 3 layer.
+        self.encoder1 = _conv(32, "encoder1")
+        self.encoder2 = _conv(self.filters, "encoder2", strides=2)
+        self.encoder3 = _conv(self.filters, "encoder3")
+        self.encoder4 = _conv(self.filters, "encoder4", strides=2)
+        self.encoder5 = _conv(self.filters, "encoder5")
+        self.decoder1 = _conv(96, "decoder1")
+        self.decoder2 = _conv(64, "decoder2")
+        self.decoder3 = _conv(32, "decoder3")
+        self.head = _conv(2, "flow_head", kernel_initializer="zeros", bias_initializer="zeros")
+
+    @property
+    def encoder(self) -> list[keras.layers.Conv2D]:
+        return [self.encoder1, self.encoder2, self.encoder3, self.encoder4, self.encoder5]
+
+    @property
+    def decoder(self) -> list[keras.layers.Conv2D]:
+        return [self.decoder1, self.decoder2, self.decoder3]
+
+    def build(self, input_shape):
+        channels = input_shape[-1] // 2
+        shape = (None, None, None, channels)
+        for layer in self.encoder:
+            layer.build(shape)
+            shape = (None, None, None, layer.filters)
+        shape = (None, None, None, (2 * self.radius + 1) ** 2 + self.filters)
+        for layer in self.decoder:
+            layer.build(shape)
+            shape = (None, None, None, layer.filters)
+        self.head.build(shape)
+
+    def _describe(self, features: tf.Tensor) -> tf.Tensor:
+        for layer in self.encoder[:-1]:
+            features = self.activation(layer(features))
+        return unit_descriptors(self.encoder[-1](features))
+
+    def call(self, inputs):
+        features_vis, features_nir = tf.split(inputs, 2, axis=-1)
+        moving, fixed = self._describe(features_vis), self._describe(features_nir)
+        # Times the channel count: the cosine similarity of the two cells, in [-1, 1].
+        cost = shifted_correlation(fixed, moving, self.radius) * float(self.filters)
+        h = tf.concat([cost, fixed], axis=-1)
+        for layer in self.decoder:
+            h = self.activation(layer(h))
+        cells = self.max_displacement * tf.tanh(self.head(h))
+        shape = tf.shape(inputs)
+        return tf.image.resize(cells, shape[1:3], method="bilinear")
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (2,)

@@ -4,7 +4,7 @@ option beside the paper's U-Net block (ARCHITECTURE section 7, issue 17).
 The paper's block maps the concatenated shallow features of the two images to a flow and
 must discover on its own that the flow is where the features agree. This block compares
 them explicitly, as AffineNet's matching head does: a siamese encoder turns each
-image's shallow features into descriptors on a grid of ``STRIDE`` px cells, the cosine
+image into descriptors on a grid of ``STRIDE`` px cells, the cosine
 similarity of every NIR cell with the VIS cells within ``radius`` cells is the cost
 volume, and a small decoder reads the cell's displacement off the cost volume and the
 NIR descriptors. The flow is upsampled bilinearly to the pixels.
@@ -72,8 +72,8 @@ def _conv(filters: int, name: str, strides: int = 1, **kwargs) -> keras.layers.C
 class CorrelationBlock(ConfigFromArguments, keras.layers.Layer):
     """Siamese encoder, cost volume and decoder: a bounded dense flow.
 
-    Input ``concat(F_x1, F_y1)`` ``(B, H, W, 2 C)`` (the VIS features first, as the
-    paper's block takes them) with H, W multiples of ``STRIDE``; output ``(B, H, W, 2)``
+    Input ``concat(moving, fixed)`` ``(B, H, W, 2 C)`` (F2M passes the VIS luma and the
+    NIR, ``C = 1``) with H, W multiples of ``STRIDE``; output ``(B, H, W, 2)``
     = ``(dy, dx)`` pixels, ``max_displacement * tanh(head)`` on the cell grid, upsampled
     bilinearly. The head convolution is zero-initialised, so the flow is exactly 0 until
     phase 2 trains it. No batch norm: the flow of a pair does not depend on its batch.

@@ -147,8 +147,9 @@ class F2M(ConfigFromArguments, keras.Model):
         crops gets the attention statistics of the crops it was trained on.
       deformation_block_type: ``"unet"`` (the paper's :class:`DeformationBlock`) or
         ``"correlation"`` (:class:`~rfnet_tf.networks.correlation_flow.CorrelationBlock`,
-        which compares the two images' descriptors explicitly; an option). Either takes
-        the first shared convolution's features of both images.
+        which compares the two images' descriptors explicitly; an option). The U-Net
+        takes the first shared convolution's features of both images, the correlation
+        block the two images.
 
     Called on ``[vis_luma, nir]`` (the coarse-aligned VIS luma ``Y(I_x^C)`` and ``I_y``,
     both ``(B, H, W, 1)`` in ``[0, 1]``); returns a dict: ``fused`` ``(B, H, W, 1)``,
@@ -211,7 +212,8 @@ class F2M(ConfigFromArguments, keras.Model):
 
     def build(self, input_shape=None):
         self.shared_conv1.build((None, None, None, 1))
-        self.deformation_block.build((None, None, None, 32))
+        block_channels = 32 if self.deformation_block_type == "unet" else 2
+        self.deformation_block.build((None, None, None, block_channels))
         self.shared_conv2.build((None, None, None, 16))
         self.shared_conv3.build((None, None, None, 32))
         self.attention.build([(None, None, None, 32), (None, None, None, 32)])
@@ -248,28 +250,33 @@ class F2M(ConfigFromArguments, keras.Model):
         ``inputs`` as :meth:`call` takes them: what :meth:`call` returns as ``flow``
         without a given one (the fusion layers are not run)."""
         shape = tf.shape(inputs[0])
-        features_vis, features_nir = self._padded_shared_features(inputs)
-        flow = self._block_flow(features_vis, features_nir, training)
+        images = self._padded(inputs)
+        flow = self._block_flow(images, self._shared_features_of(images), training)
         return crop_to(flow, shape[1], shape[2])
 
-    def _padded_shared_features(self, inputs) -> tuple[tf.Tensor, tf.Tensor]:
-        """The first shared convolution's features of both inputs, reflect-padded to a
-        multiple of ``PAD_MULTIPLE``."""
-        vis_luma, nir = inputs
-        return (
-            self._shared_features(pad_to_multiple(vis_luma, PAD_MULTIPLE)),
-            self._shared_features(pad_to_multiple(nir, PAD_MULTIPLE)),
-        )
+    @staticmethod
+    def _padded(inputs) -> tuple[tf.Tensor, tf.Tensor]:
+        """Both inputs reflect-padded to a multiple of ``PAD_MULTIPLE``."""
+        return tuple(pad_to_multiple(image, PAD_MULTIPLE) for image in inputs)
 
-    def _block_flow(self, features_vis, features_nir, training) -> tf.Tensor:
-        return self.deformation_block(tf.concat([features_vis, features_nir], axis=-1), training=training)
+    def _shared_features_of(self, images) -> tuple[tf.Tensor, tf.Tensor]:
+        """The first shared convolution's features of both (padded) images."""
+        return tuple(self._shared_features(image) for image in images)
+
+    def _block_flow(self, images, features, training) -> tf.Tensor:
+        # The paper's block reads the first shared convolution's features. The
+        # correlation block reads the images and learns its own descriptors: on the
+        # frozen fusion features it hardly learnt (weights/README.md, F2M item 12).
+        source = features if self.deformation_block_type == "unet" else images
+        return self.deformation_block(tf.concat(source, axis=-1), training=training)
 
     def call(self, inputs, training=None, flow=None, jitter=None):
         vis_luma, _ = inputs
         shape = tf.shape(vis_luma)
-        features_vis, features_nir = self._padded_shared_features(inputs)
+        images = self._padded(inputs)
+        features_vis, features_nir = self._shared_features_of(images)
         if flow is None:
-            flow = self._block_flow(features_vis, features_nir, training)
+            flow = self._block_flow(images, (features_vis, features_nir), training)
         else:
             flow = pad_to_multiple(tf.cast(flow, features_vis.dtype), PAD_MULTIPLE)
         sampling_flow = flow

@@ -109,6 +109,23 @@ def test_f2m_with_the_correlation_block_round_trips_and_starts_at_zero_flow():
     assert not block_ids & {id(v) for v in model.fusion_variables}
 
 
+def test_f2m_reads_the_images_into_the_correlation_block_and_predict_flow_is_its_flow(rng):
+    """The block sees ``concat(vis_luma, nir)`` (padded to a multiple of 8 and cropped
+    back): F2M's flow is the block's on the images, and :meth:`F2M.predict_flow` the
+    call's own."""
+    model = F2M(deformation_block_type="correlation")
+    for variable in model.deformation_block.weights:
+        variable.assign(rng.normal(0.0, 0.2, variable.shape))
+    vis = tf.random.uniform((2, 32, 40, 1), seed=8)
+    nir = tf.random.uniform((2, 32, 40, 1), seed=9)
+    flow = model([vis, nir])["flow"].numpy()
+    assert np.abs(flow).max() > 0.1
+    np.testing.assert_allclose(
+        flow, model.deformation_block(tf.concat([vis, nir], axis=-1)).numpy(), atol=1e-5
+    )
+    np.testing.assert_allclose(model.predict_flow([vis, nir]).numpy(), flow, atol=1e-5)
+
+
 def test_it_learns_a_shift_across_an_inverted_contrast():
     """Supervised on fresh textures shifted by a random constant of up to 6 px, the fixed
     image the moving one's contrast inverse: the end-point error on held-out textures

@@ -54,3 +54,23 @@ def test_the_fusion_weights_load_under_a_correlation_block(tmp_path):
         trained.f2m(images, flow=tf.zeros((1, 24, 24, 2)))["fused"].numpy(),
         atol=1e-6,
     )
+
+
+def test_the_fusion_weights_load_beside_coarse_parts_of_another_head(tmp_path):
+    """A weights directory with every part (the shipped ``weights/``: a matching-head
+    AffineNet) starts phase 2 of a model built with the default pooled head: only F2M's
+    fusion variables are taken from it."""
+    tf.keras.utils.set_random_seed(3)
+    shipped = RFNet(affine_input_size=32, affine_head="matching")
+    for variable in shipped.f2m.fusion_variables:
+        variable.assign(variable + 0.01)
+    export_weights(shipped, tmp_path, ("transnet", "affinenet", "f2m"))
+
+    fresh = RFNet(affine_input_size=32)
+    affinenet = [variable.numpy() for variable in fresh.affinenet.weights]
+    _load_fusion_weights(fresh, tmp_path)
+
+    for source, target in zip(shipped.f2m.fusion_variables, fresh.f2m.fusion_variables, strict=True):
+        np.testing.assert_array_equal(target.numpy(), source.numpy())
+    for variable, value in zip(fresh.affinenet.weights, affinenet):
+        np.testing.assert_array_equal(variable.numpy(), value)

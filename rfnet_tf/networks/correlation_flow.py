@@ -4,10 +4,11 @@ option beside the paper's U-Net block (ARCHITECTURE section 7, issue 17).
 The paper's block maps the concatenated shallow features of the two images to a flow and
 must discover on its own that the flow is where the features agree. This block compares
 them explicitly, as AffineNet's matching head does: a siamese encoder turns each
-image into descriptors on a grid of ``STRIDE`` px cells, the cosine
-similarity of every NIR cell with the VIS cells within ``radius`` cells is the cost
-volume, and a small decoder reads the cell's displacement off the cost volume and the
-NIR descriptors. The flow is upsampled bilinearly to the pixels.
+image into descriptors on a grid of ``STRIDE`` px cells, and the cosine similarity of
+every NIR cell with the VIS cells within ``radius`` cells is the cost volume. A cell's
+flow is a learnt share of the cost volume's local soft-argmax (its best match, as
+AffineNet's matching head reads matches) plus a bounded correction that a small decoder reads off the cost volume
+and the NIR descriptors. The flow is upsampled bilinearly to the pixels.
 
 Conventions: descriptor grids ``(B, h, w, C)`` with ``h = H / STRIDE``; cell ``(i, j)``
 is centred on pixel ``(STRIDE i + (STRIDE - 1) / 2, STRIDE j + (STRIDE - 1) / 2)``
@@ -17,16 +18,21 @@ the input, backward (``registered[p] = moving[p + flow[p]]``).
 
 from __future__ import annotations
 
+import math
+
 import keras
 import tensorflow as tf
 
 from layers.config import ConfigFromArguments
-from rfnet_tf.networks.matching import displacement_offsets
+from rfnet_tf.networks.matching import displacement_offsets, expected_displacement
 
 # The encoder's two stride-2 convolutions: one descriptor per 4 x 4 pixels.
 STRIDE = 4
 # Keeps the normalisation of an all-zero descriptor (a flat patch) finite.
 _NORM_EPSILON = 1e-6
+# The soft-argmax's initial sharpness (trained): the cost is a cosine similarity in
+# [-1, 1], so a match better by 0.1 is e times as probable.
+INITIAL_SHARPNESS = 10.0
 
 
 def shifted_correlation(fixed: tf.Tensor, moving: tf.Tensor, radius: int) -> tf.Tensor:
@@ -74,12 +80,18 @@ class CorrelationBlock(ConfigFromArguments, keras.layers.Layer):
 
     Input ``concat(moving, fixed)`` ``(B, H, W, 2 C)`` (F2M passes the VIS luma and the
     NIR, ``C = 1``) with H, W multiples of ``STRIDE``; output ``(B, H, W, 2)``
-    = ``(dy, dx)`` pixels, ``max_displacement * tanh(head)`` on the cell grid, upsampled
-    bilinearly. The head convolution is zero-initialised, so the flow is exactly 0 until
-    phase 2 trains it. No batch norm: the flow of a pair does not depend on its batch.
+    = ``(dy, dx)`` pixels: on the cell grid, ``match_weight * STRIDE`` times the local
+    soft-argmax of ``softmax(sharpness * cost)``
+    (:func:`~rfnet_tf.networks.matching.expected_displacement`, at most ``radius``
+    cells) plus ``max_displacement * tanh(head)``, upsampled bilinearly. The head and
+    ``match_weight`` start at zero, so the flow is exactly 0 until phase 2 trains them.
+    The matches give the encoder a gradient from the first step: through the head alone
+    it gets none until the head has grown (a zero-initialised head), and on real crops
+    such a block stayed at zero flow (``weights/README.md``, F2M item 12). No batch
+    norm: the flow of a pair does not depend on its batch.
 
     Args:
-      max_displacement: bound of the flow in pixels.
+      max_displacement: bound of the decoder's correction in pixels.
       filters: channels of the descriptors.
       radius: the cost volume's reach in cells (``STRIDE * radius`` px on each axis).
     """
@@ -105,6 +117,18 @@ class CorrelationBlock(ConfigFromArguments, keras.layers.Layer):
         self.decoder2 = _conv(64, "decoder2")
         self.decoder3 = _conv(32, "decoder3")
         self.head = _conv(2, "flow_head", kernel_initializer="zeros", bias_initializer="zeros")
+        # Learnt in the log domain, so that it stays positive (as AffineNet's).
+        self.log_sharpness = self.add_weight(
+            shape=(),
+            initializer=keras.initializers.Constant(math.log(INITIAL_SHARPNESS)),
+            name="log_sharpness",
+        )
+        # The matches' share of the flow, from 0: a new block's flow is zero, as the
+        # paper's phase 2 starts, and the share grows as far as the matches agree with
+        # the training signal.
+        self.match_weight = self.add_weight(
+            shape=(), initializer="zeros", name="match_weight"
+        )
 
     @property
     def encoder(self) -> list[keras.layers.Conv2D]:
@@ -139,7 +163,8 @@ class CorrelationBlock(ConfigFromArguments, keras.layers.Layer):
         h = tf.concat([cost, fixed], axis=-1)
         for layer in self.decoder:
             h = self.activation(layer(h))
-        cells = self.max_displacement * tf.tanh(self.head(h))
+        matches, _ = expected_displacement(cost, tf.exp(self.log_sharpness), self.radius)
+        cells = self.match_weight * STRIDE * matches + self.max_displacement * tf.tanh(self.head(h))
         shape = tf.shape(inputs)
         return tf.image.resize(cells, shape[1:3], method="bilinear")
 

@@ -42,6 +42,9 @@ _REDELIVERY_DELAY_S = 0.01
 _PROGRAM_ROOT = Path(__file__).resolve().parents[1]
 _PACKAGE_FOLDERS = {"site-packages", "dist-packages"}
 
+# The stop signals guarded() has received in this run, for check_stop().
+_received_signals: list[int] = []
+
 flags.DEFINE_bool(
     "debug", False, "On an internal error (exit code 1), also print the Python traceback."
 )
@@ -84,7 +87,8 @@ def guarded(
     delivered again, and a ``main`` that returns after a
     signal still ends as stopped.
     """
-    received = []
+    received = _received_signals
+    received.clear()
     redeliveries = []
 
     def redeliver(number: int) -> None:
@@ -137,11 +141,24 @@ def guarded(
         )
         return INTERNAL_ERROR_EXIT
     finally:
+        received.clear()
         for timer in redeliveries:
             timer.cancel()
         sys.unraisablehook = previous_unraisable
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def check_stop() -> None:
+    """Raises :class:`Stopped` if :func:`guarded` has received SIGINT or SIGTERM.
+
+    A loop whose time goes to a library's code calls it between iterations: a training
+    step spends nearly all of its time in TensorFlow, so a stop delivered again every
+    few milliseconds kept landing in TensorFlow's frames and training went on for
+    minutes after SIGTERM.
+    """
+    if _received_signals:
+        raise Stopped(signal.Signals(_received_signals[0]).name)
 
 
 def in_program(frame) -> bool:

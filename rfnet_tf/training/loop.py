@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from rfnet_tf.cli import check_stop
 from rfnet_tf.training.runtime import is_chief, worker_name
 from rfnet_tf.training.stages import TrainingStage
 from rfnet_tf.training.validation import VALIDATION_LOG
@@ -164,6 +165,7 @@ def run_stage(
         if start_step == 0:
             _validate(stage, config, chief, 0, out)
         for current in range(start_step + 1, config.total_steps + 1):
+            check_stop()
             reduced = train_step(iterator)
             terms = {name: float(value) for name, value in reduced.items()}
             broken = [name for name, value in terms.items() if not math.isfinite(value)]

@@ -143,6 +143,34 @@ def test_a_signal_that_lands_in_a_library_is_raised_back_in_the_program(library_
     assert events == ["library finished", "main"]
 
 
+def test_a_loop_in_a_library_stops_at_its_check_between_iterations(capsys):
+    """A stop that keeps landing in a library's code (here every iteration runs there
+    and the redelivery lands in the next one) ends the program at the loop's
+    :func:`cli.check_stop`, after the iteration it arrived in."""
+    library = {}
+    source = (
+        "def busy(seconds, time, stop=None):\n"
+        "    if stop:\n"
+        "        stop()\n"
+        "    end = time.monotonic() + seconds\n"
+        "    while time.monotonic() < end:\n"
+        "        pass\n"
+    )
+    exec(compile(source, "/venv/lib/python3.11/site-packages/library.py", "exec"), library)
+    iterations = []
+
+    def main(argv):
+        for index in range(100):
+            cli.check_stop()
+            iterations.append(index)
+            stop = (lambda: os.kill(os.getpid(), signal.SIGTERM)) if index == 1 else None
+            library["busy"](0.05, time, stop)
+
+    assert run_guarded(main, capsys) == (143, "prog: stopped by SIGTERM\n")
+    assert iterations == [0, 1]
+    cli.check_stop()  # guarded forgets the stop once it has ended the run
+
+
 def test_one_line_messages():
     single = DataError.from_problems("root: bad input data", ["root/vis/a.png: file not found"])
     assert cli.one_line(single) == "root/vis/a.png: file not found"

@@ -83,6 +83,11 @@ flags.DEFINE_float(
     "Deformation phase: weight of a supervised term, the flow's mean end-point error in "
     "pixels against the synthetic ground truth (0: unsupervised, as in the paper).",
 )
+flags.DEFINE_boolean(
+    "supervised_only", DeformationSettings.supervised_only,
+    "Deformation phase: train on --flow_supervision's term alone (Eq. 9's terms are logged, "
+    "not trained on); an ablation.",
+)
 flags.DEFINE_integer(
     "batch_norm_batches", DeformationSettings.batch_norm_batches,
     "Deformation phase: before each validation and the export, recompute the deformation "
@@ -111,6 +116,8 @@ def main(argv) -> None:
         raise FlagError(f"--gamma must be in [0, 1], got {FLAGS.gamma}")
     if FLAGS.flow_supervision < 0:
         raise FlagError(f"--flow_supervision must be >= 0, got {FLAGS.flow_supervision}")
+    if FLAGS.supervised_only and FLAGS.flow_supervision <= 0:
+        raise FlagError("--supervised_only needs --flow_supervision > 0")
     if FLAGS.batch_norm_batches < 0:
         raise FlagError(f"--batch_norm_batches must be >= 0, got {FLAGS.batch_norm_batches}")
     if FLAGS.max_displacement <= 0:

@@ -148,6 +148,7 @@ LOG_LINE = re.compile(r"^[IWEF]\d{4} ")
          "--fusion_dir"),
         ("train_f2m.py", ["--data_dir={data}", "--coarse_dir={empty}"], "--coarse_dir"),
         ("train_f2m.py", ["--data_dir={data}", "--attention_window=-1"], "--attention_window must be >= 0"),
+        ("train_f2m.py", ["--data_dir={data}", "--supervised_only"], "--supervised_only needs --flow_supervision > 0"),
         ("train_f2m.py", ["--data_dir={data}", "--model_dir={data}/vis/p0.png/runs"], "is a file, not a folder"),
         ("train_f2m.py", ["--data_dir={data}", "--phase=fusion", "--model_dir={corrupt}"],
          "[fusion] none of the checkpoints in {corrupt}/fusion restores (ckpt-1: "),

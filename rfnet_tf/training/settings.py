@@ -222,7 +222,8 @@ class F2MSettings:
                 values, misalignment_flags.local_ranges_from, misalignment_flags.LOCAL_FLAGS
             ),
             deformation=DeformationSettings(
-                values.subpixel_jitter, values.flow_supervision, values.batch_norm_batches
+                values.subpixel_jitter, values.flow_supervision, values.batch_norm_batches,
+                values.supervised_only,
             ),
         )
 

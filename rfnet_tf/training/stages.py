@@ -90,6 +90,10 @@ class DeformationSettings:
       flow_supervision: weight of a supervised term, the mean end-point error in pixels
         of the flow against the synthetic ground truth, which makes the phase no longer
         unsupervised (0: off, the paper).
+      supervised_only: the total is the supervised term alone; Eq. 9's terms are still
+        computed and logged. An ablation of what the block learns when told the truth
+        and nothing else (Eq. 9's gradient pulls the flow elsewhere, weights/README.md
+        F2M item 4); needs ``flow_supervision > 0``.
       batch_norm_batches: training batches over which the deformation block's batch-norm
         statistics are recomputed with the current weights before each validation and
         the export (``rfnet_tf.training.batch_norm``; 0: keep the moving averages).
@@ -98,6 +102,11 @@ class DeformationSettings:
     subpixel_jitter: bool = True
     flow_supervision: float = 0.0
     batch_norm_batches: int = 32
+    supervised_only: bool = False
+
+    def __post_init__(self):
+        if self.supervised_only and self.flow_supervision <= 0:
+            raise ValueError("supervised_only needs flow_supervision > 0: nothing would be trained")
 
 
 _REGISTRY: dict[str, type[TrainingStage]] = {}
@@ -333,7 +342,8 @@ class DeformationStage(F2MStage):
         weight = self.settings.flow_supervision
         if not weight:
             return terms
-        return dict(terms, total=terms["total"] + weight * terms["flow_error_px"])
+        unsupervised = 0.0 if self.settings.supervised_only else terms["total"]
+        return dict(terms, total=unsupervised + weight * terms["flow_error_px"])
 
     def _loss(self, fused, vis_luma, nir, flow, mask, jitter):
         sampling_flow = flow

@@ -1,5 +1,5 @@
 """The correlation deformation block: its cost volume against brute force and the
-every-pair version, its descriptors, exact whole-cell shifts, zero flow at the start, its
+every-pair version, its edge maps and descriptors, exact whole-cell shifts, zero flow at the start, its
 bound and config, and that it learns a shift across a change of contrast."""
 
 import keras
@@ -12,6 +12,7 @@ from layers import warp_flow
 from rfnet_tf.networks.correlation_flow import (
     STRIDE,
     CorrelationBlock,
+    edge_map,
     shifted_correlation,
     unit_descriptors,
 )
@@ -51,6 +52,35 @@ def test_unit_descriptors_have_zero_channel_mean_and_unit_length(rng):
     # A flat cell (all channels equal) has no direction: zero, not NaN.
     flat = unit_descriptors(tf.ones((1, 2, 2, 6))).numpy()
     np.testing.assert_array_equal(flat, 0.0)
+
+
+def test_edge_map_is_the_gradient_magnitude_over_its_mean_whatever_the_contrast(rng):
+    # Steep enough that the magnitude's 1e-8 (differentiable on flat regions) is negligible.
+    image = 10.0 * gaussian_filter(rng.standard_normal((2, 20, 24, 1)), (0, 1.5, 1.5, 0))
+    image = image.astype(np.float32)
+    edges = edge_map(tf.constant(image)).numpy()
+    np.testing.assert_allclose(edges.mean(axis=(1, 2, 3)), 1.0, rtol=1e-5)
+    # Inside the border, proportional to numpy's central-difference gradient magnitude.
+    d_y, d_x = np.gradient(image, axis=(1, 2))
+    magnitude = np.hypot(d_y, d_x)[:, 1:-1, 1:-1]
+    scale = np.median(edges[:, 1:-1, 1:-1] / magnitude, axis=(1, 2, 3), keepdims=True)
+    np.testing.assert_allclose(edges[:, 1:-1, 1:-1], scale * magnitude, rtol=1e-4, atol=1e-4)
+    # An affine change of intensity, even one that inverts the contrast, leaves it alone.
+    for scale, offset in ((3.0, 0.2), (-0.5, 1.0)):
+        changed = edge_map(tf.constant(scale * image + offset)).numpy()
+        np.testing.assert_allclose(changed, edges, rtol=1e-3, atol=1e-4)
+
+
+def test_the_block_flow_ignores_each_image_contrast(rng):
+    block = CorrelationBlock(filters=8, radius=2)
+    vis, nir = smooth_texture(1, 32), smooth_texture(2, 32)
+    block(tf.concat([vis, nir], axis=-1))
+    block.match_weight.assign(1.0)
+    block.head.kernel.assign(tf.random.normal(block.head.kernel.shape, stddev=0.1, seed=4))
+    flow = block(tf.concat([vis, nir], axis=-1)).numpy()
+    assert np.abs(flow).max() > 0.1
+    changed = block(tf.concat([1.0 - 0.5 * vis, 4.0 * nir + 2.0], axis=-1)).numpy()
+    np.testing.assert_allclose(changed, flow, atol=1e-3)
 
 
 def sharp_block(**kwargs) -> CorrelationBlock:

@@ -122,14 +122,22 @@ def test_the_affinenet_settings_change_its_loss(training_pairs):
 
 
 def test_the_deformation_settings_change_its_loss(training_pairs):
-    """Supervision adds its weighted end-point error; the jitter changes the fused image
-    and so Eq. 9, and a zero jitter is none."""
+    """Supervision adds its weighted end-point error, or is all of the total with
+    ``supervised_only`` (which needs it); the jitter changes the fused image and so
+    Eq. 9, and a zero jitter is none."""
     model = RFNet(affine_input_size=32)
     batch = first_batch("deformation", training_pairs)
     flow = tf.random.normal((BATCH, CROP, CROP, 2), seed=3)
     plain, _ = Stage("deformation", model).compute(batch, training=False, flow=flow)
     supervised, _ = Stage("deformation", model, flow_supervision=2.0).compute(batch, training=False, flow=flow)
     np.testing.assert_allclose(supervised["total"], plain["total"] + 2.0 * plain["flow_error_px"], rtol=1e-6)
+    alone, _ = Stage("deformation", model, flow_supervision=2.0, supervised_only=True).compute(
+        batch, training=False, flow=flow
+    )
+    np.testing.assert_allclose(alone["total"], 2.0 * plain["flow_error_px"], rtol=1e-6)
+    np.testing.assert_allclose(alone["consistency"], plain["consistency"], rtol=1e-6)
+    with pytest.raises(ValueError, match="flow_supervision > 0"):
+        Stage("deformation", model, supervised_only=True)
     unjittered, _ = Stage("deformation", model, subpixel_jitter=False).compute(batch, training=False, flow=flow)
     assert not np.isclose(float(unjittered["total"]), float(plain["total"]))
     zero = dict(batch, jitter=tf.zeros_like(batch["jitter"]))
